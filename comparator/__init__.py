@@ -1,0 +1,1 @@
+"""The comparator: ingest API, SQL store, normalisation of outputs, statistics and the verdict."""

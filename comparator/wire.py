@@ -1,0 +1,95 @@
+"""The pair: the wire format (version 1) between the proxy and the comparator.
+
+This is the one module the proxy imports from ``comparator``. It depends on pydantic only, so the
+proxy can build, serialise and check pairs without pulling in SQL, numpy or the stats.
+
+A pair records one client request that went to production and (maybe) to the candidate::
+
+    {"v": 1, "request_id": "…", "experiment": "digits-v1-vs-v2", "ts": "2026-11-22T10:00:00.123Z",
+     "route": "/v2/models/digits/infer", "request": {"sha256": "…", "body": null},
+     "prod":      {"outcome": "ok", "status": 200, "latency_ms": 3.1, "model_version": "1", "body": {…}},
+     "candidate": {"outcome": "timeout", "status": null, "latency_ms": 250.0, "model_version": "2",
+                   "body": null, "error": "deadline 250 ms"}}
+
+``latency_ms`` of a timeout is the deadline: a right-censored value, not a missing one.
+``body`` is the parsed JSON of the response; a response that was not JSON travels as ``null`` with
+``body_bytes`` set, which the comparator counts as an invalid output.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "WIRE_VERSION",
+    "Outcome",
+    "Pair",
+    "PairBatch",
+    "RequestInfo",
+    "SideResult",
+]
+
+WIRE_VERSION = 1
+
+EXPERIMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class Outcome(enum.StrEnum):
+    """What became of one side's call."""
+
+    OK = "ok"  # an HTTP response arrived in time (any status; 5xx is judged from `status`)
+    ERROR = "error"  # connection refused/reset, protocol error, or a 5xx status
+    TIMEOUT = "timeout"  # no complete response before the deadline (right-censored latency)
+    SHED = "shed"  # not sent: the in-flight bound was reached
+    SKIPPED = "skipped"  # not sent on purpose (body too large, not sampled for the twin, ...)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RequestInfo(_Strict):
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    body: Any | None = None
+
+
+class SideResult(_Strict):
+    outcome: Outcome
+    status: Annotated[int, Field(ge=100, le=599)] | None = None
+    latency_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    model_version: Annotated[str, Field(max_length=200)] | None = None
+    body: Any | None = None
+    body_bytes: Annotated[int, Field(ge=0)] | None = None
+    error: Annotated[str, Field(max_length=2000)] | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.outcome is Outcome.ERROR or (self.status is not None and self.status >= 500)
+
+
+class Pair(_Strict):
+    v: Literal[1] = 1
+    request_id: Annotated[str, Field(min_length=1, max_length=200)]
+    experiment: Annotated[str, Field(pattern=EXPERIMENT_PATTERN)]
+    ts: datetime
+    route: Annotated[str, Field(max_length=2000)]
+    request: RequestInfo
+    prod: SideResult
+    candidate: SideResult
+    # Optional production twin on a hash slice of traffic: the noise floor (VERDICT.md).
+    twin: SideResult | None = None
+
+    @field_validator("ts")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("ts must carry a time zone (use Z for UTC)")
+        return value
+
+
+class PairBatch(_Strict):
+    pairs: Annotated[list[Pair], Field(min_length=1, max_length=10_000)]

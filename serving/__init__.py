@@ -1,0 +1,1 @@
+"""shadowtee serving."""

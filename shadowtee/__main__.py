@@ -1,0 +1,5 @@
+import sys
+
+from shadowtee.cli import main
+
+sys.exit(main())

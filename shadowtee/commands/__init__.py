@@ -1,0 +1,1 @@
+"""One module per ``shadowtee`` subcommand: ``NAME``, ``HELP``, ``add_arguments``, ``run``."""
