@@ -9,6 +9,7 @@ dev:            ## create .venv from the hash-pinned lock and install shadowtee 
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 lock:           ## re-resolve requirements.lock from pyproject.toml (uv, hashes, all platforms)
 	uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes -o requirements.lock
+	uv pip compile requirements-gpu.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes -o requirements-gpu.lock
 lint:
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
