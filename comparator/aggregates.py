@@ -70,6 +70,7 @@ class keys:
     TWIN_CLS_N = "twin.cls.n"
     TWIN_CLS_AGREE = "twin.cls.agree"
     TWIN_JS_TAIL = "twin.cls.js_gt_0_1"
+    TWIN_JS = "twin.cls.js"  # moments of the JS distance, production vs twin
     # regression: d = y_c − y_p, and y_p itself (for sd(y_p))
     REG_DIFF = "reg.diff"  # moments
     REG_PROD = "reg.prod"  # moments

@@ -1,0 +1,680 @@
+"""Normalise model outputs and measure each pair, vectorised over an ingest batch.
+
+``measure(pairs, config)`` reads one output per answered side, decides the batch's task and returns
+:class:`BatchMetrics`, numpy arrays aligned with ``pairs``. ``fold(pairs, metrics, ...)`` turns a batch
+into one :class:`~comparator.aggregates.Aggregate` per UTC hour, ready to merge into the stored rows.
+Both are pure: no I/O, no event loop, no clock.
+
+Reading an output (first match wins):
+
+* a configured JSON pointer (RFC 6901), e.g. ``/outputs/0/data`` or ``/result/scores``; it may point
+  at a plain (nested) list or at an OIP v2 tensor ``{"shape": [...], "data": [...]}``;
+* OIP v2 ``outputs[]``: the output named like ``probabilities``/``probs``/``scores``/``logits``
+  when there is one, else the first output that is not a label, else the label; ``data`` is laid
+  out by ``shape`` (their sizes must agree);
+* v1 ``predictions``: a list with one entry per instance — a number, a list, or a dict (from which
+  the probability-like key, else the first numeric key, is read). A bare top-level list reads the same.
+
+Layout: an output is ``rows × width``. A 0-d output is 1 × 1; a 1-d output of length n is one row of
+n numbers (``[K]`` probabilities) except for regression, where it is n rows of one number; a 2-d or
+higher output is ``shape[0]`` rows of the remaining numbers flattened. One row is the common case.
+A multi-row response is compared row by row and still counts as **one unit**: continuous metrics (JS,
+|Δ|, cosine, RBO) are the mean over rows; top-1 agreement and the tolerance flag are 1 only when every
+row agrees / one row exceeds (the conservative reading); the predicted class is the first row's.
+
+Task (``NormalizeConfig.task``, or inferred from production's outputs when ``"auto"``; the most common
+signature among the first valid ones decides for the batch):
+
+* an output named like logits, or a probability-like vector (≥ 0, rows sum to 1) → classification;
+  an integer output named like a label with one value per row → classification by label (no JS);
+* one number per row → regression; a list of integers → ranking; any other float vector → embedding.
+
+A side that answered (outcome ok, status < 500) has an **invalid** output when its body is null (not
+JSON), the output is missing or not numeric, holds NaN/Inf, its layout differs from production's, or
+— for classification — a row is not on the probability simplex (logits are soft-maxed first, and
+flagged). A ranking with repeated ids is invalid too. A side that did not answer is not invalid: it
+has no output to judge, and the error/timeout checks count it instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from comparator.aggregates import GAMMA, MIN_KEY, MIN_VALUE_MS, Aggregate, Moments, keys
+from comparator.divergence import cosine, js_distance, on_simplex, rbo_ext, softmax
+from comparator.wire import Outcome, Pair, SideResult
+
+__all__ = [
+    "TASKS",
+    "BatchMetrics",
+    "NormalizeConfig",
+    "ddsketch_keys",
+    "fold",
+    "measure",
+    "read_output",
+]
+
+TASKS = ("classification", "regression", "embedding", "ranking")
+_PROBS_NAME = re.compile(r"prob|score|logit|softmax", re.IGNORECASE)
+_LOGITS_NAME = re.compile(r"logit", re.IGNORECASE)
+_LABEL_NAME = re.compile(r"label|class|predict", re.IGNORECASE)
+_INFER_SAMPLE = 32  # valid production outputs looked at to infer the batch's task
+JS_TAIL_AT = 0.1
+COS_TAIL_AT = 0.95
+RBO_P = 0.9
+LOG_GAMMA = math.log(GAMMA)
+
+F64 = NDArray[np.float64]
+Layout = tuple[int, int]  # (rows, width)
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizeConfig:
+    """How outputs are read and compared; one per experiment.
+
+    ``rtol``/``atol`` are the regression tolerance ``|Δ| > atol + rtol·|y_p|``; ``simplex_tol`` how far
+    a probability row may sum from 1; ``warmup_minutes`` the start-up window kept out of latency.
+    """
+
+    task: str = "auto"
+    output_pointer: str | None = None
+    rtol: float = 0.05
+    atol: float = 0.0
+    simplex_tol: float = 1e-3
+    warmup_minutes: float = 30
+
+    def __post_init__(self) -> None:
+        if self.task != "auto" and self.task not in TASKS:
+            raise ValueError(f"task: expected auto or one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.output_pointer is not None and self.output_pointer[:1] not in ("", "/"):
+            raise ValueError(
+                f"output_pointer: a JSON pointer starts with '/', got {self.output_pointer!r}"
+            )
+        for name in ("rtol", "atol", "simplex_tol", "warmup_minutes"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: expected a finite number ≥ 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchMetrics:
+    """Per-pair values, each array aligned with the batch; NaN (floats) or −1 (classes) where a
+    value does not apply. ``task`` is the batch's task, or ``"unknown"`` when no output was readable.
+
+    ``divergence`` is one "how different" number per pair for drill-down ordering: the JS distance
+    (classification), |Δ| / (atol + rtol·|y_p|) (regression: > 1 is outside tolerance), 1 − cosine
+    (embedding) or 1 − RBO (ranking). ``diff``/``prod_value`` (regression) and the ``twin_*`` arrays
+    (production versus its twin, the noise floor) feed :func:`fold`.
+    """
+
+    task: str
+    prod_class: NDArray[np.int64]
+    cand_class: NDArray[np.int64]
+    top1_agree: F64
+    js: F64
+    abs_diff: F64
+    cosine: F64
+    rbo_loss: F64
+    prod_invalid: NDArray[np.bool_]
+    cand_invalid: NDArray[np.bool_]
+    divergence: F64
+    diff: F64
+    prod_value: F64
+    tol_exceed: F64
+    logits: NDArray[np.bool_]
+    twin_invalid: NDArray[np.bool_]
+    twin_top1_agree: F64
+    twin_js: F64
+
+    def __len__(self) -> int:
+        return len(self.prod_invalid)
+
+
+# -- reading one body -------------------------------------------------------------------------------
+
+
+class _Output(NamedTuple):
+    flat: list[Any]  # row-major numbers, validated when the batch is stacked
+    shape: tuple[int, ...]  # as declared; v1 lists of numbers are (n, 1)
+    name: str
+    integer: bool  # every value an int (ids, labels)
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_kind(name: str) -> int:
+    """Preference of an output name: 0 probability-like, 1 anything else, 2 label-like (cached:
+    names repeat every pair)."""
+    if _PROBS_NAME.search(name):
+        return 0
+    return 2 if _LABEL_NAME.search(name) else 1
+
+
+def _resolve_pointer(doc: Any, pointer: str) -> Any:
+    """RFC 6901: ``~1`` is ``/`` and ``~0`` is ``~``; a missing step raises LookupError."""
+    if pointer == "":
+        return doc
+    for raw in pointer[1:].split("/"):
+        token = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(doc, list):
+            if not token.isdigit() or (len(token) > 1 and token[0] == "0"):
+                raise LookupError(token)
+            doc = doc[int(token)]
+        elif isinstance(doc, dict):
+            doc = doc[token]
+        else:
+            raise LookupError(token)
+    return doc
+
+
+def _is_int(values: list[Any]) -> bool:
+    return bool(values) and type(values[0]) is int and all(type(v) is int for v in values)
+
+
+def _from_nested(value: Any, name: str) -> _Output | None:
+    """A (nested) list or a number; ragged or non-numeric content is None (invalid)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return _Output([value], (), name, type(value) is int)
+    if not isinstance(value, list) or not value:
+        return None
+    if not isinstance(value[0], list):
+        return _Output(value, (len(value),), name, _is_int(value))
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # ragged
+        return None
+    if arr.dtype == object or arr.size == 0:
+        return None
+    flat = arr.ravel().tolist()
+    return _Output(flat, arr.shape, name, arr.dtype.kind in "iu")
+
+
+def _from_tensor(tensor: Any) -> _Output | None:
+    """An OIP v2 output tensor ``{"name", "shape", "datatype", "data"}``."""
+    if not isinstance(tensor, dict):
+        return None
+    name = str(tensor.get("name", ""))
+    data, shape = tensor.get("data"), tensor.get("shape")
+    if not isinstance(data, list) or not data:
+        return None
+    if isinstance(data[0], list):  # some servers nest `data` like the tensor
+        out = _from_nested(data, name)
+        if out is None:
+            return None
+        data = out.flat
+    if isinstance(shape, list):
+        dims = tuple(shape)
+        try:
+            size = _shape_size(dims)
+        except TypeError:  # an unhashable dimension
+            size = -1
+        if size >= 0:
+            return _Output(data, dims, name, _is_int(data)) if size == len(data) else None
+    return _from_nested(data, name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape_size(dims: tuple[Any, ...]) -> int:
+    """Element count of a declared shape, −1 when it is not a list of counts (cached: repeats)."""
+    if all(type(d) is int and d >= 0 for d in dims):
+        return math.prod(dims)
+    return -1
+
+
+def _pick_v2(outputs: list[Any]) -> Any:
+    """The probability-like output, else the first that is not a label, else the first."""
+    best, best_kind = None, 3
+    for o in outputs:
+        if isinstance(o, dict):
+            kind = _name_kind(str(o.get("name", "")))
+            if kind == 0:
+                return o
+            if kind < best_kind:
+                best, best_kind = o, kind
+    return best
+
+
+def _from_v1(predictions: list[Any]) -> _Output | None:
+    if not predictions:
+        return None
+    first = predictions[0]
+    if isinstance(first, dict):
+        name = next((k for k in first if _PROBS_NAME.search(k)), None)
+        if name is None:
+            name = next((k for k, v in first.items() if isinstance(v, int | float | list)), None)
+        if name is None or not all(isinstance(p, dict) and name in p for p in predictions):
+            return None
+        predictions = [p[name] for p in predictions]
+    else:
+        name = "predictions"
+    if isinstance(predictions[0], list):
+        return _from_nested(predictions, name)
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in predictions):
+        return _Output(predictions, (len(predictions), 1), name, _is_int(predictions))
+    return None
+
+
+def read_output(body: Any, pointer: str | None = None) -> _Output | None:
+    """The compared output of one response body, or None when there is none to read."""
+    if body is None:
+        return None
+    if pointer is not None:
+        try:
+            target = _resolve_pointer(body, pointer)
+        except (LookupError, IndexError):
+            return None
+        if isinstance(target, dict):
+            return _from_tensor(target)
+        return _from_nested(target, pointer.rsplit("/", 1)[-1])
+    if isinstance(body, dict):
+        outputs = body.get("outputs")
+        if isinstance(outputs, list):
+            return _from_tensor(_pick_v2(outputs))
+        predictions = body.get("predictions")
+        if isinstance(predictions, list):
+            return _from_v1(predictions)
+        return None
+    if isinstance(body, list):
+        return _from_v1(body)
+    return None
+
+
+def _layout(shape: tuple[int, ...], task: str) -> Layout:
+    if len(shape) == 0:
+        return (1, 1)
+    if len(shape) == 1:
+        return (shape[0], 1) if task == "regression" else (1, shape[0])
+    return (shape[0], math.prod(shape[1:]))
+
+
+def _signature(out: _Output, simplex_tol: float) -> str:
+    """The task an output looks like (module docstring), from production's side."""
+    rows, width = _layout(out.shape, "auto")
+    if _LOGITS_NAME.search(out.name):
+        return "classification"
+    if out.integer:
+        if width == 1 and _LABEL_NAME.search(out.name):
+            return "classification"
+        return "ranking" if width > 1 else "regression"
+    if width == 1:
+        return "regression"
+    try:
+        arr = np.asarray(out.flat, dtype=np.float64).reshape(rows, width)
+    except (TypeError, ValueError, OverflowError):
+        return "unknown"
+    if np.isfinite(arr).all() and on_simplex(arr, simplex_tol).all():
+        return "classification"
+    return "embedding"
+
+
+# -- measuring a batch --------------------------------------------------------------------------------
+
+
+def _answered(side: SideResult | None) -> bool:
+    return (
+        side is not None
+        and side.outcome is Outcome.OK
+        and (side.status is None or side.status < 500)
+    )
+
+
+@dataclass(slots=True)
+class _Side:
+    """One side's outputs stacked by layout: layout → (pair indices, array (n, rows, width))."""
+
+    invalid: NDArray[np.bool_]
+    layout: list[Layout | None]
+    values: dict[int, NDArray[np.float64]]  # pair index → (rows, width), valid outputs only
+    logits: NDArray[np.bool_]
+
+
+def _stack(
+    outs: list[_Output | None], answered: list[bool], task: str, config: NormalizeConfig
+) -> _Side:
+    n = len(outs)
+    side = _Side(np.zeros(n, bool), [None] * n, {}, np.zeros(n, bool))
+    groups: dict[Layout, list[tuple[int, _Output]]] = {}
+    for i, out in enumerate(outs):
+        if not answered[i]:
+            continue
+        if out is None:
+            side.invalid[i] = True
+            continue
+        lay = _layout(out.shape, task)
+        side.layout[i] = lay
+        groups.setdefault(lay, []).append((i, out))
+    for (rows, width), members in groups.items():
+        idx = [i for i, _ in members]
+        group = [o for _, o in members]
+        try:
+            arr = np.array([o.flat for o in group], dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):  # a string, null or 1e400: find it
+            arr = np.full((len(idx), rows * width), np.nan)
+            for r, o in enumerate(group):
+                with contextlib.suppress(TypeError, ValueError, OverflowError):
+                    arr[r] = np.asarray(o.flat, dtype=np.float64)
+        arr = arr.reshape(len(idx), rows, width)
+        ok = np.asarray(np.isfinite(arr).all(axis=(1, 2)), dtype=bool)
+        if task == "classification":
+            logit = np.array([bool(_LOGITS_NAME.search(o.name)) for o in group])
+            label = np.array([_is_label(o) for o in group])
+            with np.errstate(all="ignore"):
+                arr = np.where(logit[:, None, None], softmax(arr), arr)
+            ok &= label | np.all(on_simplex(arr, config.simplex_tol), axis=1)
+            side.logits[idx] = logit
+        elif task == "ranking":
+            ok &= np.array([o.integer for o in group])
+            srt = np.sort(arr, axis=-1)
+            ok &= ~(srt[..., 1:] == srt[..., :-1]).any(axis=(1, 2))
+        for r, i in enumerate(idx):
+            if ok[r]:
+                side.values[i] = arr[r]
+            else:
+                side.invalid[i] = True
+    return side
+
+
+def _is_label(out: _Output) -> bool:
+    return (
+        out.integer
+        and _layout(out.shape, "classification")[1] == 1
+        and bool(_LABEL_NAME.search(out.name))
+    )
+
+
+def _infer_task(
+    prod: list[_Output | None], cand: list[_Output | None], config: NormalizeConfig
+) -> str:
+    if config.task != "auto":
+        return config.task
+    for outs in (prod, cand):
+        sample = itertools.islice((o for o in outs if o is not None), _INFER_SAMPLE)
+        votes = Counter(_signature(o, config.simplex_tol) for o in sample)
+        votes.pop("unknown", None)
+        if votes:
+            return votes.most_common(1)[0][0]
+    return "unknown"
+
+
+def _compare(
+    task: str, a: _Side, b: _Side, config: NormalizeConfig, n: int
+) -> dict[str, NDArray[Any]]:
+    """Metrics of b against a (a: production) for pairs where both are valid, grouped by layout."""
+    out: dict[str, NDArray[Any]] = {
+        name: np.full(n, np.nan)
+        for name in ("agree", "js", "abs_diff", "cos", "rbo_loss", "div", "diff", "yp", "tol")
+    }
+    out["pc"] = np.full(n, -1, np.int64)
+    out["cc"] = np.full(n, -1, np.int64)
+    groups: dict[Layout, list[int]] = {}
+    for i, x in a.values.items():
+        if i in b.values:
+            if b.layout[i] != a.layout[i]:
+                b.invalid[i] = True
+                del b.values[i]
+                continue
+            groups.setdefault((x.shape[0], x.shape[1]), []).append(i)
+    for (_rows, width), idx_list in groups.items():
+        idx = np.array(idx_list)
+        p = np.stack([a.values[i] for i in idx_list])
+        q = np.stack([b.values[i] for i in idx_list])
+        # Outputs near 1e308 overflow products; their metrics come out inf/NaN and fold skips them.
+        with np.errstate(all="ignore"):
+            _compare_group(task, width, idx, p, q, out, config)
+    return out
+
+
+def _compare_group(
+    task: str,
+    width: int,
+    idx: NDArray[np.int64],
+    p: F64,
+    q: F64,
+    out: dict[str, NDArray[Any]],
+    config: NormalizeConfig,
+) -> None:
+    """The metrics of one layout group, written into ``out`` at the pairs' indices."""
+    if task == "classification":
+        if width == 1:  # labels: the value is the class
+            pcls, ccls = p[..., 0].astype(np.int64), q[..., 0].astype(np.int64)
+        else:
+            pcls, ccls = p.argmax(axis=-1), q.argmax(axis=-1)
+            out["js"][idx] = js_distance(p, q).mean(axis=1)
+            out["div"][idx] = out["js"][idx]
+        out["agree"][idx] = (pcls == ccls).all(axis=1)
+        out["pc"][idx], out["cc"][idx] = pcls[:, 0], ccls[:, 0]
+        if width == 1:
+            out["div"][idx] = 1.0 - out["agree"][idx]
+    elif task == "regression":
+        d = q - p
+        ad = np.abs(d)
+        tol = config.atol + config.rtol * np.abs(p)
+        out["diff"][idx] = d.mean(axis=(1, 2))
+        out["yp"][idx] = p.mean(axis=(1, 2))
+        out["abs_diff"][idx] = ad.mean(axis=(1, 2))
+        out["tol"][idx] = (ad > tol).any(axis=(1, 2))
+        # Floored so that y_p = 0 with atol = 0 still gives a finite (huge) divergence.
+        out["div"][idx] = (ad / np.maximum(tol, 1e-12)).mean(axis=(1, 2))
+    elif task == "embedding":
+        out["cos"][idx] = cosine(p, q).mean(axis=1)
+        out["div"][idx] = 1.0 - out["cos"][idx]
+    elif task == "ranking":
+        out["rbo_loss"][idx] = 1.0 - rbo_ext(p, q, RBO_P).mean(axis=1)
+        out["div"][idx] = out["rbo_loss"][idx]
+
+
+def measure(pairs: Sequence[Pair], config: NormalizeConfig) -> BatchMetrics:
+    """Per-pair metrics of a batch (see the module docstring for how outputs are read)."""
+    n = len(pairs)
+    ptr = config.output_pointer
+    answered_p = [_answered(p.prod) for p in pairs]
+    answered_c = [_answered(p.candidate) for p in pairs]
+    answered_t = [_answered(p.twin) for p in pairs]
+    out_p = [
+        read_output(p.prod.body, ptr) if a else None for p, a in zip(pairs, answered_p, strict=True)
+    ]
+    out_c = [
+        read_output(p.candidate.body, ptr) if a else None
+        for p, a in zip(pairs, answered_c, strict=True)
+    ]
+    out_t = [
+        read_output(p.twin.body, ptr) if a and p.twin is not None else None
+        for p, a in zip(pairs, answered_t, strict=True)
+    ]
+    task = _infer_task(out_p, out_c, config)
+    prod = _stack(out_p, answered_p, task, config)
+    cand = _stack(out_c, answered_c, task, config)
+    twin = _stack(out_t, answered_t, task, config)
+    m = _compare(task, prod, cand, config, n)
+    t = _compare(task, prod, twin, config, n) if any(answered_t) else None
+    nan = np.full(n, np.nan)
+    return BatchMetrics(
+        task=task,
+        prod_class=m["pc"],
+        cand_class=m["cc"],
+        top1_agree=m["agree"],
+        js=m["js"],
+        abs_diff=m["abs_diff"],
+        cosine=m["cos"],
+        rbo_loss=m["rbo_loss"],
+        prod_invalid=prod.invalid,
+        cand_invalid=cand.invalid,
+        divergence=m["div"],
+        diff=m["diff"],
+        prod_value=m["yp"],
+        tol_exceed=m["tol"],
+        logits=prod.logits | cand.logits,
+        twin_invalid=twin.invalid,
+        twin_top1_agree=t["agree"] if t else nan,
+        twin_js=t["js"] if t else nan.copy(),
+    )
+
+
+# -- folding a batch into hourly aggregates -------------------------------------------------------------
+
+
+def ddsketch_keys(values: F64) -> NDArray[np.int64]:
+    """Vectorised :func:`comparator.aggregates.ddsketch_key`: ceil(log_γ x), MIN_KEY at or below 1 µs."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = np.ceil(np.log(values) / LOG_GAMMA)
+    return np.where(values <= MIN_VALUE_MS, MIN_KEY, k).astype(np.int64)
+
+
+def _moments(values: F64) -> Moments:
+    if values.size == 0:
+        return Moments()
+    mean = float(values.mean())
+    return Moments(int(values.size), mean, float(((values - mean) ** 2).sum()))
+
+
+def _counts(values: NDArray[Any]) -> dict[str, int]:
+    u, c = np.unique(values, return_counts=True)
+    return {str(k): int(v) for k, v in zip(u.tolist(), c.tolist(), strict=True)}
+
+
+def fold(
+    pairs: Sequence[Pair],
+    metrics: BatchMetrics,
+    *,
+    experiment_start: datetime,
+    config: NormalizeConfig,
+) -> dict[datetime, Aggregate]:
+    """One aggregate per UTC hour of ``pair.ts`` touched by the batch (names from ``keys``).
+
+    Per hour: ``pairs``; each side's outcomes (``prod``/``cand``/``twin``); the paired 2×2 cells of
+    ``error`` (outcome error or status ≥ 500) and ``timeout`` over pairs where both sides were sent
+    (neither shed nor skipped), and of ``invalid`` over pairs where both sides answered (ok, status
+    < 500). Divergence statistics of the batch's task cover pairs where both outputs are valid; the
+    twin's classification counters compare production with its twin. Latency, only from
+    ``experiment_start + warmup_minutes`` on: completed calls (ok, or error with a status) go to
+    the log-bucket histogram; timeouts are counted as censored, their deadlines kept as moments.
+    Counts never skip the warm-up.
+    """
+    if len(pairs) != len(metrics):
+        raise ValueError(f"metrics: {len(metrics)} rows for {len(pairs)} pairs")
+    hours = np.array([p.ts.timestamp() for p in pairs]) // 3600  # UTC hour numbers since 1970
+    warm_from = experiment_start + timedelta(minutes=config.warmup_minutes)
+    warm = np.array([p.ts >= warm_from for p in pairs], bool)
+    sides: dict[str, list[SideResult | None]] = {
+        "prod": [p.prod for p in pairs],
+        "cand": [p.candidate for p in pairs],
+    }
+    if any(p.twin is not None for p in pairs):
+        sides["twin"] = [p.twin for p in pairs]
+    cols = {name: _side_columns(results) for name, results in sides.items()}
+    out: dict[datetime, Aggregate] = {}
+    for h in np.unique(hours).tolist():
+        hour = datetime.fromtimestamp(h * 3600, UTC)
+        out[hour] = _fold_hour(np.flatnonzero(hours == h), metrics, cols, warm)
+    return out
+
+
+def _side_columns(results: list[SideResult | None]) -> dict[str, NDArray[Any]]:
+    present = np.array([r is not None for r in results])
+    outcome = np.array([r.outcome.value if r is not None else "" for r in results], dtype="U8")
+    status = np.array([r.status if r is not None and r.status is not None else 0 for r in results])
+    latency = np.array(
+        [r.latency_ms if r is not None and r.latency_ms is not None else np.nan for r in results]
+    )
+    return {"present": present, "outcome": outcome, "status": status, "latency": latency}
+
+
+def _fold_hour(
+    idx: NDArray[np.int64],
+    m: BatchMetrics,
+    cols: dict[str, dict[str, NDArray[Any]]],
+    warm: NDArray[np.bool_],
+) -> Aggregate:
+    agg = Aggregate()
+    agg.add(keys.PAIRS, len(idx))
+    for side, c in cols.items():
+        present = c["present"][idx]
+        for outcome, count in _counts(c["outcome"][idx][present]).items():
+            agg.add(keys.outcome(side, outcome), count)
+        # Latency of completed calls; timeouts as censored counts at their deadline.
+        oc, status, lat = c["outcome"][idx], c["status"][idx], c["latency"][idx]
+        w = warm[idx] & present & ~np.isnan(lat)
+        done = w & ((oc == "ok") | ((oc == "error") & (status > 0)))
+        if done.any():
+            u, cnt = np.unique(ddsketch_keys(lat[done]), return_counts=True)
+            agg.add_hist(keys.latency(side), dict(zip(u.tolist(), cnt.tolist(), strict=True)))
+        late = w & (oc == "timeout")
+        agg.add(keys.censored(side), int(late.sum()))
+        agg.add_moments(f"lat.{side}.deadline", _moments(lat[late]))
+
+    p, c = cols["prod"], cols["cand"]
+    po, co = p["outcome"][idx], c["outcome"][idx]
+    sent = ~np.isin(po, ("shed", "skipped")) & ~np.isin(co, ("shed", "skipped"))
+    p_err = (po == "error") | (p["status"][idx] >= 500)
+    c_err = (co == "error") | (c["status"][idx] >= 500)
+    _paired(agg, keys.ERROR, p_err[sent], c_err[sent])
+    _paired(agg, keys.TIMEOUT, (po == "timeout")[sent], (co == "timeout")[sent])
+    p_ok = (po == "ok") & ~p_err
+    c_ok = (co == "ok") & ~c_err
+    both = sent & p_ok & c_ok
+    _paired(agg, keys.INVALID, m.prod_invalid[idx][both], m.cand_invalid[idx][both])
+
+    # A non-finite divergence only comes from outputs so large that the arithmetic overflowed:
+    # such pairs stay out of the divergence statistics rather than poison every later merge.
+    valid = both & ~m.prod_invalid[idx] & ~m.cand_invalid[idx] & np.isfinite(m.divergence[idx])
+    sel = idx[valid]
+    if m.task == "classification":
+        agree = m.top1_agree[sel]
+        agg.add(keys.CLS_N, int(sel.size))
+        agg.add(keys.CLS_AGREE, int(np.nansum(agree)))
+        js = m.js[sel][~np.isnan(m.js[sel])]
+        agg.add(keys.JS_TAIL, int((js > JS_TAIL_AT).sum()))
+        agg.add_moments(keys.JS, _moments(js))
+        pc, cc = m.prod_class[sel], m.cand_class[sel]
+        agg.add_cats(keys.CLASS_PROD, _counts(pc))
+        agg.add_cats(keys.CLASS_CAND, _counts(cc))
+        agg.add_cats(
+            keys.CONFUSION, _counts(np.char.add(np.char.add(pc.astype(str), ","), cc.astype(str)))
+        )
+        if "twin" in cols:
+            t = cols["twin"]
+            t_ok = (t["outcome"][idx] == "ok") & (t["status"][idx] < 500)
+            t_valid = (
+                ~m.prod_invalid[idx] & ~m.twin_invalid[idx] & ~np.isnan(m.twin_top1_agree[idx])
+            )
+            tsel = idx[p_ok & t_ok & t_valid]
+            tjs = m.twin_js[tsel][~np.isnan(m.twin_js[tsel])]
+            agg.add(keys.TWIN_CLS_N, int(tsel.size))
+            agg.add(keys.TWIN_CLS_AGREE, int(np.nansum(m.twin_top1_agree[tsel])))
+            agg.add(keys.TWIN_JS_TAIL, int((tjs > JS_TAIL_AT).sum()))
+            agg.add_moments(keys.TWIN_JS, _moments(tjs))
+    elif m.task == "regression":
+        agg.add(keys.REG_N, int(sel.size))
+        agg.add(keys.REG_TOL_EXCEED, int(np.nansum(m.tol_exceed[sel])))
+        agg.add_moments(keys.REG_DIFF, _moments(m.diff[sel]))
+        agg.add_moments(keys.REG_PROD, _moments(m.prod_value[sel]))
+    elif m.task == "embedding":
+        cos = m.cosine[sel]
+        agg.add(keys.EMB_N, int(sel.size))
+        agg.add(keys.EMB_COS_TAIL, int((cos < COS_TAIL_AT).sum()))
+        agg.add_moments(keys.EMB_COS, _moments(cos))
+    elif m.task == "ranking":
+        agg.add_moments(keys.RANK_RBO_LOSS, _moments(m.rbo_loss[sel]))
+    return agg
+
+
+def _paired(
+    agg: Aggregate, check: str, prod_bad: NDArray[np.bool_], cand_bad: NDArray[np.bool_]
+) -> None:
+    codes = prod_bad.astype(np.int64) * 2 + cand_bad.astype(np.int64)
+    u, cnt = np.unique(codes, return_counts=True)
+    for code, count in zip(u.tolist(), cnt.tolist(), strict=True):
+        agg.add(keys.paired(check, bool(code >> 1), bool(code & 1)), count)
