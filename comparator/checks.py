@@ -1,0 +1,588 @@
+"""The checks of VERDICT.md: merged aggregates + memory samples → one CheckResult per check.
+
+Each check reads only mergeable state (counters, moments, histograms) so a look costs O(hours), not
+O(pairs). CS-based checks take the interval of the previous looks (``prior``) and intersect it with
+today's, so a bound only ever tightens and a PASS or FAIL never flips back; the new intervals are
+returned for the caller to store. Statuses follow VERDICT.md:
+
+* bad-if-high θ with margin δ: FAIL if lower > δ, PASS if upper ≤ δ, else INCONCLUSIVE;
+* two-sided: PASS if the CS ⊂ [−δ, δ], FAIL if disjoint from it;
+* point-estimate bands (PSI, memory): PASS / WARN / FAIL;
+* NODATA below the minimum counts, NA when the check does not apply (other task, no memory limit).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from comparator import stats
+from comparator.aggregates import Aggregate, keys
+from comparator.policy import CHECK_GROUPS, Policy
+
+__all__ = ["TASK_CHECKS", "CheckContext", "CheckResult", "Status", "evaluate", "infer_task"]
+
+MIB = 1024.0 * 1024.0
+
+#: Divergence checks per task; every other check applies to every task.
+TASK_CHECKS: dict[str, tuple[str, ...]] = {
+    "classification": ("top1_disagreement", "js_tail", "class_psi"),
+    "regression": ("reg_bias", "reg_tolerance"),
+    "embedding": ("emb_cosine_tail",),
+    "ranking": ("rank_rbo",),
+}
+_DIVERGENCE = {c for ids in TASK_CHECKS.values() for c in ids}
+
+
+class Status(enum.StrEnum):
+    PASS = "PASS"
+    WARN = "WARN"
+    FAIL = "FAIL"
+    INCONCLUSIVE = "INCONCLUSIVE"
+    NODATA = "NODATA"
+    NA = "NA"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    id: str
+    group: str
+    critical: bool
+    status: Status
+    estimate: float | None
+    lower: float | None
+    upper: float | None
+    margin: float | None
+    n: int
+    reason: str
+    eta_hours: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        def num(x: float | None) -> float | None:
+            return x if x is None or math.isfinite(x) else None
+
+        return {
+            "id": self.id,
+            "group": self.group,
+            "critical": self.critical,
+            "status": str(self.status),
+            "estimate": num(self.estimate),
+            "lower": num(self.lower),
+            "upper": num(self.upper),
+            "margin": self.margin,
+            "n": self.n,
+            "reason": self.reason,
+            "eta_hours": self.eta_hours,
+        }
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What a look knows besides the aggregate."""
+
+    policy: Policy
+    task: str | None
+    n_opt: float
+    elapsed_hours: float
+    experiment_start: datetime
+    at: datetime
+    prior: dict[str, list[float]] = field(default_factory=dict)
+
+
+def infer_task(agg: Aggregate, configured: str | None) -> str | None:
+    """The configured task, or the one whose counters are present (None: no model outputs seen)."""
+    if configured in TASK_CHECKS:
+        return configured
+    if agg.count(keys.CLS_N):
+        return "classification"
+    if agg.count(keys.REG_N) or agg.moment(keys.REG_DIFF).n:
+        return "regression"
+    if agg.count(keys.EMB_N):
+        return "embedding"
+    if agg.moment(keys.RANK_RBO_LOSS).n:
+        return "ranking"
+    return None
+
+
+def _f(x: float) -> str:
+    if math.isinf(x):
+        return "∞" if x > 0 else "−∞"
+    return f"{x:.4g}" if abs(x) < 1e-2 and x != 0 else f"{x:.2f}" if abs(x) >= 1 else f"{x:.4f}"
+
+
+class _Look:
+    """Builds the results of one look; holds the per-check α, the priors and the new intervals."""
+
+    def __init__(self, agg: Aggregate, memory: Sequence[Any], ctx: CheckContext) -> None:
+        self.agg, self.samples, self.ctx, self.p = agg, memory, ctx, ctx.policy
+        self.task = ctx.task
+        self.intervals: dict[str, list[float]] = {}
+        critical = [c for c in CHECK_GROUPS if self.applies(c) and self.p.check(c).critical]
+        self.alpha_critical = stats.bonferroni(self.p.alpha, len(critical))
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def applies(self, cid: str) -> bool:
+        if not self.p.check(cid).enabled:
+            return False
+        if cid in _DIVERGENCE:
+            return self.task is not None and cid in TASK_CHECKS[self.task]
+        return True
+
+    def alpha(self, cid: str) -> float:
+        return self.alpha_critical if self.p.check(cid).critical else self.p.alpha
+
+    def result(
+        self,
+        cid: str,
+        status: Status,
+        reason: str,
+        *,
+        estimate: float | None = None,
+        lower: float | None = None,
+        upper: float | None = None,
+        n: int = 0,
+        eta: float | None = None,
+        margin: float | None = None,
+    ) -> CheckResult:
+        cp = self.p.check(cid)
+        return CheckResult(
+            cid,
+            CHECK_GROUPS[cid],
+            cp.critical,
+            status,
+            estimate,
+            lower,
+            upper,
+            cp.margin if margin is None else margin,
+            n,
+            reason,
+            eta,
+        )
+
+    def intersect(self, key: str, lower: float, upper: float) -> tuple[float, float]:
+        """Running intersection with the previous looks; an empty one keeps the previous interval."""
+        old = self.ctx.prior.get(key)
+        if old is not None:
+            lo, hi = max(lower, old[0]), min(upper, old[1])
+            lower, upper = (lo, hi) if lo <= hi else (old[0], old[1])
+        self.intervals[key] = [lower, upper]
+        return lower, upper
+
+    def eta(self, n: int, n_needed: float | None) -> float | None:
+        if n_needed is None or self.ctx.elapsed_hours <= 0 or n <= 0:
+            return None
+        rate = n / self.ctx.elapsed_hours
+        return max(0.0, (n_needed - n) / rate)
+
+    def nodata(self, cid: str, n: int, need: int, what: str = "units") -> CheckResult:
+        eta = self.eta(n, need) if n > 0 else None
+        return self.result(cid, Status.NODATA, f"{n} {what} < minimum {need}", n=n, eta=eta)
+
+    # -- CS-based rules ---------------------------------------------------------------------------
+    def upper_rule(
+        self, cid: str, label: str, cs: stats.CS, margin: float, *, key: str | None = None
+    ) -> CheckResult:
+        """Bad-if-high rule; ``key`` names the stored interval when it differs from the check id."""
+        if not math.isfinite(cs.estimate):
+            return self.result(cid, Status.NODATA, f"{label}: no finite estimate", n=cs.n)
+        lo, hi = self.intersect(key or cid, cs.lower, cs.upper)
+        est = cs.estimate
+        text = f"{label} {_f(est)} [{_f(lo)}, {_f(hi)}]"
+        if lo > margin:
+            return self.result(
+                cid,
+                Status.FAIL,
+                f"{text} > {_f(margin)}",
+                estimate=est,
+                lower=lo,
+                upper=hi,
+                n=cs.n,
+                margin=margin,
+            )
+        if hi <= margin:
+            return self.result(
+                cid,
+                Status.PASS,
+                f"{text} ≤ {_f(margin)}",
+                estimate=est,
+                lower=lo,
+                upper=hi,
+                n=cs.n,
+                margin=margin,
+            )
+        n_star = stats.n_to_resolve(cs.s, abs(est - margin), self.alpha(cid), self.ctx.n_opt, cs.n)
+        if n_star is not None and n_star <= cs.n:
+            n_star = None  # held open by an earlier look or the twin's interval: no simple ETA
+        return self.result(
+            cid,
+            Status.INCONCLUSIVE,
+            f"{text} straddles {_f(margin)}",
+            estimate=est,
+            lower=lo,
+            upper=hi,
+            n=cs.n,
+            eta=self.eta(cs.n, n_star),
+            margin=margin,
+        )
+
+    def two_sided_rule(
+        self, cid: str, label: str, cs: stats.CS, margin: float, s: float
+    ) -> CheckResult:
+        if not math.isfinite(cs.estimate):
+            return self.result(cid, Status.NODATA, f"{label}: no finite estimate", n=cs.n)
+        lo, hi = self.intersect(cid, cs.lower, cs.upper)
+        est = cs.estimate
+        text = f"{label} {_f(est)} [{_f(lo)}, {_f(hi)}]"
+        if -margin <= lo and hi <= margin:
+            return self.result(
+                cid,
+                Status.PASS,
+                f"{text} within ±{_f(margin)}",
+                estimate=est,
+                lower=lo,
+                upper=hi,
+                n=cs.n,
+            )
+        if hi < -margin or lo > margin:
+            return self.result(
+                cid,
+                Status.FAIL,
+                f"{text} outside ±{_f(margin)}",
+                estimate=est,
+                lower=lo,
+                upper=hi,
+                n=cs.n,
+            )
+        n_star = stats.n_to_resolve(
+            s, abs(abs(est) - margin), self.alpha(cid), self.ctx.n_opt, cs.n
+        )
+        return self.result(
+            cid,
+            Status.INCONCLUSIVE,
+            f"{text} overlaps ±{_f(margin)}",
+            estimate=est,
+            lower=lo,
+            upper=hi,
+            n=cs.n,
+            eta=self.eta(cs.n, n_star),
+        )
+
+    # -- reliability ------------------------------------------------------------------------------
+    def paired(self, cid: str, name: str) -> CheckResult:
+        n00, n01, n10, n11 = (
+            self.agg.count(keys.paired(name, a, b))
+            for a, b in ((False, False), (False, True), (True, False), (True, True))
+        )
+        n = n00 + n01 + n10 + n11
+        if n < self.p.minimums.units:
+            return self.nodata(cid, n, self.p.minimums.units, "pairs")
+        cs = stats.paired_rate_cs(n00, n01, n10, n11, self.alpha(cid), self.ctx.n_opt)
+        return self.upper_rule(cid, f"{name} rate Δ", cs, self.p.check(cid).margin)
+
+    # -- divergence -------------------------------------------------------------------------------
+    def share(
+        self, cid: str, label: str, k_name: str, n_name: str, twin: tuple[str, str] | None
+    ) -> CheckResult:
+        n = self.agg.count(n_name)
+        if n < self.p.minimums.units:
+            return self.nodata(cid, n, self.p.minimums.units, "pairs")
+        k = self.agg.count(k_name)
+        if cid == "top1_disagreement":
+            k = n - k  # agreement counter → disagreement
+        cp = self.p.check(cid)
+        n_twin = self.agg.count(twin[1]) if twin else 0
+        if twin and n_twin >= self.p.minimums.units:
+            # noise floor: excess over production-vs-twin, each side's CS at α/2
+            k_twin = self.agg.count(twin[0])
+            if cid == "top1_disagreement":
+                k_twin = n_twin - k_twin
+            a = self.alpha(cid) / 2
+            c = stats.proportion_cs(k, n, a, self.ctx.n_opt)
+            t = stats.proportion_cs(k_twin, n_twin, a, self.ctx.n_opt)
+            cs = stats.CS(c.estimate - t.estimate, c.lower - t.upper, c.upper - t.lower, n, c.s)
+            # a different statistic from the plain share: its interval is kept under its own key
+            return self.upper_rule(
+                cid,
+                f"{label} excess over twin",
+                cs,
+                cp.noise_margin or cp.margin,
+                key=f"{cid}.excess",
+            )
+        cs = stats.proportion_cs(k, n, self.alpha(cid), self.ctx.n_opt)
+        return self.upper_rule(cid, label, cs, cp.margin)
+
+    def class_psi(self) -> CheckResult:
+        cid = "class_psi"
+        prod, cand = self.agg.cat(keys.CLASS_PROD), self.agg.cat(keys.CLASS_CAND)
+        bins = sorted(set(prod) | set(cand))
+        n = min(sum(prod.values()), sum(cand.values()))
+        need = max(self.p.minimums.units, 200 * (len(bins) - 1))
+        if n < need:
+            return self.nodata(cid, n, need, "pairs per side")
+        value = stats.psi([prod.get(b, 0) for b in bins], [cand.get(b, 0) for b in bins])
+        cp = self.p.check(cid)
+        fail_at = cp.fail_at or 2 * cp.margin
+        status = (
+            Status.PASS if value < cp.margin else Status.WARN if value < fail_at else Status.FAIL
+        )
+        cmp = (
+            f"< {_f(cp.margin)}"
+            if status is Status.PASS
+            else f"≥ {_f(cp.margin if status is Status.WARN else fail_at)}"
+        )
+        return self.result(cid, status, f"class PSI {_f(value)} {cmp}", estimate=value, n=n)
+
+    def reg_bias(self) -> CheckResult:
+        cid = "reg_bias"
+        d, y = self.agg.moment(keys.REG_DIFF), self.agg.moment(keys.REG_PROD)
+        if d.n < self.p.minimums.units:
+            return self.nodata(cid, d.n, self.p.minimums.units, "pairs")
+        sd = (
+            math.sqrt(y.variance) if y.variance > 0 else 1.0
+        )  # constant production output: raw units
+        cs = stats.mean_cs(
+            d.mean / sd, d.variance / (sd * sd), d.n, self.alpha(cid), self.ctx.n_opt
+        )
+        return self.two_sided_rule(cid, "standardised bias", cs, self.p.check(cid).margin, cs.s)
+
+    def rank_rbo(self) -> CheckResult:
+        cid = "rank_rbo"
+        m = self.agg.moment(keys.RANK_RBO_LOSS)
+        if m.n < self.p.minimums.units:
+            return self.nodata(cid, m.n, self.p.minimums.units, "pairs")
+        cs = stats.mean_cs(m.mean, m.variance, m.n, self.alpha(cid), self.ctx.n_opt)
+        return self.upper_rule(cid, "mean 1 − RBO", cs, self.p.check(cid).margin)
+
+    # -- latency ----------------------------------------------------------------------------------
+    def latency(self, cid: str, p: float) -> CheckResult:
+        cp, mins = self.p.check(cid), self.p.minimums
+        a = self.alpha(cid) / 2  # split between the two sides
+        bands: dict[str, stats.QuantileBand] = {}
+        for side in ("prod", "cand"):
+            hist = self.agg.hist(keys.latency(side))
+            completed = sum(hist.values())
+            cens = self.agg.count(keys.censored(side))
+            deadline = self.agg.moment(f"lat.{side}.deadline").mean if cens else math.inf
+            if completed + cens < mins.units:
+                return self.nodata(cid, completed + cens, mins.units, f"{side} latencies")
+            if completed < mins.events:
+                return self.nodata(cid, completed, mins.events, f"completed {side} calls")
+            bands[side] = stats.quantile_band(hist, cens, deadline, p, a, self.ctx.n_opt)
+        cand, prod = bands["cand"], bands["prod"]
+        ratio = stats.quantile_ratio_cs(cand, prod)
+        lo, hi = self.intersect(cid, ratio.lower, ratio.upper)
+        d_lo, d_hi = self.intersect(
+            f"{cid}.diff_ms", cand.lower - prod.upper, cand.upper - prod.lower
+        )
+        name = f"p{round(p * 100)}"
+        text = f"{name} ratio {_f(ratio.estimate)} [{_f(lo)}, {_f(hi)}]"
+        if not cand.identifiable:
+            text += f" (cand {name} among timeouts)"
+
+        def done(status: Status, reason: str) -> CheckResult:
+            return self.result(
+                cid, status, reason, estimate=ratio.estimate, lower=lo, upper=hi, n=ratio.n
+            )
+
+        if cp.abs_ms is not None and d_hi <= cp.abs_ms:
+            return done(
+                Status.PASS, f"{name} difference [{_f(d_lo)}, {_f(d_hi)}] ms ≤ {_f(cp.abs_ms)} ms"
+            )
+        if lo > cp.margin:
+            return done(Status.FAIL, f"{text} > {_f(cp.margin)}")
+        if hi <= cp.margin:
+            return done(Status.PASS, f"{text} ≤ {_f(cp.margin)}")
+        return done(Status.INCONCLUSIVE, f"{text} straddles {_f(cp.margin)}")
+
+    # -- memory -----------------------------------------------------------------------------------
+    def _hourly(
+        self, side: str, kind: str, fn: Callable[[list[float]], float]
+    ) -> list[tuple[float, float]]:
+        start = self.ctx.experiment_start + timedelta(minutes=self.p.window.warmup_minutes)
+        buckets: dict[int, list[float]] = {}
+        for s in self.samples:
+            if s.side == side and s.kind == kind and start <= s.ts < self.ctx.at:
+                buckets.setdefault(int((s.ts - start).total_seconds() // 3600), []).append(
+                    float(s.value_bytes)
+                )
+        return [(float(h), fn(v)) for h, v in sorted(buckets.items())]
+
+    def _limit(self, kind: str) -> float | None:
+        limits = [
+            s.limit_bytes
+            for s in self.samples
+            if s.side == "cand" and s.kind == kind and s.limit_bytes
+        ]
+        return float(min(limits)) if limits else None
+
+    def memory(self) -> list[CheckResult]:
+        kinds = {s.kind for s in self.samples}
+        if not kinds:
+            ids = ("memory_steady", "memory_headroom", "memory_leak")
+            return [
+                self.result(c, Status.NA, "no memory samples" if self.applies(c) else "disabled")
+                for c in ids
+            ]
+        kind = "rss" if "rss" in kinds else sorted(kinds)[0]
+        out = []
+        # steady: median of hourly medians
+        cp = self.p.check("memory_steady")
+        med = {side: self._hourly(side, kind, statistics.median) for side in ("prod", "cand")}
+        if not cp.enabled:
+            out.append(self.result("memory_steady", Status.NA, "disabled"))
+        elif not med["prod"] or not med["cand"]:
+            out.append(
+                self.result(
+                    "memory_steady", Status.NODATA, "no memory samples after warm-up on both sides"
+                )
+            )
+        else:
+            c = statistics.median(v for _, v in med["cand"])
+            p = statistics.median(v for _, v in med["prod"])
+            ratio, delta = (c / p if p > 0 else math.inf), (c - p) / MIB
+            ok = ratio <= cp.margin or delta <= (cp.abs_mib or 0.0)
+            reason = f"{kind} cand/prod {_f(ratio)} (Δ {delta:.0f} MiB) " + (
+                "within margin" if ok else f"> {_f(cp.margin)} and Δ > {_f(cp.abs_mib or 0.0)} MiB"
+            )
+            out.append(
+                self.result(
+                    "memory_steady",
+                    Status.PASS if ok else Status.FAIL,
+                    reason,
+                    estimate=ratio,
+                    n=len(med["cand"]),
+                )
+            )
+        # headroom: candidate peak / limit, over every kind with a limit
+        cp = self.p.check("memory_headroom")
+        worst: tuple[float, str] | None = None
+        for k in sorted(kinds):
+            lim = self._limit(k)
+            peaks = self._hourly("cand", k, max)
+            if lim and peaks:
+                frac = max(v for _, v in peaks) / lim
+                worst = max(worst or (frac, k), (frac, k))
+        if not cp.enabled or worst is None:
+            out.append(
+                self.result(
+                    "memory_headroom",
+                    Status.NA,
+                    "disabled" if not cp.enabled else "no memory limit known",
+                )
+            )
+        else:
+            frac, k = worst
+            st = Status.PASS if frac <= cp.margin else Status.FAIL
+            out.append(
+                self.result(
+                    "memory_headroom",
+                    st,
+                    f"{k} peak {frac:.0%} of limit {'≤' if st is Status.PASS else '>'} "
+                    f"{cp.margin:.0%}",
+                    estimate=frac,
+                )
+            )
+        out.append(self.leak(kind))
+        return out
+
+    def leak(self, kind: str) -> CheckResult:
+        cid, cp = "memory_leak", self.p.check("memory_leak")
+        lim = self._limit(kind)
+        if not cp.enabled or lim is None:
+            return self.result(
+                cid, Status.NA, "disabled" if not cp.enabled else "no memory limit known"
+            )
+        peaks = self._hourly("cand", kind, max)
+        need = self.p.minimums.memory_hours
+        if len(peaks) < need:
+            return self.nodata(cid, len(peaks), need, "hourly memory peaks")
+        ts = stats.theil_sen([v for _, v in peaks], [h for h, _ in peaks])
+        headroom = lim - peaks[-1][1]
+        slope_mib = ts.low_slope / MIB
+        if ts.low_slope <= 0:
+            return self.result(
+                cid,
+                Status.PASS,
+                f"no growth: slope {ts.slope / MIB:.1f} MiB/h, lower {slope_mib:.1f}",
+                estimate=ts.slope,
+                lower=ts.low_slope,
+                upper=ts.high_slope,
+                n=len(peaks),
+            )
+        hours = max(headroom, 0.0) / ts.low_slope
+        st = Status.FAIL if hours < cp.margin else Status.PASS
+        return self.result(
+            cid,
+            st,
+            f"limit reached in ≥ {hours:.0f} h at {slope_mib:.1f} MiB/h "
+            f"{'<' if st is Status.FAIL else '≥'} {cp.margin:.0f} h",
+            estimate=ts.slope,
+            lower=ts.low_slope,
+            upper=ts.high_slope,
+            n=len(peaks),
+        )
+
+
+def evaluate(
+    agg: Aggregate, memory: Sequence[Any], ctx: CheckContext
+) -> tuple[list[CheckResult], dict[str, list[float]]]:
+    """Every check of VERDICT.md for one look; returns the results and the intervals to store."""
+    look = _Look(agg, memory, ctx)
+    results: list[CheckResult] = []
+    for cid, name in (
+        ("error_delta", keys.ERROR),
+        ("timeout_delta", keys.TIMEOUT),
+        ("invalid_delta", keys.INVALID),
+    ):
+        results.append(
+            look.paired(cid, name) if look.applies(cid) else look.result(cid, Status.NA, "disabled")
+        )
+    builders: dict[str, Callable[[], CheckResult]] = {
+        "top1_disagreement": lambda: look.share(
+            "top1_disagreement",
+            "top-1 disagreement",
+            keys.CLS_AGREE,
+            keys.CLS_N,
+            (keys.TWIN_CLS_AGREE, keys.TWIN_CLS_N),
+        ),
+        "js_tail": lambda: look.share(
+            "js_tail",
+            "share JS > 0.1",
+            keys.JS_TAIL,
+            keys.CLS_N,
+            (keys.TWIN_JS_TAIL, keys.TWIN_CLS_N),
+        ),
+        "class_psi": look.class_psi,
+        "reg_bias": look.reg_bias,
+        "reg_tolerance": lambda: look.share(
+            "reg_tolerance", "share out of tolerance", keys.REG_TOL_EXCEED, keys.REG_N, None
+        ),
+        "emb_cosine_tail": lambda: look.share(
+            "emb_cosine_tail", "share cosine < 0.95", keys.EMB_COS_TAIL, keys.EMB_N, None
+        ),
+        "rank_rbo": look.rank_rbo,
+        "latency_p50": lambda: look.latency("latency_p50", 0.50),
+        "latency_p95": lambda: look.latency("latency_p95", 0.95),
+        "latency_p99": lambda: look.latency("latency_p99", 0.99),
+    }
+    for cid, build in builders.items():
+        if look.applies(cid):
+            results.append(build())
+        else:
+            why = (
+                "disabled"
+                if not look.p.check(cid).enabled
+                else f"only for {_task_of(cid)} experiments"
+            )
+            results.append(look.result(cid, Status.NA, why))
+    results.extend(look.memory())
+    return results, look.intervals
+
+
+def _task_of(cid: str) -> str:
+    return next((t for t, ids in TASK_CHECKS.items() if cid in ids), "")

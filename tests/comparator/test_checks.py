@@ -1,0 +1,207 @@
+"""Each check of VERDICT.md from a hand-built aggregate: status, interval and the readable reason."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from comparator.aggregates import Aggregate, Moments, ddsketch_key, keys
+from comparator.checks import CheckContext, CheckResult, Status, evaluate, infer_task
+from comparator.policy import load_policy
+from tests.comparator.verdict_fakes import T0, memory_series
+
+POLICY = load_policy(None)
+
+
+def _run(
+    agg: Aggregate,
+    task: str | None,
+    memory: list | None = None,
+    prior: dict | None = None,
+    hours: float = 24.0,
+) -> dict[str, CheckResult]:
+    ctx = CheckContext(POLICY, task, 1e5, hours, T0, T0 + timedelta(hours=hours), prior or {})
+    results, _ = evaluate(agg, memory or [], ctx)
+    return {r.id: r for r in results}
+
+
+def _paired(agg: Aggregate, name: str, n00: int, n01: int, n10: int, n11: int) -> None:
+    for (a, b), c in zip(((0, 0), (0, 1), (1, 0), (1, 1)), (n00, n01, n10, n11), strict=True):
+        agg.add(keys.paired(name, bool(a), bool(b)), c)
+
+
+def test_paired_error_example_from_verdict_md_fails_with_reason() -> None:
+    agg = Aggregate()
+    _paired(agg, keys.ERROR, 99000, 650, 300, 50)
+    r = _run(agg, None)["error_delta"]
+    assert r.status is Status.FAIL
+    assert r.reason.startswith("error rate Δ 0.0035 [") and r.reason.endswith("> 0.001")
+    assert r.lower is not None and r.lower > 0.001
+
+
+def test_every_check_has_a_result() -> None:
+    assert len(_run(Aggregate(), None)) == 16
+
+
+def test_task_is_inferred_from_counters() -> None:
+    agg = Aggregate()
+    agg.add(keys.REG_N, 5)
+    assert infer_task(agg, None) == "regression"
+    assert infer_task(agg, "ranking") == "ranking"
+    assert infer_task(Aggregate(), None) is None
+
+
+def test_twin_noise_floor_judges_the_excess() -> None:
+    agg = Aggregate()
+    agg.add(keys.CLS_N, 100_000)
+    agg.add(keys.CLS_AGREE, 92_000)  # 8% disagreement > 5% …
+    agg.add(keys.TWIN_CLS_N, 50_000)
+    agg.add(
+        keys.TWIN_CLS_AGREE, 46_250
+    )  # … but production disagrees with its twin 7.5% of the time
+    r = _run(agg, "classification")["top1_disagreement"]
+    assert r.status is Status.PASS, r.reason
+    assert "excess over twin" in r.reason and r.margin == 0.02
+
+
+def test_top1_disagreement_without_twin_fails_above_margin() -> None:
+    agg = Aggregate()
+    agg.add(keys.CLS_N, 100_000)
+    agg.add(keys.CLS_AGREE, 92_000)
+    r = _run(agg, "classification")["top1_disagreement"]
+    assert r.status is Status.FAIL and r.estimate == pytest.approx(0.08)
+
+
+@pytest.mark.parametrize(
+    ("cand", "status"),
+    [
+        ([500, 300, 150, 50], Status.PASS),
+        ([350, 300, 250, 100], Status.WARN),
+        ([100, 200, 300, 400], Status.FAIL),
+    ],
+)
+def test_class_psi_bands(cand: list[int], status: Status) -> None:
+    agg = Aggregate()
+    agg.add_cats(keys.CLASS_PROD, {str(i): c * 10 for i, c in enumerate([500, 300, 150, 50])})
+    agg.add_cats(keys.CLASS_CAND, {str(i): c * 10 for i, c in enumerate(cand)})
+    assert _run(agg, "classification")["class_psi"].status is status
+
+
+def test_class_psi_needs_200_per_bin() -> None:
+    agg = Aggregate()
+    agg.add_cats(keys.CLASS_PROD, {str(i): 100 for i in range(20)})  # 2000 < 200·19
+    agg.add_cats(keys.CLASS_CAND, {str(i): 100 for i in range(20)})
+    r = _run(agg, "classification")["class_psi"]
+    assert r.status is Status.NODATA and "3800" in r.reason
+
+
+@pytest.mark.parametrize(
+    ("mean", "status"), [(0.0, Status.PASS), (0.5, Status.FAIL), (0.099, Status.INCONCLUSIVE)]
+)
+def test_reg_bias_is_two_sided(mean: float, status: Status) -> None:
+    agg = Aggregate()
+    agg.add_moments(keys.REG_DIFF, Moments(50_000, mean, 50_000 * 0.01))
+    agg.add_moments(keys.REG_PROD, Moments(50_000, 3.0, 50_000 * 1.0))
+    assert _run(agg, "regression")["reg_bias"].status is status
+
+
+def test_regression_constant_values_pass() -> None:
+    agg = Aggregate()
+    agg.add_moments(keys.REG_DIFF, Moments(5000, 0.0, 0.0))
+    agg.add_moments(keys.REG_PROD, Moments(5000, 2.0, 0.0))
+    agg.add(keys.REG_N, 5000)
+    r = _run(agg, "regression")
+    assert r["reg_bias"].status is Status.PASS
+    assert r["reg_tolerance"].status is Status.PASS
+
+
+def test_embedding_and_ranking_checks() -> None:
+    agg = Aggregate()
+    agg.add(keys.EMB_N, 50_000)
+    agg.add(keys.EMB_COS_TAIL, 5_000)
+    assert _run(agg, "embedding")["emb_cosine_tail"].status is Status.FAIL
+    agg = Aggregate()
+    agg.add_moments(keys.RANK_RBO_LOSS, Moments(50_000, 0.05, 50_000 * 0.01))
+    assert _run(agg, "ranking")["rank_rbo"].status is Status.PASS
+
+
+def test_nan_outputs_counted_as_invalid_fail() -> None:
+    agg = Aggregate()
+    _paired(agg, keys.INVALID, 99_000, 1_000, 0, 0)  # candidate emits NaN on 1% of requests
+    assert _run(agg, None)["invalid_delta"].status is Status.FAIL
+
+
+def test_latency_within_5ms_passes_whatever_the_ratio() -> None:
+    agg = Aggregate()
+    agg.add_hist(keys.latency("prod"), {ddsketch_key(1.0): 10_000})
+    agg.add_hist(keys.latency("cand"), {ddsketch_key(2.0): 10_000})  # 2× slower, 1 ms more
+    r = _run(agg, None)["latency_p50"]
+    assert (
+        r.status is Status.PASS
+        and "difference" in r.reason
+        and r.estimate == pytest.approx(2.0, rel=0.03)
+    )
+
+
+def test_all_timeouts_fail_latency() -> None:
+    agg = Aggregate()
+    agg.add_hist(keys.latency("prod"), {ddsketch_key(50.0): 10_000})
+    agg.add_hist(keys.latency("cand"), {ddsketch_key(50.0): 20})
+    agg.add(keys.censored("cand"), 9_980)
+    agg.add_moments("lat.cand.deadline", Moments(9_980, 500.0, 0.0))
+    r = _run(agg, None)["latency_p50"]
+    assert r.status is Status.FAIL and "among timeouts" in r.reason
+
+
+def test_prior_interval_is_intersected() -> None:
+    agg = Aggregate()
+    _paired(agg, keys.ERROR, 9_900, 60, 40, 0)
+    alone = _run(agg, None)["error_delta"]
+    assert alone.status is Status.INCONCLUSIVE and alone.eta_hours is not None
+    r = _run(agg, None, prior={"error_delta": [-0.0005, 0.0008]})["error_delta"]
+    assert r.status is Status.PASS and r.upper == 0.0008
+
+
+def test_memory_checks() -> None:
+    mem = memory_series("prod", 6, 1000, 0, 4000) + memory_series("cand", 6, 1500, 0, 4000)
+    r = _run(Aggregate(), None, mem, hours=6)
+    assert r["memory_steady"].status is Status.FAIL  # 1.5× and +500 MiB
+    assert r["memory_headroom"].status is Status.PASS
+    assert r["memory_leak"].status is Status.PASS and "no growth" in r["memory_leak"].reason
+    mem = memory_series("prod", 6, 1000, 0, 1200) + memory_series("cand", 6, 1100, 0, 1200)
+    r = _run(Aggregate(), None, mem, hours=6)
+    assert r["memory_steady"].status is Status.PASS  # Δ 100 MiB ≤ 256 MiB
+    assert r["memory_headroom"].status is Status.FAIL  # 92% of the limit
+
+
+def test_memory_without_samples_or_limit_is_na() -> None:
+    assert _run(Aggregate(), None)["memory_leak"].status is Status.NA
+    mem = memory_series("cand", 6, 1000, 5, None) + memory_series("prod", 6, 1000, 0, None)
+    r = _run(Aggregate(), None, mem, hours=6)
+    assert r["memory_headroom"].status is Status.NA and r["memory_leak"].status is Status.NA
+
+
+def test_memory_excludes_warmup() -> None:
+    mem = memory_series("prod", 2, 1000, 0, 4000) + memory_series("cand", 2, 1000, 0, 4000)
+    mem += memory_series("cand", 1, 3900, 0, 4000)[:3]  # a spike in the first 30 minutes
+    r = _run(Aggregate(), None, mem, hours=2)
+    assert r["memory_headroom"].status is Status.PASS
+
+
+def test_nan_moments_are_nodata_not_a_verdict() -> None:
+    agg = Aggregate()
+    agg.add_moments(keys.RANK_RBO_LOSS, Moments(5000, float("nan"), 0.0))
+    r = _run(agg, "ranking")["rank_rbo"]
+    assert r.status is Status.NODATA and "no finite estimate" in r.reason
+
+
+def test_twin_excess_interval_is_stored_under_its_own_key() -> None:
+    agg = Aggregate()
+    agg.add(keys.CLS_N, 100_000)
+    agg.add(keys.CLS_AGREE, 92_000)
+    agg.add(keys.TWIN_CLS_N, 50_000)
+    agg.add(keys.TWIN_CLS_AGREE, 46_250)
+    ctx = CheckContext(POLICY, "classification", 1e5, 24.0, T0, T0 + timedelta(hours=24))
+    _, intervals = evaluate(agg, [], ctx)
+    assert "top1_disagreement.excess" in intervals and "top1_disagreement" not in intervals

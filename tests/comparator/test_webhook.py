@@ -1,0 +1,142 @@
+"""The decision webhook against a real loopback receiver that checks the signature."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from comparator.verdict import Decision, Verdict
+from comparator.webhook import (
+    SIGNATURE_HEADER,
+    WebhookConfig,
+    notify_decision,
+    post_event,
+    sign,
+    verify,
+)
+
+SECRET = b"s3cret"
+
+
+class Receiver:
+    """Fails the first ``fail_first`` requests with ``fail_status``, then accepts signed ones."""
+
+    def __init__(self, fail_first: int = 1, fail_status: int = 503) -> None:
+        self.fail_first, self.fail_status = fail_first, fail_status
+        self.seen: list[tuple[bool, str, dict]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        ok = verify(body, SECRET, request.headers.get(SIGNATURE_HEADER))
+        self.seen.append((ok, request.headers["X-Shadowtee-Delivery"], json.loads(body)))
+        if len(self.seen) <= self.fail_first:
+            return web.Response(status=self.fail_status)
+        return web.Response(status=200 if ok else 401)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator:
+    runners: list[web.AppRunner] = []
+
+    async def start(receiver: Receiver) -> str:
+        app = web.Application()
+        app.router.add_post("/hook", receiver.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+
+    yield start
+    for r in runners:
+        await r.cleanup()
+
+
+def _verdict(changed: bool) -> Verdict:
+    return Verdict(
+        "exp",
+        datetime(2026, 11, 2, tzinfo=UTC),
+        25.0,
+        Decision.PROMOTE,
+        97.5,
+        ["ok"],
+        [],
+        "default",
+        decision_changed=changed,
+    )
+
+
+def test_signature_is_hmac_sha256_hex() -> None:
+    expected = hmac.new(b"k", b"{}", hashlib.sha256).hexdigest()
+    assert sign(b"{}", b"k") == f"sha256={expected}"
+    assert verify(b"{}", b"k", sign(b"{}", b"k")) and not verify(b"{}", b"other", sign(b"{}", b"k"))
+    assert not verify(b"{}", b"k", None)
+
+
+async def test_decision_change_is_posted_signed_and_retried_after_a_failure(serve) -> None:
+    receiver = Receiver(fail_first=1)
+    url = await serve(receiver)
+    async with aiohttp.ClientSession() as session:
+        delivery = await notify_decision(
+            session,
+            WebhookConfig(url, SECRET, attempts=3, backoff_s=0.01),
+            _verdict(True),
+            previous="KEEP_OBSERVING",
+        )
+    assert delivery is not None and delivery.delivered and delivery.attempts == 2
+    assert [ok for ok, _, _ in receiver.seen] == [True, True]
+    assert len({d for _, d, _ in receiver.seen}) == 1  # same delivery id on the retry
+    event = receiver.seen[-1][2]
+    assert event["event"] == "decision_changed" and event["decision"] == "PROMOTE"
+    assert event["verdict"]["score"] == 97.5
+
+
+async def test_unchanged_decision_posts_nothing(serve) -> None:
+    receiver = Receiver(fail_first=0)
+    url = await serve(receiver)
+    async with aiohttp.ClientSession() as session:
+        assert await notify_decision(session, WebhookConfig(url, SECRET), _verdict(False)) is None
+    assert receiver.seen == []
+
+
+async def test_wrong_secret_is_refused_without_retry(serve) -> None:
+    receiver = Receiver(fail_first=0)
+    url = await serve(receiver)
+    async with aiohttp.ClientSession() as session:
+        d = await post_event(
+            session, WebhookConfig(url, b"wrong", attempts=4, backoff_s=0.01), {"event": "x"}
+        )
+    assert not d.delivered and d.status == 401 and d.attempts == 1
+
+
+async def test_gives_up_after_the_attempts(serve) -> None:
+    receiver = Receiver(fail_first=10)
+    url = await serve(receiver)
+    async with aiohttp.ClientSession() as session:
+        d = await post_event(
+            session, WebhookConfig(url, SECRET, attempts=3, backoff_s=0.01), {"event": "x"}
+        )
+    assert not d.delivered and d.attempts == 3 and len(receiver.seen) == 3
+
+
+async def test_unreachable_receiver_is_a_failed_delivery() -> None:
+    async with aiohttp.ClientSession() as session:
+        d = await post_event(
+            session,
+            WebhookConfig("http://127.0.0.1:9/hook", SECRET, attempts=2, backoff_s=0.01),
+            {"event": "x"},
+        )
+    assert not d.delivered and d.status is None
+
+
+def test_config_rejects_bad_url() -> None:
+    with pytest.raises(ValueError, match="webhook url"):
+        WebhookConfig("ftp://x", SECRET)
