@@ -1,0 +1,225 @@
+"""Ingest throughput of the comparator store (pairs/s at batch 500) on SQLite and PostgreSQL.
+
+Measures what ``POST /v1/pairs`` does after parsing: ``Store.ingest`` of validated pairs — one
+transaction per batch, normalisation, bulk insert with ON CONFLICT, hourly fold — and, with
+``--http``, the whole HTTP path (JSON encode, request, parse, validate, store) from one client.
+Pairs carry OIP v2 classification outputs (10 classes), like the demo's digits models.
+
+    .venv/bin/python bench/ingest_bench.py --db sqlite:///tmp/bench.db \
+        --db postgresql://postgres@127.0.0.1:5432/postgres --batches 40 --http
+
+Each run uses a fresh experiment name, so the database may be reused; the numbers are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from comparator.aggregates import Aggregate, Moments
+from comparator.store import EXP, Store
+from comparator.wire import Pair
+
+T0 = datetime(2026, 11, 22, 0, 0, tzinfo=UTC)
+
+
+def make_pairs(exp: str, start: int, n: int, rng: random.Random) -> list[dict[str, Any]]:
+    out = []
+    for i in range(start, start + n):
+        p = [rng.random() for _ in range(10)]
+        q = [max(0.0, v + rng.uniform(-0.05, 0.05)) for v in p]
+        p = [v / sum(p) for v in p]
+        q = [v / sum(q) for v in q]
+        cand_ok = rng.random() > 0.02
+        out.append(
+            {
+                "request_id": f"{exp}-{i}",
+                "experiment": exp,
+                "ts": (T0 + timedelta(seconds=i * 0.05)).isoformat(),
+                "route": "/v2/models/digits/infer",
+                "request": {"sha256": hashlib.sha256(str(i).encode()).hexdigest()},
+                "prod": {
+                    "outcome": "ok",
+                    "status": 200,
+                    "latency_ms": rng.lognormvariate(1.2, 0.4),
+                    "model_version": "1",
+                    "body": {"outputs": [{"name": "probabilities", "shape": [1, 10], "data": p}]},
+                },
+                "candidate": {
+                    "outcome": "ok" if cand_ok else "timeout",
+                    "status": 200 if cand_ok else None,
+                    "latency_ms": rng.lognormvariate(1.3, 0.4) if cand_ok else 250.0,
+                    "model_version": "2",
+                    "body": {"outputs": [{"name": "probabilities", "shape": [1, 10], "data": q}]}
+                    if cand_ok
+                    else None,
+                },
+            }
+        )
+    return out
+
+
+async def bench_store(url: str, batches: int, size: int) -> tuple[float, float]:
+    store = await Store.open(url)
+    exp = f"bench-{uuid.uuid4().hex[:8]}"
+    rng = random.Random(1)
+    data = [
+        [Pair.model_validate(d) for d in make_pairs(exp, b * size, size, rng)]
+        for b in range(batches)
+    ]
+    times = []
+    try:
+        await store.ingest(data[0])  # warm-up: first-sight insert of the experiment, caches
+        for batch in data[1:]:
+            t = time.perf_counter()
+            await store.ingest(batch)
+            times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        await store.ingest(data[1])  # a retried batch: all duplicates
+        retry = time.perf_counter() - t
+    finally:
+        await store.close()
+    return size * len(times) / sum(times), size / retry
+
+
+async def bench_http(url: str, batches: int, size: int) -> float:
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from comparator.app import create_app
+    from comparator.settings import ComparatorSettings
+
+    exp = f"bench-{uuid.uuid4().hex[:8]}"
+    rng = random.Random(2)
+    # Encoded up front: the proxy that sends them is another process, not part of the cost.
+    bodies = [
+        json.dumps({"pairs": make_pairs(exp, b * size, size, rng)}).encode() for b in range(batches)
+    ]
+    runner = web.AppRunner(create_app(ComparatorSettings(db=url), CollectorRegistry()))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        return await _post_all(base, bodies, size)
+    finally:
+        await runner.cleanup()
+
+
+async def _post_all(base: str, bodies: list[bytes], size: int) -> float:
+    import aiohttp
+
+    async with aiohttp.ClientSession(base_url=base) as http:
+        headers = {"Content-Type": "application/json"}
+        async with http.post("/v1/pairs", data=bodies[0], headers=headers) as r:
+            assert r.status == 200, await r.text()
+        t = time.perf_counter()
+        for body in bodies[1:]:
+            async with http.post("/v1/pairs", data=body, headers=headers) as r:
+                assert r.status == 200, await r.text()
+        return size * (len(bodies) - 1) / (time.perf_counter() - t)
+
+
+def scaled(agg: Aggregate, k: int) -> Aggregate:
+    """``agg`` as if every pair in it had been seen ``k`` times (same shape, k× the counts)."""
+    return Aggregate(
+        counters={n: c * k for n, c in agg.counters.items()},
+        moments={n: Moments(m.n * k, m.mean, m.m2 * k) for n, m in agg.moments.items()},
+        hists={n: {b: c * k for b, c in h.items()} for n, h in agg.hists.items()},
+        cats={n: {b: c * k for b, c in h.items()} for n, h in agg.cats.items()},
+    )
+
+
+async def bench_summary(
+    url: str, total: int, hours: int = 48, per_hour: int = 500
+) -> tuple[float, int]:
+    """Seconds for summarize() of an experiment of ``total`` pairs over ``hours`` hours.
+
+    Each hour's aggregate is the real fold of ``per_hour`` generated pairs, scaled to
+    ``total / hours`` pairs: the summary reads aggregates only, so this is the same work as
+    after ingesting ``total`` raw pairs (which this benchmark does not store).
+    """
+    from comparator.normalize import NormalizeConfig, fold, measure
+    from comparator.summary import summarize
+
+    store = await Store.open(url)
+    exp = f"bench-sum-{uuid.uuid4().hex[:8]}"
+    rng = random.Random(3)
+    try:
+        first = [Pair.model_validate(d) for d in make_pairs(exp, 0, 1, rng)]
+        await store.ingest(first)
+        info = await store.get_experiment(exp)
+        assert info is not None
+        cfg = NormalizeConfig(warmup_minutes=0)
+        k = max(1, total // (hours * per_hour))
+        rows: dict[datetime, Aggregate] = {}
+        for h in range(hours):
+            pairs = [
+                Pair.model_validate({**d, "ts": (T0 + timedelta(hours=h, seconds=i)).isoformat()})
+                for i, d in enumerate(make_pairs(exp, 1 + h * per_hour, per_hour, rng))
+            ]
+            hour_aggs = fold(pairs, measure(pairs, cfg), experiment_start=T0, config=cfg)
+            for hour, agg in hour_aggs.items():
+                rows[hour] = scaled(agg, k)
+        async with store._write() as conn:
+            eid = (await conn.execute(select(EXP.c.id).where(EXP.c.name == exp))).scalar_one()
+            await store._merge_hours(conn, eid, rows)
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            summary = await summarize(store, exp)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times), int(summary["pairs"])
+    finally:
+        await store.close()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--db", action="append", required=True, help="database URL (repeatable)")
+    ap.add_argument("--batches", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per database; the median is shown")
+    ap.add_argument("--http", action="store_true", help="also measure through POST /v1/pairs")
+    ap.add_argument(
+        "--summary", action="store_true", help="also time the summary at 1e5, 1e6, 1e7 pairs"
+    )
+    args = ap.parse_args()
+    print(
+        f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())}, cpus {os.cpu_count()}"
+    )
+    for url in args.db:
+        runs = [await bench_store(url, args.batches, args.batch_size) for _ in range(args.repeat)]
+        rate = statistics.median(r[0] for r in runs)
+        best = max(r[0] for r in runs)
+        retry = statistics.median(r[1] for r in runs)
+        kind = url.split(":", 1)[0]
+        print(
+            f"{kind:11s} store.ingest  batch {args.batch_size}: {rate:9,.0f} pairs/s median, "
+            f"{best:,.0f} best ({args.repeat} runs x {args.batches - 1} batches; runs "
+            f"{', '.join(f'{r[0]:,.0f}' for r in runs)}); retried batch {retry:,.0f} pairs/s"
+        )
+        if args.http:
+            h = await bench_http(url, args.batches, args.batch_size)
+            print(
+                f"{kind:11s} POST /v1/pairs batch {args.batch_size}: {h:9,.0f} pairs/s (one client)"
+            )
+        if args.summary:
+            for total in (10**5, 10**6, 10**7):
+                secs, n = await bench_summary(url, total)
+                print(f"{kind:11s} summary of {n:>10,} pairs over 48 h: {secs * 1000:7.1f} ms")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

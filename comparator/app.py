@@ -1,0 +1,275 @@
+"""The comparator's HTTP surface: ingest, experiment reads, the verdict, metrics and health.
+
+::
+
+    POST /v1/pairs                          JSON {"pairs": [...]} or NDJSON; bearer token; idempotent
+    GET  /v1/experiments                    every experiment with its versions and pair count
+    GET  /v1/experiments/{name}/summary     ?from=&to= (ISO 8601): from hourly aggregates only
+    GET  /v1/experiments/{name}/verdict     ?at= : comparator.verdict.judge with the loaded policy
+    GET  /metrics  /health/live  /health/ready (database reachable and migrated)
+
+Resources live in cleanup contexts in order — the store (migrated on start), then the memory
+sampler and the retention task — and close in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
+
+from comparator.exceptions import IngestError, StoreError
+from comparator.ingest import read_pairs
+from comparator.metrics import ComparatorMetrics
+from comparator.settings import ComparatorSettings
+from comparator.store import ExperimentInfo, Store
+
+__all__ = ["METRICS", "SETTINGS", "STORE", "create_app", "run"]
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", ComparatorSettings)
+METRICS = web.AppKey("metrics", ComparatorMetrics)
+STORE = web.AppKey("store", Store)
+_POLICY = web.AppKey("policy", dict)  # {"policy": Policy} once loaded
+
+_REASON = {
+    401: "unauthorized",
+    413: "too_large",
+    400: "unparseable",
+    422: "invalid",
+    415: "unsupported",
+}
+RETENTION_INTERVAL_S = 3600.0
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return ts.isoformat() if ts else None
+
+
+def _experiment_json(e: ExperimentInfo) -> dict[str, Any]:
+    return {
+        "name": e.name,
+        "started_at": _iso(e.started_at),
+        "last_pair_at": _iso(e.last_pair_at),
+        "prod_version": e.prod_version,
+        "cand_version": e.cand_version,
+        "task": e.task,
+        "n_pairs": e.n_pairs,
+        "config": e.config,
+    }
+
+
+def _parse_time(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        ts = datetime.fromisoformat(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=f'{{"error": "{name}: expected ISO 8601, e.g. 2026-11-22T10:00:00Z"}}',
+            content_type="application/json",
+        ) from None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+# -- handlers -----------------------------------------------------------------------------------
+
+
+async def post_pairs(request: web.Request) -> web.Response:
+    settings, metrics, store = request.app[SETTINGS], request.app[METRICS], request.app[STORE]
+    try:
+        pairs = await read_pairs(
+            request, token=settings.token, max_body_bytes=settings.max_body_bytes
+        )
+    except IngestError as exc:
+        metrics.rejected[_REASON.get(exc.status, "invalid")].inc()
+        return _error(exc.status, str(exc))
+    started = time.perf_counter()
+    try:
+        result = await store.ingest(pairs)
+    except (SQLAlchemyError, OSError, StoreError) as exc:
+        metrics.rejected["store"].inc()
+        log.error("storing a batch of %d pairs failed: %s", len(pairs), exc)
+        return _error(503, "the database is unavailable; retry later")
+    except Exception:  # a bug must not look like a bad batch; the transaction rolled back
+        metrics.rejected["store"].inc()
+        log.exception("storing a batch of %d pairs failed", len(pairs))
+        return _error(500, "internal error while storing the batch; nothing was stored")
+    metrics.ingest_seconds.observe(time.perf_counter() - started)
+    metrics.batches.inc()
+    metrics.pairs_received.inc(result.received)
+    metrics.pairs_inserted.inc(result.inserted)
+    metrics.pairs_duplicate.inc(result.duplicates)
+    return web.json_response(
+        {
+            "received": result.received,
+            "inserted": result.inserted,
+            "duplicates": result.duplicates,
+            "experiments": list(result.experiments),
+        }
+    )
+
+
+async def list_experiments(request: web.Request) -> web.Response:
+    exps = await request.app[STORE].list_experiments()
+    return web.json_response({"experiments": [_experiment_json(e) for e in exps]})
+
+
+async def _experiment_or_404(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if await request.app[STORE].get_experiment(name) is None:
+        raise web.HTTPNotFound(
+            text='{"error": "no such experiment"}', content_type="application/json"
+        )
+    return name
+
+
+async def summary(request: web.Request) -> web.Response:
+    from comparator.summary import summarize
+
+    start, end = _parse_time(request, "from"), _parse_time(request, "to")
+    name = await _experiment_or_404(request)
+    return web.json_response(await summarize(request.app[STORE], name, start, end))
+
+
+async def verdict(request: web.Request) -> web.Response:
+    at = _parse_time(request, "at")
+    name = await _experiment_or_404(request)
+    try:
+        from comparator.policy import load_policy
+        from comparator.verdict import judge
+    except ImportError as exc:
+        return _error(503, f"the verdict engine is not available in this build: {exc}")
+    cache = request.app[_POLICY]
+    if "policy" not in cache:
+        path = request.app[SETTINGS].policy
+        try:
+            cache["policy"] = load_policy(Path(path) if path else None)
+        except ValueError as exc:  # PolicyError names the file and the key
+            return _error(500, f"policy: {exc}")
+    result = await judge(request.app[STORE], name, cache["policy"], at)
+    return web.json_response(result.to_json())
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"status": "live"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    if await request.app[STORE].ready():
+        return web.json_response({"status": "ready"})
+    return _error(503, "database unreachable or not migrated")
+
+
+# -- resources ----------------------------------------------------------------------------------
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS]
+    store = await Store.open(
+        s.db,
+        upgrade=True,
+        normalize_config=s.normalize_config,  # type: ignore[arg-type]
+        store_bodies=s.store_request_bodies,
+        raw_sample_rate=s.raw_sample_rate,
+    )
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _sampler_ctx(app: web.Application) -> AsyncIterator[None]:
+    from comparator.sampler import MemorySampler
+
+    s = app[SETTINGS]
+    if not s.scrape:
+        yield
+        return
+    sampler = MemorySampler(
+        app[STORE],
+        s.scrape,
+        experiment=s.scrape_experiment,
+        metrics=app[METRICS],
+        interval_s=s.scrape_interval_s,
+        timeout_s=s.scrape_timeout_s,
+    )
+    task = sampler.start()
+    yield
+    await MemorySampler.stop(task)
+
+
+async def _retention_loop(store: Store, days: float) -> None:
+    while True:
+        try:
+            n = await store.purge_pairs(datetime.now(UTC) - timedelta(days=days))
+            if n:
+                log.info("retention: purged %d raw pairs older than %g days", n, days)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("retention pass failed: %s", exc)
+        await asyncio.sleep(RETENTION_INTERVAL_S)
+
+
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    days = app[SETTINGS].retention_days
+    if days <= 0:
+        yield
+        return
+    task = asyncio.get_running_loop().create_task(_retention_loop(app[STORE], days))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(
+    settings: ComparatorSettings, registry: CollectorRegistry | None = None
+) -> web.Application:
+    """The comparator application; the store opens (and migrates) when the app starts."""
+    # The ingest handler enforces max_body_bytes itself; this only keeps aiohttp out of the way.
+    app = web.Application(client_max_size=settings.max_body_bytes + 1)
+    app[SETTINGS] = settings
+    app[METRICS] = ComparatorMetrics.create(registry)
+    app[_POLICY] = {}
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_sampler_ctx)
+    app.cleanup_ctx.append(_retention_ctx)
+    app.router.add_post("/v1/pairs", post_pairs)
+    app.router.add_get("/v1/experiments", list_experiments)
+    app.router.add_get("/v1/experiments/{name}/summary", summary)
+    app.router.add_get("/v1/experiments/{name}/verdict", verdict)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
+    return app
+
+
+def run(settings: ComparatorSettings) -> None:
+    """Serve until SIGTERM/SIGINT (uvloop when available), then close in reverse order."""
+    from comparator.settings import parse_host_port
+
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    host, port = parse_host_port(settings.listen)
+    web.run_app(create_app(settings), host=host, port=port, print=None, shutdown_timeout=10)

@@ -1,0 +1,119 @@
+"""The comparator's settings: one frozen value object, built once in ``main()`` and passed down.
+
+Every field reads from a flag (``--max-body-bytes``), an environment variable
+(``SHADOWTEE_COMPARATOR__MAX_BODY_BYTES``), a mounted secret file (``token``) or the
+``[comparator]`` table of the TOML config file. Per-experiment output reading rules live in
+``[comparator.experiments.<name>]`` (``task``, ``output_pointer``, ``rtol``, ``atol``); the entry
+``"*"`` applies to experiments not named.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ComparatorSettings", "ExperimentSettings", "parse_host_port"]
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split ``"HOST:PORT"`` (``"[::1]:8080"`` for IPv6) into a host and a port 0–65535."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ExperimentSettings(BaseModel):
+    """How to read one experiment's outputs (see comparator.normalize.NormalizeConfig)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: Literal["auto", "classification", "regression", "embedding", "ranking"] = "auto"
+    output_pointer: str | None = None
+    rtol: Annotated[float, Field(ge=0)] = 0.05
+    atol: Annotated[float, Field(ge=0)] = 0.0
+
+    @field_validator("output_pointer")
+    @classmethod
+    def _pointer(cls, value: str | None) -> str | None:
+        if value is not None and value and not value.startswith("/"):
+            raise ValueError(f"a JSON pointer starts with '/', got {value!r}")
+        return value
+
+
+class ComparatorSettings(BaseSettings):
+    """Everything ``shadowtee comparator`` can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHADOWTEE_COMPARATOR__",
+        env_nested_delimiter="__",
+        secrets_dir=os.environ.get("SHADOWTEE_SECRETS_DIR") or None,
+        frozen=True,
+        extra="forbid",
+    )
+
+    listen: str = "127.0.0.1:8090"
+    db: str = "sqlite:///shadowtee.db"
+    policy: str | None = None  # verdict policy file; None = the documented default policy
+    # Memory sampler: side -> /metrics URL, sides "prod" and "candidate" (or "cand").
+    scrape: dict[str, str] = Field(default_factory=dict)
+    scrape_interval_s: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    scrape_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    scrape_experiment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = (
+        "default"
+    )
+    # Bearer token for POST /v1/pairs; None = no authentication (loopback development only).
+    token: SecretStr | None = None
+    store_request_bodies: bool = False
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 32 * 1024 * 1024
+    experiments: dict[str, ExperimentSettings] = Field(default_factory=dict)
+    warmup_minutes: Annotated[float, Field(ge=0)] = 30.0
+    # Retention: raw pairs older than this are purged (aggregates stay); 0 keeps them forever.
+    retention_days: Annotated[float, Field(ge=0)] = 0.0
+    # Hash fraction of raw pairs kept past retention for drill-down.
+    raw_sample_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @field_validator("db")
+    @classmethod
+    def _db(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0].split("+", 1)[0]
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"expected sqlite:///PATH or postgresql://…, got {value!r}")
+        return value
+
+    @field_validator("scrape")
+    @classmethod
+    def _scrape(cls, value: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for side, url in value.items():
+            norm = {"prod": "prod", "production": "prod", "candidate": "cand", "cand": "cand"}
+            if side not in norm:
+                raise ValueError(f"scrape side must be prod or candidate, got {side!r}")
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"expected an http(s):// /metrics URL for {side}, got {url!r}")
+            out[norm[side]] = url
+        return out
+
+    def normalize_config(self, experiment: str) -> object:
+        """The comparator.normalize.NormalizeConfig for ``experiment``."""
+        from comparator.normalize import NormalizeConfig
+
+        exp = self.experiments.get(experiment) or self.experiments.get("*") or ExperimentSettings()
+        return NormalizeConfig(
+            task=exp.task,
+            output_pointer=exp.output_pointer,
+            rtol=exp.rtol,
+            atol=exp.atol,
+            warmup_minutes=self.warmup_minutes,
+        )

@@ -1,0 +1,127 @@
+"""The summary of an experiment over a time range, computed from hourly aggregates only.
+
+It merges O(hours) stored aggregates, so its cost does not grow with the number of pairs. Latency
+quantiles come from the merged log-bucket histograms (within 1% of the exact value); a timeout is a
+right-censored latency ranked above every completed call, so a quantile that falls among the
+timeouts reads as the deadline and is listed in ``censored``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from comparator.aggregates import Aggregate, ddsketch_value, keys
+from comparator.store import Store
+
+__all__ = ["QUANTILES", "latency_summary", "outcome_counts", "summarize"]
+
+QUANTILES = (0.5, 0.95, 0.99)
+SIDES = ("prod", "cand", "twin")
+OUTCOMES = ("ok", "error", "timeout", "shed", "skipped")
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def latency_summary(agg: Aggregate, side: str) -> dict[str, Any]:
+    """n, censored and p50/p95/p99 (ms) of one side's completed + censored latencies."""
+    hist = agg.hist(keys.latency(side))
+    censored = agg.count(keys.censored(side))
+    completed = sum(hist.values())
+    total = completed + censored
+    out: dict[str, Any] = {"n": completed, "censored": censored}
+    deadline = agg.moment(f"lat.{side}.deadline")
+    flagged = []
+    buckets = sorted(hist.items())
+    for q in QUANTILES:
+        name = f"p{round(q * 100)}"
+        if total == 0:
+            out[name] = None
+            continue
+        rank = max(1, math.ceil(q * total))  # 1-based rank of the order statistic
+        if rank > completed:
+            out[name] = deadline.mean if deadline.n else None
+            flagged.append(name)
+            continue
+        seen = 0
+        for key, count in buckets:
+            seen += count
+            if seen >= rank:
+                out[name] = ddsketch_value(key)
+                break
+    out["censored_quantiles"] = flagged
+    return out
+
+
+def outcome_counts(agg: Aggregate) -> dict[str, dict[str, int]]:
+    return {
+        side: {o: agg.count(keys.outcome(side, o)) for o in OUTCOMES}
+        for side in SIDES
+        if side != "twin" or any(agg.count(keys.outcome("twin", o)) for o in OUTCOMES)
+    }
+
+
+def _divergence(agg: Aggregate) -> dict[str, Any]:
+    def mean(name: str) -> float | None:
+        m = agg.moment(name)
+        return m.mean if m.n else None
+
+    return {
+        "classification": {
+            "n": agg.count(keys.CLS_N),
+            "agreement": _ratio(agg.count(keys.CLS_AGREE), agg.count(keys.CLS_N)),
+            "js_mean": mean(keys.JS),
+            "js_gt_0_1": agg.count(keys.JS_TAIL),
+        },
+        "regression": {
+            "n": agg.count(keys.REG_N),
+            "diff_mean": mean(keys.REG_DIFF),
+            "tol_exceed": agg.count(keys.REG_TOL_EXCEED),
+        },
+        "embedding": {
+            "n": agg.count(keys.EMB_N),
+            "cosine_mean": mean(keys.EMB_COS),
+            "cos_lt_0_95": agg.count(keys.EMB_COS_TAIL),
+        },
+        "ranking": {"rbo_loss_mean": mean(keys.RANK_RBO_LOSS)},
+        "invalid": {
+            cell: agg.count(keys.paired(keys.INVALID, cell[0] == "1", cell[1] == "1"))
+            for cell in ("00", "01", "10", "11")
+        },
+    }
+
+
+def _block(agg: Aggregate) -> dict[str, Any]:
+    return {
+        "pairs": agg.count(keys.PAIRS),
+        "outcomes": outcome_counts(agg),
+        "agreement": _ratio(agg.count(keys.CLS_AGREE), agg.count(keys.CLS_N)),
+        "latency_ms": {side: latency_summary(agg, side) for side in ("prod", "cand")},
+    }
+
+
+async def summarize(
+    store: Store, name: str, start: datetime | None = None, end: datetime | None = None
+) -> dict[str, Any]:
+    """The JSON summary of ``name`` over the hours in [start, end)."""
+    hours = await store.hourly_aggregates(name, start, end)
+    total = Aggregate.merged(agg for _, agg in hours)
+    memory: dict[str, dict[str, Any]] = {}
+    for s in await store.memory_samples(name, start, end):
+        m = memory.setdefault(f"{s.side}.{s.kind}", {"n": 0, "max_bytes": 0.0})
+        m["n"] += 1
+        m["max_bytes"] = max(m["max_bytes"], s.value_bytes)
+        m["last_bytes"] = s.value_bytes
+        m["limit_bytes"] = s.limit_bytes
+    return {
+        "experiment": name,
+        "from": start.isoformat() if start else None,
+        "to": end.isoformat() if end else None,
+        **_block(total),
+        "divergence": _divergence(total),
+        "memory": memory,
+        "hours": [{"hour": h.isoformat(), **_block(agg)} for h, agg in hours],
+    }

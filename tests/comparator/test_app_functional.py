@@ -1,0 +1,263 @@
+"""The comparator over real HTTP on 127.0.0.1, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from comparator.aggregates import ddsketch_key, ddsketch_value
+from comparator.app import STORE, create_app
+from comparator.settings import ComparatorSettings
+from comparator.store import Store
+from tests.comparator.store_support import (  # noqa: F401 - fixtures
+    T0,
+    db_url_fixture,
+    exp_fixture,
+    make_pair,
+    running,
+)
+
+TOKEN = "t0ken-for-tests"
+
+
+@pytest.fixture
+async def api(db_url: str) -> AsyncIterator[tuple[str, aiohttp.ClientSession, Store]]:
+    settings = ComparatorSettings(db=db_url, token=TOKEN, max_body_bytes=256 * 1024)
+    app = create_app(settings, CollectorRegistry())
+    async with (
+        running(app) as base,
+        aiohttp.ClientSession(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as http,
+    ):
+        yield base, http, app[STORE]
+
+
+async def post(
+    http: aiohttp.ClientSession, pairs: list[dict[str, Any]], **kw: Any
+) -> tuple[int, Any]:
+    async with http.post("/v1/pairs", json={"pairs": pairs}, **kw) as r:
+        return r.status, await r.json()
+
+
+async def test_json_batch_is_stored_and_listed(api: Any, exp: str) -> None:
+    _, http, _ = api
+    status, body = await post(http, [make_pair(i, exp) for i in range(5)])
+    assert (status, body["inserted"], body["duplicates"]) == (200, 5, 0)
+    async with http.get("/v1/experiments") as r:
+        exps = {e["name"]: e for e in (await r.json())["experiments"]}
+    assert exps[exp]["n_pairs"] == 5
+    assert exps[exp]["prod_version"] == "1"
+
+
+async def test_ndjson_batch_is_stored(api: Any, exp: str) -> None:
+    _, http, store = api
+    body = "\n".join(json.dumps(make_pair(i, exp)) for i in range(7)) + "\n"
+    async with http.post(
+        "/v1/pairs", data=body, headers={"Content-Type": "application/x-ndjson"}
+    ) as r:
+        assert r.status == 200
+        assert (await r.json())["inserted"] == 7
+    assert await store.count_pairs(exp) == 7
+
+
+async def test_retried_batch_stores_nothing_twice(api: Any, exp: str) -> None:
+    _, http, store = api
+    batch = [make_pair(i, exp) for i in range(20)]
+    assert (await post(http, batch))[1]["inserted"] == 20
+    status, body = await post(http, batch)
+    assert (status, body["inserted"], body["duplicates"]) == (200, 0, 20)
+    assert await store.count_pairs(exp) == 20
+
+
+async def test_batch_with_one_malformed_pair_stores_nothing(api: Any, exp: str) -> None:
+    _, http, store = api
+    batch = [make_pair(i, exp) for i in range(6)]
+    batch[4]["candidate"]["latency_ms"] = "slow"
+    status, body = await post(http, batch)
+    assert status == 422
+    assert body["error"].startswith("pairs[4].candidate.latency_ms: ")
+    assert await store.get_experiment(exp) is None
+    assert await store.count_pairs(exp) == 0
+
+
+async def test_unparseable_json_is_400(api: Any) -> None:
+    _, http, _ = api
+    async with http.post(
+        "/v1/pairs", data=b'{"pairs": [', headers={"Content-Type": "application/json"}
+    ) as r:
+        assert r.status == 400
+        assert "not JSON" in (await r.json())["error"]
+
+
+async def test_token_is_required(api: Any, exp: str) -> None:
+    base, _, store = api
+    async with aiohttp.ClientSession(base_url=base) as anon:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            async with anon.post(
+                "/v1/pairs", json={"pairs": [make_pair(1, exp)]}, headers=headers
+            ) as r:
+                assert r.status == 401
+    assert await store.count_pairs(exp) == 0
+
+
+async def test_body_over_the_limit_is_413_declared_or_streamed(api: Any, exp: str) -> None:
+    _, http, store = api
+    big = [make_pair(i, exp) for i in range(400)]  # ~300 KiB of JSON > 256 KiB
+    status, body = await post(http, big)
+    assert status == 413
+    assert "exceeds" in body["error"]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked transfer
+        data = json.dumps({"pairs": big}).encode()
+        for i in range(0, len(data), 64 * 1024):
+            yield data[i : i + 64 * 1024]
+
+    async with http.post(
+        "/v1/pairs", data=chunks(), headers={"Content-Type": "application/json"}
+    ) as r:
+        assert r.status == 413
+    assert await store.count_pairs(exp) == 0
+
+
+async def test_concurrent_clients_with_overlapping_batches_lose_and_double_nothing(
+    api: Any, exp: str
+) -> None:
+    base, _, store = api
+    dicts = [make_pair(i, exp, ts=T0 + timedelta(seconds=11 * i)) for i in range(600)]
+    windows = [dicts[k * 100 : k * 100 + 200] for k in range(5)] * 2  # every pair sent 2–4 times
+
+    async def client(batch: list[dict[str, Any]]) -> int:
+        async with aiohttp.ClientSession(
+            base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as http:
+            status, body = await post(http, batch)
+            assert status == 200
+            return int(body["inserted"])
+
+    inserted = await asyncio.gather(*(client(w) for w in windows))
+    assert sum(inserted) == 600
+    assert await store.count_pairs(exp) == 600
+    async with (
+        aiohttp.ClientSession(base_url=base) as http,
+        http.get(f"/v1/experiments/{exp}/summary") as r,
+    ):
+        assert (await r.json())["pairs"] == 600
+
+
+def expected_quantile(values: list[float], q: float) -> float:
+    """The order statistic the summary reports, timeouts (inf) ranked above everything."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+async def test_summary_equals_a_recomputation_from_the_raw_pairs(api: Any, exp: str) -> None:
+    _, http, _ = api
+    rng = random.Random(7)
+    pairs, cand_lat, agree_n, agree_k = [], [], 0, 0
+    # The first pair starts the experiment; the rest come after the 30 min warm-up, over 3 hours.
+    for i in range(900):
+        ts = T0 if i == 0 else T0 + timedelta(minutes=31, seconds=12 * i)
+        outcome = rng.choices(["ok", "error", "timeout", "shed"], [90, 3, 5, 2])[0]
+        p = rng.random()
+        prod = [p, 1 - p]
+        c = min(1.0, max(0.0, p + rng.uniform(-0.2, 0.2)))
+        cand = [c, 1 - c]
+        lat = rng.lognormvariate(2.0, 0.6)
+        pairs.append(
+            make_pair(
+                i,
+                exp,
+                ts=ts,
+                prod_probs=prod,
+                cand_probs=cand,
+                cand_outcome=outcome,
+                cand_latency=250.0 if outcome == "timeout" else lat,
+            )
+        )
+        if i and outcome in ("ok", "error"):  # an error with a status completed: it has a latency
+            cand_lat.append(lat)
+        elif i and outcome == "timeout":
+            cand_lat.append(math.inf)
+        if outcome == "ok":
+            agree_n += 1
+            agree_k += int(np.argmax(prod) == np.argmax(cand))
+    for k in range(0, 900, 300):
+        assert (await post(http, pairs[k : k + 300]))[0] == 200
+    async with http.get(f"/v1/experiments/{exp}/summary") as r:
+        s = await r.json()
+    outcomes = [p["candidate"]["outcome"] for p in pairs]
+    assert s["pairs"] == 900
+    for o in ("ok", "error", "timeout", "shed", "skipped"):
+        assert s["outcomes"]["cand"][o] == outcomes.count(o)
+    assert s["outcomes"]["prod"]["ok"] == 900
+    assert s["agreement"] == pytest.approx(agree_k / agree_n)
+    lat = s["latency_ms"]["cand"]
+    assert lat["censored"] == sum(math.isinf(v) for v in cand_lat)
+    assert lat["n"] == sum(not math.isinf(v) for v in cand_lat)
+    for q, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
+        want = expected_quantile(cand_lat, q)
+        if math.isinf(want):
+            assert lat[name] == 250.0 and name in lat["censored_quantiles"]
+        else:  # the histogram bucket of the exact order statistic
+            assert lat[name] == pytest.approx(ddsketch_value(ddsketch_key(want)))
+            assert lat[name] == pytest.approx(want, rel=0.01)
+    assert sum(h["pairs"] for h in s["hours"]) == 900
+    assert len(s["hours"]) == 4
+    # A window of hours: [T0+1h, T0+2h) holds exactly the pairs stamped in it.
+    start, end = T0 + timedelta(hours=1), T0 + timedelta(hours=2)
+    async with http.get(
+        f"/v1/experiments/{exp}/summary",
+        params={"from": start.isoformat(), "to": end.isoformat()},
+    ) as r:
+        window = await r.json()
+    in_window = [
+        p for p in pairs if start.isoformat() <= p["ts"].replace("Z", "+00:00") < end.isoformat()
+    ]
+    assert window["pairs"] == len(in_window)
+
+
+async def test_summary_of_an_unknown_experiment_is_404_and_bad_time_400(api: Any, exp: str) -> None:
+    _, http, _ = api
+    async with http.get("/v1/experiments/nope/summary") as r:
+        assert r.status == 404
+    await post(http, [make_pair(1, exp)])
+    async with http.get(f"/v1/experiments/{exp}/summary", params={"from": "yesterday"}) as r:
+        assert r.status == 400
+        assert "from" in (await r.json())["error"]
+
+
+async def test_health_and_metrics(api: Any, exp: str) -> None:
+    _, http, _ = api
+    async with http.get("/health/live") as r:
+        assert r.status == 200
+    async with http.get("/health/ready") as r:
+        assert r.status == 200
+    await post(http, [make_pair(i, exp) for i in range(3)])
+    await post(http, [make_pair(i, exp) for i in range(3)])
+    async with http.get("/metrics") as r:
+        text = await r.text()
+    assert "shadowtee_comparator_pairs_inserted_total 3.0" in text
+    assert "shadowtee_comparator_pairs_duplicate_total 3.0" in text
+
+
+async def test_verdict_endpoint_answers_with_a_decision_or_503(api: Any, exp: str) -> None:
+    _, http, _ = api
+    await post(http, [make_pair(i, exp) for i in range(10)])
+    async with http.get(f"/v1/experiments/{exp}/verdict") as r:
+        body = await r.json()
+        if r.status == 503:  # the verdict engine is not in this build yet
+            assert "verdict" in body["error"]
+        else:
+            assert r.status == 200
+            assert body["decision"] in ("PROMOTE", "REJECT", "KEEP_OBSERVING")
+    async with http.get("/v1/experiments/nope/verdict") as r:
+        assert r.status == 404
