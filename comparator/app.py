@@ -29,11 +29,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from comparator.exceptions import IngestError, StoreError
 from comparator.ingest import read_pairs
+from comparator.looks import LookBook, Looker
 from comparator.metrics import ComparatorMetrics
 from comparator.settings import ComparatorSettings
 from comparator.store import ExperimentInfo, Store
 
-__all__ = ["METRICS", "SETTINGS", "STORE", "create_app", "run"]
+__all__ = ["LOOKS", "METRICS", "SETTINGS", "STORE", "create_app", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ SETTINGS = web.AppKey("settings", ComparatorSettings)
 METRICS = web.AppKey("metrics", ComparatorMetrics)
 STORE = web.AppKey("store", Store)
 _POLICY = web.AppKey("policy", dict)  # {"policy": Policy} once loaded
+LOOKS = web.AppKey("looks", LookBook)
+_LOOKER = web.AppKey("looker", Looker)
 
 _REASON = {
     401: "unauthorized",
@@ -155,6 +158,9 @@ async def verdict(request: web.Request) -> web.Response:
         from comparator.verdict import judge
     except ImportError as exc:
         return _error(503, f"the verdict engine is not available in this build: {exc}")
+    if _LOOKER in request.app:
+        result = await request.app[_LOOKER].look(name, at)
+        return web.json_response(result.to_json())
     cache = request.app[_POLICY]
     if "policy" not in cache:
         path = request.app[SETTINGS].policy
@@ -241,6 +247,33 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def _looks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Periodic saved looks, verdict gauges and the decision webhook (comparator.looks)."""
+    try:
+        from comparator.policy import load_policy
+        from comparator.webhook import WebhookConfig
+    except ImportError:  # pragma: no cover - a build without the verdict engine
+        yield
+        return
+    s = app[SETTINGS]
+    policy = load_policy(Path(s.policy) if s.policy else None)
+    app[_POLICY]["policy"] = policy
+    webhook = None
+    if s.webhook_url and s.webhook_secret is not None:
+        webhook = WebhookConfig(s.webhook_url, s.webhook_secret.get_secret_value().encode())
+    looker = Looker(app[STORE], policy, app[LOOKS], webhook=webhook)
+    app[_LOOKER] = looker
+    task = None
+    if s.verdict_interval_s > 0:
+        task = asyncio.get_running_loop().create_task(looker.run(s.verdict_interval_s))
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await looker.close()
+
+
 def create_app(
     settings: ComparatorSettings, registry: CollectorRegistry | None = None
 ) -> web.Application:
@@ -250,9 +283,12 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = ComparatorMetrics.create(registry)
     app[_POLICY] = {}
+    app[LOOKS] = LookBook()
+    app[METRICS].registry.register(app[LOOKS])
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_sampler_ctx)
     app.cleanup_ctx.append(_retention_ctx)
+    app.cleanup_ctx.append(_looks_ctx)
     app.router.add_post("/v1/pairs", post_pairs)
     app.router.add_get("/v1/experiments", list_experiments)
     app.router.add_get("/v1/experiments/{name}/summary", summary)

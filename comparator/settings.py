@@ -13,7 +13,7 @@ import os
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ComparatorSettings", "ExperimentSettings", "parse_host_port"]
@@ -74,6 +74,11 @@ class ComparatorSettings(BaseSettings):
     warmup_minutes: Annotated[float, Field(ge=0)] = 30.0
     # Retention: raw pairs older than this are purged (aggregates stay); 0 keeps them forever.
     retention_days: Annotated[float, Field(ge=0)] = 0.0
+    # Periodic looks: every experiment is judged (and saved) this often; 0 disables the loop.
+    verdict_interval_s: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    # Webhook posted on every change of decision, signed with HMAC-SHA256 of the body.
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
     # Hash fraction of raw pairs kept past retention for drill-down.
     raw_sample_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
 
@@ -104,6 +109,20 @@ class ComparatorSettings(BaseSettings):
                 raise ValueError(f"expected an http(s):// /metrics URL for {side}, got {url!r}")
             out[norm[side]] = url
         return out
+
+    @model_validator(mode="after")
+    def _webhook(self) -> ComparatorSettings:
+        if self.webhook_url is not None:
+            parts = urlsplit(self.webhook_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"webhook_url: expected an http(s):// URL, got {self.webhook_url!r}"
+                )
+            if self.webhook_secret is None:
+                raise ValueError(
+                    "webhook_url is set but webhook_secret is not: events must be signed"
+                )
+        return self
 
     def normalize_config(self, experiment: str) -> object:
         """The comparator.normalize.NormalizeConfig for ``experiment``."""

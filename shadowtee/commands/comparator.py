@@ -43,6 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep request and response bodies of pairs (off by default)",
     )
     parser.add_argument(
+        "--verdict-interval-s",
+        type=float,
+        metavar="S",
+        help="judge every experiment this often (default 300; 0 disables the periodic looks)",
+    )
+    parser.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="POST signed decision changes here (secret: SHADOWTEE_COMPARATOR__WEBHOOK_SECRET)",
+    )
+    parser.add_argument(
         "--config", type=Path, metavar="FILE", help="TOML file with a [comparator] table"
     )
 
@@ -71,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         "listen": args.listen,
         "db": args.db,
         "policy": args.policy,
+        "verdict_interval_s": args.verdict_interval_s,
+        "webhook_url": args.webhook_url,
         "scrape": _scrape(args.scrape),
         "scrape_experiment": args.scrape_experiment,
         "token": args.token,

@@ -1,0 +1,145 @@
+"""Periodic looks: judge every experiment on an interval, expose the result, announce changes.
+
+A *look* is one call of :func:`comparator.verdict.judge` that is saved, so its intervals join the
+running intersection. The comparator takes one look per experiment every ``verdict_interval_s``
+(and another whenever ``GET /v1/experiments/{name}/verdict`` is asked), and after each:
+
+* the gauges ``shadowtee_comparator_verdict{experiment,decision}`` (1 for the current decision),
+  ``shadowtee_comparator_verdict_score`` and ``shadowtee_comparator_top1_disagreement_ratio``
+  (over the last two hours of pairs) are updated — computed at scrape time from the last looks;
+* when the stored decision changed, the webhook (if configured) receives a signed
+  ``decision_changed`` event.
+
+Alerting (``deploy/prometheus/rules.yaml``) and automation both read from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from comparator.aggregates import Aggregate, keys
+
+__all__ = ["LastLook", "LookBook", "Looker"]
+
+log = logging.getLogger(__name__)
+
+DECISIONS = ("PROMOTE", "REJECT", "KEEP_OBSERVING")
+DISAGREEMENT_WINDOW = timedelta(hours=2)
+
+
+@dataclass(frozen=True, slots=True)
+class LastLook:
+    decision: str
+    score: float
+    disagreement: float | None
+
+
+class LookBook(Collector):
+    """The last look per experiment, read by Prometheus at scrape time."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, LastLook] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        verdict = GaugeMetricFamily(
+            "shadowtee_comparator_verdict",
+            "1 for the decision of the experiment's last look, 0 for the others.",
+            labels=["experiment", "decision"],
+        )
+        score = GaugeMetricFamily(
+            "shadowtee_comparator_verdict_score",
+            "Weighted check score (0-100) of the last look.",
+            labels=["experiment"],
+        )
+        disagreement = GaugeMetricFamily(
+            "shadowtee_comparator_top1_disagreement_ratio",
+            "Share of recent classification pairs whose top-1 classes differ.",
+            labels=["experiment"],
+        )
+        for name, look in sorted(self.last.items()):
+            for d in DECISIONS:
+                verdict.add_metric([name, d], 1.0 if look.decision == d else 0.0)
+            score.add_metric([name], look.score)
+            if look.disagreement is not None:
+                disagreement.add_metric([name], look.disagreement)
+        yield verdict
+        yield score
+        yield disagreement
+
+
+def _disagreement(rows: list[tuple[datetime, Aggregate]]) -> float | None:
+    agg = Aggregate.merged(a for _, a in rows)
+    n = agg.count(keys.CLS_N)
+    return None if n == 0 else 1.0 - agg.count(keys.CLS_AGREE) / n
+
+
+class Looker:
+    """Takes looks for the comparator app; owns the webhook session when a webhook is set."""
+
+    def __init__(
+        self,
+        store: Any,
+        policy: Any,
+        book: LookBook,
+        *,
+        webhook: Any | None = None,
+    ) -> None:
+        self._store = store
+        self._policy = policy
+        self._book = book
+        self._webhook = webhook
+        self._session: aiohttp.ClientSession | None = None
+
+    async def look(self, experiment: str, at: datetime | None = None) -> Any:
+        """Judge ``experiment`` (saved), update the gauges and announce a changed decision."""
+        from comparator.verdict import judge
+
+        previous = self._book.last.get(experiment)
+        verdict = await judge(self._store, experiment, self._policy, at)
+        if at is None:
+            now = datetime.now(UTC)
+            rows = await self._store.hourly_aggregates(
+                experiment, start=now - DISAGREEMENT_WINDOW, end=now + timedelta(hours=1)
+            )
+            self._book.last[experiment] = LastLook(
+                str(verdict.decision), float(verdict.score), _disagreement(rows)
+            )
+        if self._webhook is not None and verdict.decision_changed:
+            from comparator.webhook import notify_decision
+
+            if self._session is None:
+                self._session = aiohttp.ClientSession()
+            await notify_decision(
+                self._session,
+                self._webhook,
+                verdict,
+                previous=previous.decision if previous else None,
+            )
+        return verdict
+
+    async def look_all(self) -> None:
+        for info in await self._store.list_experiments():
+            try:
+                await self.look(info.name)
+            except Exception:  # one bad experiment must not stop the others' looks
+                log.exception("look at %s failed", info.name)
+
+    async def run(self, interval_s: float) -> None:
+        while True:
+            await self.look_all()
+            await asyncio.sleep(interval_s)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                await self._session.close()

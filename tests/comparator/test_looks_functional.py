@@ -1,0 +1,113 @@
+"""Periodic looks on a real comparator: verdict gauges on /metrics and a signed decision webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from comparator.app import create_app
+from comparator.policy import DEMO_POLICY_PATH
+from comparator.settings import ComparatorSettings
+from comparator.webhook import SIGNATURE_HEADER, verify
+from tests.comparator.store_support import running
+from tests.comparator.verdict_fakes import wire_pair
+
+SECRET = "hook-secret"
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.bad_signatures = 0
+        self.arrived = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if not verify(body, SECRET.encode(), request.headers.get(SIGNATURE_HEADER)):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        self.events.append(json.loads(body))
+        self.arrived.set()
+        return web.Response(status=204)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        return app
+
+
+def _settings(tmp_path: Path, hook_url: str, interval: float) -> ComparatorSettings:
+    return ComparatorSettings(
+        db=f"sqlite:///{tmp_path}/c.db",
+        policy=str(DEMO_POLICY_PATH),
+        verdict_interval_s=interval,
+        webhook_url=hook_url,
+        webhook_secret=SECRET,
+    )
+
+
+def _pairs_body(exp: str, *, bad: bool) -> bytes:
+    pairs = [wire_pair(i, exp, cand_error=bad and i % 3 == 0) for i in range(1500)]
+    return json.dumps({"pairs": [p.model_dump(mode="json") for p in pairs]}).encode()
+
+
+async def test_a_changed_decision_is_posted_once_signed_and_shown_on_metrics(
+    tmp_path: Path,
+) -> None:
+    receiver = Receiver()
+    async with running(receiver.app()) as hook:
+        app = create_app(_settings(tmp_path, f"{hook}/hook", 0), registry=CollectorRegistry())
+        async with running(app) as url, aiohttp.ClientSession() as http:
+            r = await http.post(
+                f"{url}/v1/pairs",
+                data=io.BytesIO(_pairs_body("bad", bad=True)),
+                headers={"Content-Type": "application/json"},
+            )
+            assert r.status in (200, 202), await r.text()
+            for _ in range(2):
+                r = await http.get(f"{url}/v1/experiments/bad/verdict")
+                assert (await r.json())["decision"] == "REJECT"
+            metrics = await (await http.get(f"{url}/metrics")).text()
+
+    assert receiver.bad_signatures == 0
+    assert [(e["event"], e["experiment"], e["decision"]) for e in receiver.events] == [
+        ("decision_changed", "bad", "REJECT")
+    ]
+    assert 'shadowtee_comparator_verdict{decision="REJECT",experiment="bad"} 1.0' in metrics
+    assert 'shadowtee_comparator_verdict{decision="PROMOTE",experiment="bad"} 0.0' in metrics
+    assert "shadowtee_comparator_verdict_score" in metrics
+
+
+async def test_the_periodic_loop_judges_every_experiment_without_being_asked(
+    tmp_path: Path,
+) -> None:
+    receiver = Receiver()
+    async with running(receiver.app()) as hook:
+        app = create_app(_settings(tmp_path, f"{hook}/hook", 0.05), registry=CollectorRegistry())
+        async with running(app) as url, aiohttp.ClientSession() as http:
+            r = await http.post(
+                f"{url}/v1/pairs",
+                data=io.BytesIO(_pairs_body("good", bad=False)),
+                headers={"Content-Type": "application/json"},
+            )
+            assert r.status in (200, 202)
+            await asyncio.wait_for(receiver.arrived.wait(), timeout=20)
+            metrics = await (await http.get(f"{url}/metrics")).text()
+    assert receiver.events[0]["experiment"] == "good"
+    assert receiver.events[0]["decision"] == "PROMOTE"
+    assert 'shadowtee_comparator_verdict{decision="PROMOTE",experiment="good"} 1.0' in metrics
+
+
+def test_a_webhook_without_a_secret_is_refused_at_start(tmp_path: Path) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="webhook_secret"):
+        ComparatorSettings(db=f"sqlite:///{tmp_path}/c.db", webhook_url="http://127.0.0.1:9/hook")
