@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import enum
 import math
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from comparator import stats
@@ -27,7 +26,6 @@ from comparator.policy import CHECK_GROUPS, Policy
 
 __all__ = ["TASK_CHECKS", "CheckContext", "CheckResult", "Status", "evaluate", "infer_task"]
 
-MIB = 1024.0 * 1024.0
 
 #: Divergence checks per task; every other check applies to every task.
 TASK_CHECKS: dict[str, tuple[str, ...]] = {
@@ -184,6 +182,31 @@ class _Look:
         return self.result(cid, Status.NODATA, f"{n} {what} < minimum {need}", n=n, eta=eta)
 
     # -- CS-based rules ---------------------------------------------------------------------------
+    def bounded(
+        self,
+        cid: str,
+        status: Status,
+        reason: str,
+        cs: stats.CS,
+        interval: tuple[float, float],
+        *,
+        eta: float | None = None,
+        margin: float | None = None,
+    ) -> CheckResult:
+        """A result carrying ``cs``'s estimate and count with the running ``interval``."""
+        lo, hi = interval
+        return self.result(
+            cid,
+            status,
+            reason,
+            estimate=cs.estimate,
+            lower=lo,
+            upper=hi,
+            n=cs.n,
+            eta=eta,
+            margin=margin,
+        )
+
     def upper_rule(
         self, cid: str, label: str, cs: stats.CS, margin: float, *, key: str | None = None
     ) -> CheckResult:
@@ -194,38 +217,22 @@ class _Look:
         est = cs.estimate
         text = f"{label} {_f(est)} [{_f(lo)}, {_f(hi)}]"
         if lo > margin:
-            return self.result(
-                cid,
-                Status.FAIL,
-                f"{text} > {_f(margin)}",
-                estimate=est,
-                lower=lo,
-                upper=hi,
-                n=cs.n,
-                margin=margin,
+            return self.bounded(
+                cid, Status.FAIL, f"{text} > {_f(margin)}", cs, (lo, hi), margin=margin
             )
         if hi <= margin:
-            return self.result(
-                cid,
-                Status.PASS,
-                f"{text} ≤ {_f(margin)}",
-                estimate=est,
-                lower=lo,
-                upper=hi,
-                n=cs.n,
-                margin=margin,
+            return self.bounded(
+                cid, Status.PASS, f"{text} ≤ {_f(margin)}", cs, (lo, hi), margin=margin
             )
         n_star = stats.n_to_resolve(cs.s, abs(est - margin), self.alpha(cid), self.ctx.n_opt, cs.n)
         if n_star is not None and n_star <= cs.n:
             n_star = None  # held open by an earlier look or the twin's interval: no simple ETA
-        return self.result(
+        return self.bounded(
             cid,
             Status.INCONCLUSIVE,
             f"{text} straddles {_f(margin)}",
-            estimate=est,
-            lower=lo,
-            upper=hi,
-            n=cs.n,
+            cs,
+            (lo, hi),
             eta=self.eta(cs.n, n_star),
             margin=margin,
         )
@@ -239,36 +246,18 @@ class _Look:
         est = cs.estimate
         text = f"{label} {_f(est)} [{_f(lo)}, {_f(hi)}]"
         if -margin <= lo and hi <= margin:
-            return self.result(
-                cid,
-                Status.PASS,
-                f"{text} within ±{_f(margin)}",
-                estimate=est,
-                lower=lo,
-                upper=hi,
-                n=cs.n,
-            )
+            return self.bounded(cid, Status.PASS, f"{text} within ±{_f(margin)}", cs, (lo, hi))
         if hi < -margin or lo > margin:
-            return self.result(
-                cid,
-                Status.FAIL,
-                f"{text} outside ±{_f(margin)}",
-                estimate=est,
-                lower=lo,
-                upper=hi,
-                n=cs.n,
-            )
+            return self.bounded(cid, Status.FAIL, f"{text} outside ±{_f(margin)}", cs, (lo, hi))
         n_star = stats.n_to_resolve(
             s, abs(abs(est) - margin), self.alpha(cid), self.ctx.n_opt, cs.n
         )
-        return self.result(
+        return self.bounded(
             cid,
             Status.INCONCLUSIVE,
             f"{text} overlaps ±{_f(margin)}",
-            estimate=est,
-            lower=lo,
-            upper=hi,
-            n=cs.n,
+            cs,
+            (lo, hi),
             eta=self.eta(cs.n, n_star),
         )
 
@@ -399,134 +388,6 @@ class _Look:
             return done(Status.PASS, f"{text} ≤ {_f(cp.margin)}")
         return done(Status.INCONCLUSIVE, f"{text} straddles {_f(cp.margin)}")
 
-    # -- memory -----------------------------------------------------------------------------------
-    def _hourly(
-        self, side: str, kind: str, fn: Callable[[list[float]], float]
-    ) -> list[tuple[float, float]]:
-        start = self.ctx.experiment_start + timedelta(minutes=self.p.window.warmup_minutes)
-        buckets: dict[int, list[float]] = {}
-        for s in self.samples:
-            if s.side == side and s.kind == kind and start <= s.ts < self.ctx.at:
-                buckets.setdefault(int((s.ts - start).total_seconds() // 3600), []).append(
-                    float(s.value_bytes)
-                )
-        return [(float(h), fn(v)) for h, v in sorted(buckets.items())]
-
-    def _limit(self, kind: str) -> float | None:
-        limits = [
-            s.limit_bytes
-            for s in self.samples
-            if s.side == "cand" and s.kind == kind and s.limit_bytes
-        ]
-        return float(min(limits)) if limits else None
-
-    def memory(self) -> list[CheckResult]:
-        kinds = {s.kind for s in self.samples}
-        if not kinds:
-            ids = ("memory_steady", "memory_headroom", "memory_leak")
-            return [
-                self.result(c, Status.NA, "no memory samples" if self.applies(c) else "disabled")
-                for c in ids
-            ]
-        kind = "rss" if "rss" in kinds else sorted(kinds)[0]
-        out = []
-        # steady: median of hourly medians
-        cp = self.p.check("memory_steady")
-        med = {side: self._hourly(side, kind, statistics.median) for side in ("prod", "cand")}
-        if not cp.enabled:
-            out.append(self.result("memory_steady", Status.NA, "disabled"))
-        elif not med["prod"] or not med["cand"]:
-            out.append(
-                self.result(
-                    "memory_steady", Status.NODATA, "no memory samples after warm-up on both sides"
-                )
-            )
-        else:
-            c = statistics.median(v for _, v in med["cand"])
-            p = statistics.median(v for _, v in med["prod"])
-            ratio, delta = (c / p if p > 0 else math.inf), (c - p) / MIB
-            ok = ratio <= cp.margin or delta <= (cp.abs_mib or 0.0)
-            reason = f"{kind} cand/prod {_f(ratio)} (Δ {delta:.0f} MiB) " + (
-                "within margin" if ok else f"> {_f(cp.margin)} and Δ > {_f(cp.abs_mib or 0.0)} MiB"
-            )
-            out.append(
-                self.result(
-                    "memory_steady",
-                    Status.PASS if ok else Status.FAIL,
-                    reason,
-                    estimate=ratio,
-                    n=len(med["cand"]),
-                )
-            )
-        # headroom: candidate peak / limit, over every kind with a limit
-        cp = self.p.check("memory_headroom")
-        worst: tuple[float, str] | None = None
-        for k in sorted(kinds):
-            lim = self._limit(k)
-            peaks = self._hourly("cand", k, max)
-            if lim and peaks:
-                frac = max(v for _, v in peaks) / lim
-                worst = max(worst or (frac, k), (frac, k))
-        if not cp.enabled or worst is None:
-            out.append(
-                self.result(
-                    "memory_headroom",
-                    Status.NA,
-                    "disabled" if not cp.enabled else "no memory limit known",
-                )
-            )
-        else:
-            frac, k = worst
-            st = Status.PASS if frac <= cp.margin else Status.FAIL
-            out.append(
-                self.result(
-                    "memory_headroom",
-                    st,
-                    f"{k} peak {frac:.0%} of limit {'≤' if st is Status.PASS else '>'} "
-                    f"{cp.margin:.0%}",
-                    estimate=frac,
-                )
-            )
-        out.append(self.leak(kind))
-        return out
-
-    def leak(self, kind: str) -> CheckResult:
-        cid, cp = "memory_leak", self.p.check("memory_leak")
-        lim = self._limit(kind)
-        if not cp.enabled or lim is None:
-            return self.result(
-                cid, Status.NA, "disabled" if not cp.enabled else "no memory limit known"
-            )
-        peaks = self._hourly("cand", kind, max)
-        need = self.p.minimums.memory_hours
-        if len(peaks) < need:
-            return self.nodata(cid, len(peaks), need, "hourly memory peaks")
-        ts = stats.theil_sen([v for _, v in peaks], [h for h, _ in peaks])
-        headroom = lim - peaks[-1][1]
-        slope_mib = ts.low_slope / MIB
-        if ts.low_slope <= 0:
-            return self.result(
-                cid,
-                Status.PASS,
-                f"no growth: slope {ts.slope / MIB:.1f} MiB/h, lower {slope_mib:.1f}",
-                estimate=ts.slope,
-                lower=ts.low_slope,
-                upper=ts.high_slope,
-                n=len(peaks),
-            )
-        hours = max(headroom, 0.0) / ts.low_slope
-        st = Status.FAIL if hours < cp.margin else Status.PASS
-        return self.result(
-            cid,
-            st,
-            f"limit reached in ≥ {hours:.0f} h at {slope_mib:.1f} MiB/h "
-            f"{'<' if st is Status.FAIL else '≥'} {cp.margin:.0f} h",
-            estimate=ts.slope,
-            lower=ts.low_slope,
-            upper=ts.high_slope,
-            n=len(peaks),
-        )
-
 
 def evaluate(
     agg: Aggregate, memory: Sequence[Any], ctx: CheckContext
@@ -580,7 +441,10 @@ def evaluate(
                 else f"only for {_task_of(cid)} experiments"
             )
             results.append(look.result(cid, Status.NA, why))
-    results.extend(look.memory())
+    # Imported here: memory_checks builds on this module's look and result types.
+    from comparator.memory_checks import memory_results
+
+    results.extend(memory_results(look))
     return results, look.intervals
 
 

@@ -5,29 +5,15 @@
 into one :class:`~comparator.aggregates.Aggregate` per UTC hour, ready to merge into the stored rows.
 Both are pure: no I/O, no event loop, no clock.
 
-Reading an output (first match wins):
+Outputs are read by :func:`comparator.outputs.read_output` (JSON pointer, OIP v2 ``outputs[]`` or
+v1 ``predictions``) and laid out as ``rows × width`` (see :mod:`comparator.outputs`); one row is the
+common case. A multi-row response is compared row by row and still counts as **one unit**:
+continuous metrics (JS, |Δ|, cosine, RBO) are the mean over rows; top-1 agreement and the tolerance
+flag are 1 only when every row agrees / one row exceeds (the conservative reading); the predicted
+class is the first row's.
 
-* a configured JSON pointer (RFC 6901), e.g. ``/outputs/0/data`` or ``/result/scores``; it may point
-  at a plain (nested) list or at an OIP v2 tensor ``{"shape": [...], "data": [...]}``;
-* OIP v2 ``outputs[]``: the output named like ``probabilities``/``probs``/``scores``/``logits``
-  when there is one, else the first output that is not a label, else the label; ``data`` is laid
-  out by ``shape`` (their sizes must agree);
-* v1 ``predictions``: a list with one entry per instance — a number, a list, or a dict (from which
-  the probability-like key, else the first numeric key, is read). A bare top-level list reads the same.
-
-Layout: an output is ``rows × width``. A 0-d output is 1 × 1; a 1-d output of length n is one row of
-n numbers (``[K]`` probabilities) except for regression, where it is n rows of one number; a 2-d or
-higher output is ``shape[0]`` rows of the remaining numbers flattened. One row is the common case.
-A multi-row response is compared row by row and still counts as **one unit**: continuous metrics (JS,
-|Δ|, cosine, RBO) are the mean over rows; top-1 agreement and the tolerance flag are 1 only when every
-row agrees / one row exceeds (the conservative reading); the predicted class is the first row's.
-
-Task (``NormalizeConfig.task``, or inferred from production's outputs when ``"auto"``; the most common
-signature among the first valid ones decides for the batch):
-
-* an output named like logits, or a probability-like vector (≥ 0, rows sum to 1) → classification;
-  an integer output named like a label with one value per row → classification by label (no JS);
-* one number per row → regression; a list of integers → ranking; any other float vector → embedding.
+The task is ``NormalizeConfig.task``, or inferred from production's outputs when ``"auto"``
+(:func:`comparator.outputs.infer_task`).
 
 A side that answered (outcome ok, status < 500) has an **invalid** output when its body is null (not
 JSON), the output is missing or not numeric, holds NaN/Inf, its layout differs from production's, or
@@ -39,21 +25,27 @@ has no output to judge, and the error/timeout checks count it instead.
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
 import math
-import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from comparator.aggregates import GAMMA, MIN_KEY, MIN_VALUE_MS, Aggregate, Moments, keys
 from comparator.divergence import cosine, js_distance, on_simplex, rbo_ext, softmax
+from comparator.outputs import (
+    TASKS,
+    Layout,
+    Output,
+    infer_task,
+    is_label,
+    is_logits,
+    layout,
+    read_output,
+)
 from comparator.wire import Outcome, Pair, SideResult
 
 __all__ = [
@@ -66,18 +58,12 @@ __all__ = [
     "read_output",
 ]
 
-TASKS = ("classification", "regression", "embedding", "ranking")
-_PROBS_NAME = re.compile(r"prob|score|logit|softmax", re.IGNORECASE)
-_LOGITS_NAME = re.compile(r"logit", re.IGNORECASE)
-_LABEL_NAME = re.compile(r"label|class|predict", re.IGNORECASE)
-_INFER_SAMPLE = 32  # valid production outputs looked at to infer the batch's task
 JS_TAIL_AT = 0.1
 COS_TAIL_AT = 0.95
 RBO_P = 0.9
 LOG_GAMMA = math.log(GAMMA)
 
 F64 = NDArray[np.float64]
-Layout = tuple[int, int]  # (rows, width)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,184 +128,6 @@ class BatchMetrics:
         return len(self.prod_invalid)
 
 
-# -- reading one body -------------------------------------------------------------------------------
-
-
-class _Output(NamedTuple):
-    flat: list[Any]  # row-major numbers, validated when the batch is stacked
-    shape: tuple[int, ...]  # as declared; v1 lists of numbers are (n, 1)
-    name: str
-    integer: bool  # every value an int (ids, labels)
-
-
-@functools.lru_cache(maxsize=4096)
-def _name_kind(name: str) -> int:
-    """Preference of an output name: 0 probability-like, 1 anything else, 2 label-like (cached:
-    names repeat every pair)."""
-    if _PROBS_NAME.search(name):
-        return 0
-    return 2 if _LABEL_NAME.search(name) else 1
-
-
-def _resolve_pointer(doc: Any, pointer: str) -> Any:
-    """RFC 6901: ``~1`` is ``/`` and ``~0`` is ``~``; a missing step raises LookupError."""
-    if pointer == "":
-        return doc
-    for raw in pointer[1:].split("/"):
-        token = raw.replace("~1", "/").replace("~0", "~")
-        if isinstance(doc, list):
-            if not token.isdigit() or (len(token) > 1 and token[0] == "0"):
-                raise LookupError(token)
-            doc = doc[int(token)]
-        elif isinstance(doc, dict):
-            doc = doc[token]
-        else:
-            raise LookupError(token)
-    return doc
-
-
-def _is_int(values: list[Any]) -> bool:
-    return bool(values) and type(values[0]) is int and all(type(v) is int for v in values)
-
-
-def _from_nested(value: Any, name: str) -> _Output | None:
-    """A (nested) list or a number; ragged or non-numeric content is None (invalid)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float):
-        return _Output([value], (), name, type(value) is int)
-    if not isinstance(value, list) or not value:
-        return None
-    if not isinstance(value[0], list):
-        return _Output(value, (len(value),), name, _is_int(value))
-    try:
-        arr = np.asarray(value)
-    except ValueError:  # ragged
-        return None
-    if arr.dtype == object or arr.size == 0:
-        return None
-    flat = arr.ravel().tolist()
-    return _Output(flat, arr.shape, name, arr.dtype.kind in "iu")
-
-
-def _from_tensor(tensor: Any) -> _Output | None:
-    """An OIP v2 output tensor ``{"name", "shape", "datatype", "data"}``."""
-    if not isinstance(tensor, dict):
-        return None
-    name = str(tensor.get("name", ""))
-    data, shape = tensor.get("data"), tensor.get("shape")
-    if not isinstance(data, list) or not data:
-        return None
-    if isinstance(data[0], list):  # some servers nest `data` like the tensor
-        out = _from_nested(data, name)
-        if out is None:
-            return None
-        data = out.flat
-    if isinstance(shape, list):
-        dims = tuple(shape)
-        try:
-            size = _shape_size(dims)
-        except TypeError:  # an unhashable dimension
-            size = -1
-        if size >= 0:
-            return _Output(data, dims, name, _is_int(data)) if size == len(data) else None
-    return _from_nested(data, name)
-
-
-@functools.lru_cache(maxsize=1024)
-def _shape_size(dims: tuple[Any, ...]) -> int:
-    """Element count of a declared shape, −1 when it is not a list of counts (cached: repeats)."""
-    if all(type(d) is int and d >= 0 for d in dims):
-        return math.prod(dims)
-    return -1
-
-
-def _pick_v2(outputs: list[Any]) -> Any:
-    """The probability-like output, else the first that is not a label, else the first."""
-    best, best_kind = None, 3
-    for o in outputs:
-        if isinstance(o, dict):
-            kind = _name_kind(str(o.get("name", "")))
-            if kind == 0:
-                return o
-            if kind < best_kind:
-                best, best_kind = o, kind
-    return best
-
-
-def _from_v1(predictions: list[Any]) -> _Output | None:
-    if not predictions:
-        return None
-    first = predictions[0]
-    if isinstance(first, dict):
-        name = next((k for k in first if _PROBS_NAME.search(k)), None)
-        if name is None:
-            name = next((k for k, v in first.items() if isinstance(v, int | float | list)), None)
-        if name is None or not all(isinstance(p, dict) and name in p for p in predictions):
-            return None
-        predictions = [p[name] for p in predictions]
-    else:
-        name = "predictions"
-    if isinstance(predictions[0], list):
-        return _from_nested(predictions, name)
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in predictions):
-        return _Output(predictions, (len(predictions), 1), name, _is_int(predictions))
-    return None
-
-
-def read_output(body: Any, pointer: str | None = None) -> _Output | None:
-    """The compared output of one response body, or None when there is none to read."""
-    if body is None:
-        return None
-    if pointer is not None:
-        try:
-            target = _resolve_pointer(body, pointer)
-        except (LookupError, IndexError):
-            return None
-        if isinstance(target, dict):
-            return _from_tensor(target)
-        return _from_nested(target, pointer.rsplit("/", 1)[-1])
-    if isinstance(body, dict):
-        outputs = body.get("outputs")
-        if isinstance(outputs, list):
-            return _from_tensor(_pick_v2(outputs))
-        predictions = body.get("predictions")
-        if isinstance(predictions, list):
-            return _from_v1(predictions)
-        return None
-    if isinstance(body, list):
-        return _from_v1(body)
-    return None
-
-
-def _layout(shape: tuple[int, ...], task: str) -> Layout:
-    if len(shape) == 0:
-        return (1, 1)
-    if len(shape) == 1:
-        return (shape[0], 1) if task == "regression" else (1, shape[0])
-    return (shape[0], math.prod(shape[1:]))
-
-
-def _signature(out: _Output, simplex_tol: float) -> str:
-    """The task an output looks like (module docstring), from production's side."""
-    rows, width = _layout(out.shape, "auto")
-    if _LOGITS_NAME.search(out.name):
-        return "classification"
-    if out.integer:
-        if width == 1 and _LABEL_NAME.search(out.name):
-            return "classification"
-        return "ranking" if width > 1 else "regression"
-    if width == 1:
-        return "regression"
-    try:
-        arr = np.asarray(out.flat, dtype=np.float64).reshape(rows, width)
-    except (TypeError, ValueError, OverflowError):
-        return "unknown"
-    if np.isfinite(arr).all() and on_simplex(arr, simplex_tol).all():
-        return "classification"
-    return "embedding"
-
-
 # -- measuring a batch --------------------------------------------------------------------------------
 
 
@@ -342,18 +150,18 @@ class _Side:
 
 
 def _stack(
-    outs: list[_Output | None], answered: list[bool], task: str, config: NormalizeConfig
+    outs: list[Output | None], answered: list[bool], task: str, config: NormalizeConfig
 ) -> _Side:
     n = len(outs)
     side = _Side(np.zeros(n, bool), [None] * n, {}, np.zeros(n, bool))
-    groups: dict[Layout, list[tuple[int, _Output]]] = {}
+    groups: dict[Layout, list[tuple[int, Output]]] = {}
     for i, out in enumerate(outs):
         if not answered[i]:
             continue
         if out is None:
             side.invalid[i] = True
             continue
-        lay = _layout(out.shape, task)
+        lay = layout(out.shape, task)
         side.layout[i] = lay
         groups.setdefault(lay, []).append((i, out))
     for (rows, width), members in groups.items():
@@ -369,8 +177,8 @@ def _stack(
         arr = arr.reshape(len(idx), rows, width)
         ok = np.asarray(np.isfinite(arr).all(axis=(1, 2)), dtype=bool)
         if task == "classification":
-            logit = np.array([bool(_LOGITS_NAME.search(o.name)) for o in group])
-            label = np.array([_is_label(o) for o in group])
+            logit = np.array([is_logits(o) for o in group])
+            label = np.array([is_label(o) for o in group])
             with np.errstate(all="ignore"):
                 arr = np.where(logit[:, None, None], softmax(arr), arr)
             ok &= label | np.all(on_simplex(arr, config.simplex_tol), axis=1)
@@ -385,28 +193,6 @@ def _stack(
             else:
                 side.invalid[i] = True
     return side
-
-
-def _is_label(out: _Output) -> bool:
-    return (
-        out.integer
-        and _layout(out.shape, "classification")[1] == 1
-        and bool(_LABEL_NAME.search(out.name))
-    )
-
-
-def _infer_task(
-    prod: list[_Output | None], cand: list[_Output | None], config: NormalizeConfig
-) -> str:
-    if config.task != "auto":
-        return config.task
-    for outs in (prod, cand):
-        sample = itertools.islice((o for o in outs if o is not None), _INFER_SAMPLE)
-        votes = Counter(_signature(o, config.simplex_tol) for o in sample)
-        votes.pop("unknown", None)
-        if votes:
-            return votes.most_common(1)[0][0]
-    return "unknown"
 
 
 def _compare(
@@ -494,7 +280,7 @@ def measure(pairs: Sequence[Pair], config: NormalizeConfig) -> BatchMetrics:
         read_output(p.twin.body, ptr) if a and p.twin is not None else None
         for p, a in zip(pairs, answered_t, strict=True)
     ]
-    task = _infer_task(out_p, out_c, config)
+    task = infer_task(out_p, out_c, config.task, config.simplex_tol)
     prod = _stack(out_p, answered_p, task, config)
     cand = _stack(out_c, answered_c, task, config)
     twin = _stack(out_t, answered_t, task, config)

@@ -4,31 +4,20 @@ One code base serves both databases: ``sqlite:///path`` runs on aiosqlite (WAL, 
 writer at a time) and ``postgresql://…`` on asyncpg (row locks). Every look at an experiment reads
 ``hourly_aggregates`` — O(hours) rows of :class:`~comparator.aggregates.Aggregate` — never the pairs.
 
-Ingest is one transaction per batch::
-
-    lock the batch's experiments (insert on first sight, then SELECT … FOR UPDATE, by name)
-    measure the pairs (comparator.normalize.measure, vectorised)
-    INSERT pairs … ON CONFLICT DO NOTHING RETURNING request_id        (bulk, one statement per page)
-    fold only the returned, newly stored pairs into their hours (read-modify-write, FOR UPDATE)
-    update the experiments' counts
-
-so a retried batch stores and counts nothing twice, and a concurrent batch that overlaps it waits
-on the experiment's row lock instead of double-counting.
+Ingest is one transaction per batch, written by :class:`comparator.store_ingest.Ingest` (see there
+for why a retried or overlapping batch never counts twice); everything else is here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, delete, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Select, Table, delete, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -36,19 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from comparator.aggregates import Aggregate
 from comparator.database import async_url, make_engine, migration_state, upgrade_database
 from comparator.exceptions import StoreError, UnknownExperiment
-from comparator.models import (
-    ExperimentRow,
-    HourlyAggregateRow,
-    MemorySampleRow,
-    PairRow,
-    VerdictRow,
-    VerdictStateRow,
-)
-from comparator.pair_rows import pair_columns, subset, unnest_insert
+from comparator.models import MemorySampleRow, VerdictRow, VerdictStateRow
+from comparator.store_ingest import EXP, HOURS, PAIRS, Ingest, IngestResult, insert_for
 from comparator.wire import Pair
 
 if TYPE_CHECKING:
-    from comparator.normalize import BatchMetrics, NormalizeConfig
+    from comparator.normalize import NormalizeConfig
 
 __all__ = [
     "ExperimentInfo",
@@ -60,13 +42,10 @@ __all__ = [
     "upgrade_database",
 ]
 
-KNOWN_TASKS = ("classification", "regression", "embedding", "ranking")
-EXP = cast(Table, ExperimentRow.__table__)
-PAIRS = cast(Table, PairRow.__table__)
-HOURS = cast(Table, HourlyAggregateRow.__table__)
 MEM = cast(Table, MemorySampleRow.__table__)
 VERDICTS = cast(Table, VerdictRow.__table__)
 VSTATE = cast(Table, VerdictStateRow.__table__)
+_Q = TypeVar("_Q", bound=Select[Any])
 
 
 @dataclass(frozen=True)
@@ -114,18 +93,13 @@ class StoredPair:
     cand_body: Any | None
 
 
-@dataclass(frozen=True)
-class IngestResult:
-    """What one batch did: ``inserted`` pairs are new; ``duplicates`` were already stored."""
-
-    received: int
-    inserted: int
-    duplicates: int
-    experiments: tuple[str, ...] = ()
-
-
-def _hour(ts: datetime) -> datetime:
-    return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+def _in_range(q: _Q, column: Any, start: datetime | None, end: datetime | None) -> _Q:
+    """``q`` limited to ``start <= column < end``; a None bound is open."""
+    if start is not None:
+        q = q.where(column >= start)
+    if end is not None:
+        q = q.where(column < end)
+    return q
 
 
 class Store:
@@ -142,8 +116,12 @@ class Store:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._normalize_config = normalize_config
-        self._store_bodies = store_bodies
-        self._raw_sample_rate = raw_sample_rate
+        self._ingest = Ingest(
+            self.dialect,
+            self._config_for,
+            store_bodies=store_bodies,
+            raw_sample_rate=raw_sample_rate,
+        )
         # SQLite has one writer; queue writers here instead of spinning on busy_timeout.
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
 
@@ -212,163 +190,26 @@ class Store:
                 yield conn
 
     def _insert(self, table: Any) -> Any:
-        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+        return insert_for(self.dialect, table)
 
     def _config_for(self, name: str) -> NormalizeConfig:
         from comparator.normalize import NormalizeConfig
 
         return self._normalize_config(name) if self._normalize_config else NormalizeConfig()
 
-    async def _lock_experiments(
-        self, conn: AsyncConnection, first: Mapping[str, Pair], earliest: Mapping[str, datetime]
-    ) -> dict[str, Any]:
-        """Insert unseen experiments, then lock every named row (in name order: no deadlock)."""
-        now = datetime.now(UTC)
-        rows = []
-        for name in sorted(first):
-            p = first[name]
-            cfg = self._config_for(name)
-            rows.append(
-                {
-                    "name": name,
-                    "started_at": earliest[name],
-                    "last_pair_at": None,
-                    "prod_version": p.prod.model_version,
-                    "cand_version": p.candidate.model_version,
-                    "task": cfg.task if cfg.task in KNOWN_TASKS else None,
-                    "n_pairs": 0,
-                    "config": dataclasses.asdict(cfg),
-                    "created_at": now,
-                }
-            )
-        await conn.execute(self._insert(EXP).on_conflict_do_nothing(index_elements=["name"]), rows)
-        q = select(EXP).where(EXP.c.name.in_(sorted(first))).order_by(EXP.c.name).with_for_update()
-        return {r.name: r for r in (await conn.execute(q)).all()}
-
     # -- ingest -------------------------------------------------------------------------------
     async def ingest(self, pairs: list[Pair]) -> IngestResult:
         """Store a validated batch in one transaction; pairs already stored are skipped, uncounted."""
-        from comparator.normalize import fold, measure
-
-        groups: dict[str, dict[str, Pair]] = {}
-        for p in pairs:  # a request id repeated inside one batch counts once
-            groups.setdefault(p.experiment, {}).setdefault(p.request_id, p)
-        if not groups:
+        if not pairs:
             return IngestResult(0, 0, 0)
-        first = {name: next(iter(g.values())) for name, g in groups.items()}
-        earliest = {name: min(p.ts for p in g.values()) for name, g in groups.items()}
-        for name, g in groups.items():  # versions from the first pair that names them
-            first[name] = next((p for p in g.values() if p.prod.model_version), first[name])
-        inserted = 0
         async with self._write() as conn:
-            exps = await self._lock_experiments(conn, first, earliest)
-            for name in sorted(groups):
-                exp = exps[name]
-                batch = [groups[name][rid] for rid in sorted(groups[name])]
-                cfg = self._config_for(name)
-                if cfg.task == "auto" and exp.task:
-                    cfg = dataclasses.replace(cfg, task=exp.task)
-                metrics = measure(batch, cfg)
-                new_ids = await self._insert_pairs(conn, exp.id, batch, metrics)
-                started = min(exp.started_at, earliest[name])
-                if new_ids:
-                    idx = [i for i, p in enumerate(batch) if p.request_id in new_ids]
-                    new_pairs = [batch[i] for i in idx]
-                    hours = fold(
-                        new_pairs,
-                        subset(metrics, idx),
-                        experiment_start=started,
-                        config=dataclasses.replace(cfg),
-                    )
-                    await self._merge_hours(conn, exp.id, hours)
-                inserted += len(new_ids)
-                task = metrics.task if metrics.task in KNOWN_TASKS else None
-                last = max((p.ts for p in batch if p.request_id in new_ids), default=None)
-                await conn.execute(
-                    update(EXP)
-                    .where(EXP.c.id == exp.id)
-                    .values(
-                        n_pairs=EXP.c.n_pairs + len(new_ids),
-                        started_at=started,
-                        last_pair_at=max(filter(None, (exp.last_pair_at, last)), default=None),
-                        task=exp.task or task,
-                        prod_version=exp.prod_version or first[name].prod.model_version,
-                        cand_version=exp.cand_version or first[name].candidate.model_version,
-                    )
-                )
-        return IngestResult(len(pairs), inserted, len(pairs) - inserted, tuple(sorted(groups)))
-
-    async def _insert_pairs(
-        self, conn: AsyncConnection, experiment_id: int, batch: Sequence[Pair], m: BatchMetrics
-    ) -> set[str]:
-        """Bulk insert; returns the request ids this statement stored (not those already there)."""
-        cols = pair_columns(
-            experiment_id,
-            batch,
-            m,
-            store_bodies=self._store_bodies,
-            sample_rate=self._raw_sample_rate,
-        )
-        if self.dialect == "postgresql":
-            return await self._insert_pairs_unnest(conn, cols)
-        stmt = (
-            self._insert(PAIRS)
-            .on_conflict_do_nothing(index_elements=["experiment_id", "request_id"])
-            .returning(PAIRS.c.request_id)
-        )
-        names = list(cols)
-        rows = [
-            dict(zip(names, values, strict=True)) for values in zip(*cols.values(), strict=True)
-        ]
-        result = await conn.execute(stmt, rows)
-        return {r[0] for r in result.all()}
-
-    async def _insert_pairs_unnest(
-        self, conn: AsyncConnection, cols: dict[str, list[Any]]
-    ) -> set[str]:
-        """PostgreSQL: the whole batch as one array per column, one statement, one round trip.
-
-        ``INSERT … SELECT * FROM unnest($1::t1[], …)`` skips building and binding one VALUES
-        tuple per row, the bulk of the client-side cost of a 500-pair batch.
-        """
-        for name in ("request_body", "prod_body", "cand_body"):  # jsonb travels as JSON text
-            cols[name] = [None if v is None else json.dumps(v) for v in cols[name]]
-        result = await conn.execute(unnest_insert(self.engine.dialect), cols)
-        return {r[0] for r in result.all()}
+            return await self._ingest.batch(conn, pairs)
 
     async def _merge_hours(
         self, conn: AsyncConnection, experiment_id: int, hours: Mapping[datetime, Aggregate]
     ) -> None:
-        now = datetime.now(UTC)
-        keys = sorted(_hour(h) for h in hours)
-        await conn.execute(
-            self._insert(HOURS).on_conflict_do_nothing(index_elements=["experiment_id", "hour"]),
-            [
-                {"experiment_id": experiment_id, "hour": h, "data": {}, "updated_at": now}
-                for h in keys
-            ],
-        )
-        q = (
-            select(HOURS.c.hour, HOURS.c.data)
-            .where(HOURS.c.experiment_id == experiment_id, HOURS.c.hour.in_(keys))
-            .order_by(HOURS.c.hour)
-            .with_for_update()
-        )
-        stored = {r.hour: Aggregate.from_json(r.data) for r in (await conn.execute(q)).all()}
-        for h, agg in hours.items():
-            stored[_hour(h)].merge(agg)
-        stmt = (
-            update(HOURS)
-            .where(HOURS.c.experiment_id == bindparam("e_id"), HOURS.c.hour == bindparam("e_hour"))
-            .values(data=bindparam("e_data"), updated_at=bindparam("e_now"))
-        )
-        await conn.execute(
-            stmt,
-            [
-                {"e_id": experiment_id, "e_hour": h, "e_data": stored[h].to_json(), "e_now": now}
-                for h in keys
-            ],
-        )
+        """Merge aggregates into the stored hours on an open write transaction (bulk loaders)."""
+        await self._ingest.merge_hours(conn, experiment_id, hours)
 
     # -- reads --------------------------------------------------------------------------------
     @staticmethod
@@ -407,10 +248,7 @@ class Store:
             .where(EXP.c.name == name)
             .order_by(HOURS.c.hour)
         )
-        if start is not None:
-            q = q.where(HOURS.c.hour >= start)
-        if end is not None:
-            q = q.where(HOURS.c.hour < end)
+        q = _in_range(q, HOURS.c.hour, start, end)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         return [(r.hour, Aggregate.from_json(r.data)) for r in rows]
@@ -424,10 +262,7 @@ class Store:
             .where(EXP.c.name == name)
             .order_by(MEM.c.ts, MEM.c.id)
         )
-        if start is not None:
-            q = q.where(MEM.c.ts >= start)
-        if end is not None:
-            q = q.where(MEM.c.ts < end)
+        q = _in_range(q, MEM.c.ts, start, end)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         return [MemorySample(r.ts, r.side, r.kind, r.value_bytes, r.limit_bytes) for r in rows]
@@ -477,10 +312,7 @@ class Store:
     ) -> list[StoredPair]:
         """Raw pairs for drill-down: the most divergent first, or else the most recent first."""
         q = select(PAIRS).join(EXP, EXP.c.id == PAIRS.c.experiment_id).where(EXP.c.name == name)
-        if start is not None:
-            q = q.where(PAIRS.c.ts >= start)
-        if end is not None:
-            q = q.where(PAIRS.c.ts < end)
+        q = _in_range(q, PAIRS.c.ts, start, end)
         if most_divergent:
             q = q.order_by(PAIRS.c.divergence.desc().nulls_last(), PAIRS.c.ts.desc())
         else:

@@ -33,7 +33,7 @@ from comparator.aggregates import keys
 from reports.data import ReportData
 from reports.facts import SIDES, cdf_points
 
-__all__ = ["COLORS", "LABELS", "render_plots"]
+__all__ = ["COLORS", "LABELS", "PLOTS", "render_plots"]
 
 COLORS = {"prod": "#3b6ea8", "cand": "#d9822b"}
 LABELS = {"prod": "production", "cand": "candidate"}
@@ -284,6 +284,10 @@ def _memory(data: ReportData) -> Callable[[Figure], None]:
         ax.legend(ncols=4, loc="lower right", fontsize=8)
 
     return paint
+
+
+#: Every chart :func:`render_plots` can draw, in page order; each is also written as ``NAME.svg``.
+PLOTS = ("latency_cdf", "hourly", "confusion", "class_hist", "divergence", "memory")
 
 
 def render_plots(data: ReportData, facts: dict[str, Any]) -> dict[str, str]:

@@ -12,7 +12,9 @@ from shadowtee.config import ConfigError, load_settings
 
 
 class DemoSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SHADOWTEE_DEMOSECTION__", env_nested_delimiter="__")
+    model_config = SettingsConfigDict(
+        env_prefix="SHADOWTEE_DEMOSECTION__", env_nested_delimiter="__"
+    )
     timeout_ms: int = Field(default=250, gt=0)
     name: str = "default"
 
@@ -31,7 +33,10 @@ def test_flag_beats_environment_beats_file(tmp_path: Path, monkeypatch: pytest.M
     s = load_settings(DemoSettings, section="demosection", config_file=cfg)
     assert (s.timeout_ms, s.name) == (20, "file")
     s = load_settings(
-        DemoSettings, section="demosection", config_file=cfg, overrides={"timeout_ms": 30, "name": None}
+        DemoSettings,
+        section="demosection",
+        config_file=cfg,
+        overrides={"timeout_ms": 30, "name": None},
     )
     assert (s.timeout_ms, s.name) == (30, "file")
 

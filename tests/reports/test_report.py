@@ -18,6 +18,7 @@ import pytest
 from comparator.store import Store
 from reports import ReportError, ReportPaths, write_report
 from reports.facts import SCHEMA
+from reports.plots import PLOTS
 
 from .conftest import DAY, Filled
 from .gen import EXPERIMENT, HOSTILE, expected, make_pairs
@@ -122,6 +123,34 @@ def test_request_text_with_markup_is_escaped_never_markup(written: ReportPaths) 
     )
 
 
+def test_each_chart_is_also_written_as_its_own_svg_file_listed_in_the_json(
+    written: ReportPaths,
+) -> None:
+    """DESIGN §3: plot images beside the three documents, the same text as inlined in the page."""
+    out = written.html.parent
+    report = json.loads(written.json.read_text(encoding="utf-8"))
+    page = written.html.read_text(encoding="utf-8")
+    # A full day of a classifier with memory samples draws every chart.
+    assert report["plots"] == [f"{name}.svg" for name in PLOTS]
+    assert [p.name for p in written.plots] == report["plots"]
+    assert sorted(p.name for p in out.glob("*.svg")) == sorted(report["plots"])
+    for name in report["plots"]:
+        svg = (out / name).read_text(encoding="utf-8")
+        assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>"), name
+        assert 'xmlns="http://www.w3.org/2000/svg"' in svg, name  # a standalone image
+        assert f"<figure>{svg}</figure>" in page, name  # and still inline in the page
+
+
+async def test_a_day_without_charts_removes_chart_images_left_by_an_earlier_report(
+    filled: Filled, tmp_path: Path
+) -> None:
+    await _write(filled.url, tmp_path)
+    assert (tmp_path / "latency_cdf.svg").is_file()
+    report = await _write(filled.url, tmp_path, day=DAY.replace(day=25))
+    assert report["plots"] == []
+    assert not [name for name in PLOTS if (tmp_path / f"{name}.svg").exists()]
+
+
 @pytest.mark.parametrize("day", [20, 25], ids=["before-the-start", "after-the-end"])
 async def test_an_empty_day_renders_a_no_traffic_report_in_all_three_files(
     filled: Filled, tmp_path: Path, day: int
@@ -151,7 +180,7 @@ def test_the_same_database_and_day_give_byte_identical_files_in_separate_process
             check=False,
         )
         assert proc.returncode == 0, proc.stderr
-        for name in ("report.html", "report.json", "report.md"):
+        for name in ("report.html", "report.json", "report.md", *(p.name for p in written.plots)):
             assert (out / name).read_bytes() == (written.html.parent / name).read_bytes(), name
 
 
