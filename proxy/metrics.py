@@ -1,0 +1,162 @@
+"""Counters kept as plain integers on the hot path, exposed to Prometheus at scrape time.
+
+``prometheus_client`` metric objects take a lock on every ``inc()``/``observe()``; at thousands of
+requests per second that is measurable. So the request path only does ``stats.x += 1`` and
+:meth:`LatencyHistogram.observe` (one ``bisect`` and two additions — the event loop is one thread),
+and :class:`ProxyCollector` turns the numbers into metric families when ``/metrics`` is scraped.
+Gauges (in-flight tees, buffer, queue and spool depth) are read from the live objects at that
+moment, so they can never drift from the truth. The registry is injected: tests use a fresh one.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from comparator.wire import Outcome
+
+__all__ = ["DROP_REASONS", "LatencyHistogram", "ProxyCollector", "ProxyStats"]
+
+# Seconds; dense below 10 ms where proxy overhead lives, up to the default production timeout.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075,
+    0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+DROP_REASONS = ("buffer_full", "queue_full", "spool_full", "rejected", "no_comparator")
+
+
+@dataclass(slots=True)
+class LatencyHistogram:
+    """A cumulative-at-scrape histogram: per-bucket counts and a sum, in seconds."""
+
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.buckets, seconds)] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(self.buckets, self.counts, strict=False):
+            running += count
+            out.append((repr(bound), running))
+        out.append(("+Inf", running + self.counts[-1]))
+        return out
+
+
+@dataclass(slots=True)
+class ProxyStats:
+    """Every counter the proxy keeps. Plain ints: read them anywhere, add to them on the loop."""
+
+    requests: int = 0
+    client_body_timeouts: int = 0
+    prod_unreachable: int = 0
+    prod_timeouts: int = 0
+    prod_broken_bodies: int = 0  # production failed after the response head was sent
+    not_sampled: int = 0
+    skipped_body_too_large: int = 0
+    teed: int = 0  # sent or shed; the outcomes below add up to this once nothing is in flight
+    outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
+    pairs_emitted: int = 0
+    pairs_delivered: int = 0
+    pairs_spooled: int = 0
+    pairs_replayed: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    ship_failures: int = 0
+    prod_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    candidate_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def snapshot(self) -> dict[str, object]:
+        """Counters as plain JSON-able data for ``/admin/status``."""
+        return {
+            "requests": self.requests,
+            "client_body_timeouts": self.client_body_timeouts,
+            "prod_unreachable": self.prod_unreachable,
+            "prod_timeouts": self.prod_timeouts,
+            "prod_broken_bodies": self.prod_broken_bodies,
+            "not_sampled": self.not_sampled,
+            "skipped_body_too_large": self.skipped_body_too_large,
+            "teed": self.teed,
+            "candidate_outcomes": {k.value: v for k, v in self.outcomes.items()},
+            "pairs": {
+                "emitted": self.pairs_emitted,
+                "delivered": self.pairs_delivered,
+                "spooled": self.pairs_spooled,
+                "replayed": self.pairs_replayed,
+                "dropped": dict(self.dropped),
+            },
+            "ship_failures": self.ship_failures,
+        }
+
+
+class ProxyCollector(Collector):
+    """Reads :class:`ProxyStats` and the live gauges when Prometheus scrapes."""
+
+    def __init__(self, stats: ProxyStats, gauges: dict[str, tuple[str, Callable[[], float]]]):
+        self._stats = stats
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        s = self._stats
+        p = "shadowtee_proxy_"
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(p + name, doc, value=value)
+
+        yield counter("requests", "Client requests received on the data port.", s.requests)
+        yield counter(
+            "client_body_timeouts",
+            "Requests answered 408: the body did not arrive in time.",
+            s.client_body_timeouts,
+        )
+        errs = CounterMetricFamily(
+            p + "production_errors",
+            "Production failures clients saw: 502 (unreachable), 504 (timeout), broken body.",
+            labels=["kind"],
+        )
+        errs.add_metric(["unreachable"], s.prod_unreachable)
+        errs.add_metric(["timeout"], s.prod_timeouts)
+        errs.add_metric(["broken_body"], s.prod_broken_bodies)
+        yield errs
+        yield counter("tee_not_sampled", "Tee-able requests left out by sampling.", s.not_sampled)
+        yield counter("teed", "Requests sent to the candidate or shed.", s.teed)
+        outcomes = CounterMetricFamily(
+            p + "candidate_outcomes", "Finished candidate calls by outcome.", labels=["outcome"]
+        )
+        for outcome, value in s.outcomes.items():
+            outcomes.add_metric([outcome.value], value)
+        yield outcomes
+        pairs = CounterMetricFamily(p + "pairs", "Pairs by what became of them.", labels=["state"])
+        pairs.add_metric(["emitted"], s.pairs_emitted)
+        pairs.add_metric(["delivered"], s.pairs_delivered)
+        pairs.add_metric(["spooled"], s.pairs_spooled)
+        pairs.add_metric(["replayed"], s.pairs_replayed)
+        yield pairs
+        dropped = CounterMetricFamily(
+            p + "pairs_dropped", "Pairs dropped, by reason (never silently).", labels=["reason"]
+        )
+        for reason, value in s.dropped.items():
+            dropped.add_metric([reason], value)
+        yield dropped
+        yield counter("ship_failures", "Failed POSTs to the comparator.", s.ship_failures)
+        for name, doc, hist in (
+            ("production_latency_seconds", "Production response time.", s.prod_latency),
+            (
+                "candidate_latency_seconds",
+                "Candidate response time (ok or error).",
+                s.candidate_latency,
+            ),
+        ):
+            family = HistogramMetricFamily(p + name, doc)
+            family.add_metric([], hist.cumulative(), sum_value=hist.total)
+            yield family
+        for name, (doc, read) in self._gauges.items():
+            yield GaugeMetricFamily(p + name, doc, value=read())

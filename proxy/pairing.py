@@ -1,0 +1,157 @@
+"""The pairing buffer: join production's and the candidate's results by request id.
+
+Synchronous and bounded on purpose. Nothing here awaits, nothing reads a clock: every call that
+needs the time takes ``now`` (``time.monotonic()`` seconds) from its caller, so the tests drive it
+with plain numbers and no event loop. The two sides arrive in any order — from the request handler
+(production) and from a tee task (candidate) — and the pair is emitted to ``on_emit`` as soon as
+both are in, or by :meth:`PairingBuffer.expire` once its deadline passes, the missing side filled
+in as a timeout (a right-censored latency, not a missing one).
+
+Bodies stay ``bytes`` here; turning them into JSON is the shipper's job, off the request path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from comparator.wire import Outcome
+
+__all__ = ["CompletedPair", "PairingBuffer", "Side"]
+
+
+@dataclass(slots=True)
+class Side:
+    """One side's result as the proxy saw it; ``body`` is the raw response bytes (or ``None``)."""
+
+    outcome: Outcome
+    status: int | None = None
+    latency_ms: float | None = None
+    model_version: str | None = None
+    body: bytes | None = None
+    body_bytes: int | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class CompletedPair:
+    """Everything the shipper needs to write one wire pair (DESIGN §5)."""
+
+    request_id: str
+    ts: float  # wall-clock seconds since the epoch, when the request arrived
+    route: str
+    request_sha256: str
+    request_body: bytes | None
+    prod: Side
+    candidate: Side
+
+
+@dataclass(slots=True)
+class _Pending:
+    ts: float
+    route: str
+    body: bytes
+    deadline: float
+    prod: Side | None = None
+    candidate: Side | None = None
+
+
+@dataclass
+class PairingBuffer:
+    """A bounded map ``request_id -> half-finished pair``.
+
+    ``keep_request_body`` decides whether the emitted pair carries the request bytes (the
+    ``include_request_body`` setting); the SHA-256 is always computed. ``dropped_full`` counts
+    pairs refused because ``max_pairs`` were already waiting.
+    """
+
+    max_pairs: int
+    on_emit: Callable[[CompletedPair], None]
+    candidate_deadline_ms: float
+    keep_request_body: bool = False
+    dropped_full: int = 0
+    expired: int = 0
+    _pending: dict[str, _Pending] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._pending
+
+    def open(
+        self,
+        request_id: str,
+        *,
+        ts: float,
+        route: str,
+        body: bytes,
+        deadline: float,
+        candidate: Side | None = None,
+    ) -> bool:
+        """Start a pair. Returns ``False`` (and counts it) when the buffer is full."""
+        if len(self._pending) >= self.max_pairs:
+            self.dropped_full += 1
+            return False
+        self._pending[request_id] = _Pending(ts, route, body, deadline, candidate=candidate)
+        return True
+
+    def set_prod(self, request_id: str, side: Side) -> None:
+        entry = self._pending.get(request_id)
+        if entry is None:  # expired or never opened: the late half has nowhere to go
+            return
+        entry.prod = side
+        if entry.candidate is not None:
+            self._emit(request_id, entry)
+
+    def set_candidate(self, request_id: str, side: Side) -> None:
+        entry = self._pending.get(request_id)
+        if entry is None:
+            return
+        entry.candidate = side
+        if entry.prod is not None:
+            self._emit(request_id, entry)
+
+    def expire(self, now: float) -> int:
+        """Emit every pair whose deadline is at or before ``now``; return how many."""
+        # Every pair gets the same deadline offset, so insertion order is deadline order and the
+        # scan can stop at the first pair still in time.
+        due: list[str] = []
+        for rid, entry in self._pending.items():
+            if entry.deadline > now:
+                break
+            due.append(rid)
+        for rid in due:
+            self._emit(rid, self._pending[rid])
+        self.expired += len(due)
+        return len(due)
+
+    def drain(self) -> int:
+        """Emit every pending pair now, however incomplete (used at shutdown)."""
+        rids = list(self._pending)
+        for rid in rids:
+            self._emit(rid, self._pending[rid])
+        return len(rids)
+
+    def _emit(self, request_id: str, entry: _Pending) -> None:
+        del self._pending[request_id]
+        prod = entry.prod or Side(
+            Outcome.TIMEOUT, error="no production result by the pair deadline"
+        )
+        candidate = entry.candidate or Side(
+            Outcome.TIMEOUT,
+            latency_ms=self.candidate_deadline_ms,
+            error=f"deadline {self.candidate_deadline_ms:g} ms",
+        )
+        self.on_emit(
+            CompletedPair(
+                request_id=request_id,
+                ts=entry.ts,
+                route=entry.route,
+                request_sha256=hashlib.sha256(entry.body).hexdigest(),
+                request_body=entry.body if self.keep_request_body else None,
+                prod=prod,
+                candidate=candidate,
+            )
+        )

@@ -1,0 +1,163 @@
+"""The proxy's settings: one frozen value object, built once in ``main()`` and passed down.
+
+Every field reads from a flag (``--shadow-timeout-ms``), an environment variable
+(``SHADOWTEE_PROXY__SHADOW_TIMEOUT_MS``), a mounted secret file (``comparator_token``) or the
+``[proxy]`` table of the TOML config file. Validation happens here, at start-up, so a wrong value
+stops the process with one line naming it instead of failing on the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ProxySettings", "parse_host_port"]
+
+DEFAULT_TEE_ROUTES = ("/v2/models/*/infer", "/v1/models/*:predict", "/predict", "/invocations")
+DEFAULT_REDACT = ("authorization", "cookie", "x-api-key")
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split ``"HOST:PORT"`` (``"[::1]:8080"`` for IPv6) into a host and a port 0–65535."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _check_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s)://host[:port] URL, got {value!r}")
+    return value.rstrip("/")
+
+
+class ProxySettings(BaseSettings):
+    """Everything ``shadowtee proxy`` can be told; defaults follow DESIGN §3–§4."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHADOWTEE_PROXY__",
+        env_nested_delimiter="__",
+        secrets_dir=os.environ.get("SHADOWTEE_SECRETS_DIR") or None,
+        frozen=True,
+        extra="forbid",
+    )
+
+    # Where to listen and where to send.
+    listen: str = "127.0.0.1:8080"
+    admin_listen: str = "127.0.0.1:9090"
+    prod: str
+    candidate: str
+    comparator: str | None = None
+    comparator_token: SecretStr | None = None
+    experiment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = "default"
+
+    # Production path.
+    prod_timeout_ms: Annotated[float, Field(gt=0)] = 30_000.0
+    prod_pool_size: Annotated[int, Field(ge=1)] = 256
+    request_id_header: Annotated[str, Field(min_length=1)] = "X-Shadow-Request-Id"
+    client_max_size: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    # Idle keep-alive connections, and connections whose request head never completes (slowloris),
+    # are closed after this long.
+    keepalive_timeout_s: Annotated[float, Field(gt=0)] = 75.0
+    # A request body that has not fully arrived after this long is answered 408 and closed.
+    client_body_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+
+    # The tee.
+    shadow_timeout_ms: Annotated[float, Field(gt=0)] = 250.0
+    sample_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    sample_key: str = "request_id"  # or a header name
+    max_inflight: Annotated[int, Field(ge=1)] = 256
+    # How long a timed-out candidate call may keep its connection to drain a late answer.
+    candidate_linger_ms: Annotated[float, Field(ge=0)] = 5_000.0
+    tee_routes: tuple[str, ...] = DEFAULT_TEE_ROUTES
+    tee_methods: tuple[str, ...] = ("POST",)
+    max_tee_body_bytes: Annotated[int, Field(ge=0)] = 8 * 1024 * 1024
+    redact_headers: tuple[str, ...] = DEFAULT_REDACT
+    forward_auth_to_candidate: bool = False
+
+    # Pairs.
+    include_request_body: bool = False
+    max_pair_body_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024
+    buffer_max_pairs: Annotated[int, Field(ge=1)] = 100_000
+
+    # Shipping.
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    flush_interval_ms: Annotated[float, Field(gt=0)] = 1_000.0
+    ship_timeout_ms: Annotated[float, Field(gt=0)] = 10_000.0
+    ship_retries: Annotated[int, Field(ge=0)] = 3
+    retry_backoff_ms: Annotated[float, Field(ge=0)] = 200.0
+    spool_dir: str = "shadowtee-spool"
+    max_spool_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024 * 1024
+    ship_queue_max_pairs: Annotated[int, Field(ge=1)] = 100_000
+
+    # Shutdown.
+    shutdown_timeout_s: Annotated[float, Field(ge=0)] = 30.0
+    tee_grace_ms: Annotated[float, Field(ge=0)] = 1_000.0
+
+    @field_validator("listen", "admin_listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @field_validator("prod", "candidate", "comparator")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return _check_url(value)
+
+    @field_validator("candidate")
+    @classmethod
+    def _plain_http(cls, value: str) -> str:
+        if not value.startswith("http://"):
+            raise ValueError(
+                "the candidate is called over plain http:// (a sidecar or in-cluster hop)"
+            )
+        return value
+
+    @field_validator("tee_methods")
+    @classmethod
+    def _upper(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(m.upper() for m in value)
+
+    @field_validator("redact_headers")
+    @classmethod
+    def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(h.lower() for h in value)
+
+    @field_validator("tee_routes")
+    @classmethod
+    def _routes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for route in value:
+            if not route.startswith("/"):
+                raise ValueError(f"route {route!r} must start with /")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ProxySettings:
+        if parse_host_port(self.listen) == parse_host_port(self.admin_listen) and not (
+            self.listen.endswith(":0")
+        ):
+            raise ValueError("listen and admin_listen must differ")
+        return self
+
+    @property
+    def shadow_timeout_s(self) -> float:
+        return self.shadow_timeout_ms / 1000.0
+
+    @property
+    def prod_timeout_s(self) -> float:
+        return self.prod_timeout_ms / 1000.0
+
+    def public_view(self) -> dict[str, object]:
+        """The effective configuration with secrets left out, for ``/admin/status``."""
+        data = self.model_dump(mode="json", exclude={"comparator_token"})
+        data["comparator_token"] = "***" if self.comparator_token else None
+        return data

@@ -1,0 +1,61 @@
+"""Pairs as the comparator reads them: every encoded line validates against the wire model."""
+
+from __future__ import annotations
+
+import json
+
+from comparator.wire import Outcome, Pair, PairBatch
+from proxy.encode import encode_batch, encode_pair
+from proxy.pairing import CompletedPair, Side
+
+
+def _pair(
+    prod_body: bytes | None, cand_body: bytes | None, req: bytes | None = None
+) -> CompletedPair:
+    return CompletedPair(
+        request_id="r1",
+        ts=1_790_000_000.123,
+        route="/v2/models/m/infer",
+        request_sha256="0" * 64,
+        request_body=req,
+        prod=Side(Outcome.OK, status=200, latency_ms=3.14159, model_version="1", body=prod_body),
+        candidate=Side(Outcome.TIMEOUT, latency_ms=250.0, error="deadline 250 ms", body=cand_body),
+    )
+
+
+def test_json_bodies_are_embedded_and_the_line_validates() -> None:
+    line = encode_pair(
+        _pair(b'{"outputs":[1]}', None, b'{"x":1}'), experiment="e1", max_body_bytes=1000
+    )
+    pair = Pair.model_validate_json(line)
+    assert pair.prod.body == {"outputs": [1]} and pair.request.body == {"x": 1}
+    assert pair.candidate.latency_ms == 250.0 and pair.candidate.body is None
+    assert pair.ts.isoformat().startswith("2026-") and json.loads(line)["ts"].endswith("Z")
+
+
+def test_non_json_nan_and_oversized_bodies_travel_as_their_size() -> None:
+    for body in (b"\x00garbage", b'{"y": NaN}', b'{"big": "' + b"x" * 2000 + b'"}'):
+        pair = Pair.model_validate_json(
+            encode_pair(_pair(body, b""), experiment="e", max_body_bytes=1000)
+        )
+        assert pair.prod.body is None and pair.prod.body_bytes == len(body)
+        assert pair.candidate.body_bytes == 0
+
+
+def test_bodies_are_spliced_as_sent_and_a_batch_validates() -> None:
+    pretty = b'{\n  "outputs": [0.1, 0.2]\n}'
+    batch = encode_batch(
+        [_pair(pretty, b"[1,2]"), _pair(None, None)], experiment="e", max_body_bytes=1000
+    )
+    assert pretty in batch  # not re-serialised
+    parsed = PairBatch.model_validate_json(batch)
+    assert parsed.pairs[0].prod.body == {"outputs": [0.1, 0.2]} and parsed.pairs[
+        0
+    ].candidate.body == [1, 2]
+
+
+def test_a_field_that_looks_like_the_placeholder_cannot_break_the_document() -> None:
+    pair = _pair(b'{"a":1}', None)
+    pair.request_id = "\x00body\x00"
+    doc = Pair.model_validate_json(encode_pair(pair, experiment="e", max_body_bytes=1000))
+    assert doc.request_id == "\x00body\x00" and doc.prod.body == {"a": 1}

@@ -1,0 +1,60 @@
+"""The pairing buffer is synchronous: these tests need no event loop and no clock."""
+
+from __future__ import annotations
+
+import hashlib
+
+from comparator.wire import Outcome
+from proxy.pairing import CompletedPair, PairingBuffer, Side
+
+
+def _buffer(max_pairs: int = 10, keep: bool = False) -> tuple[PairingBuffer, list[CompletedPair]]:
+    out: list[CompletedPair] = []
+    return PairingBuffer(
+        max_pairs, out.append, candidate_deadline_ms=250, keep_request_body=keep
+    ), out
+
+
+def test_pair_is_emitted_when_both_sides_are_in_either_order() -> None:
+    buf, out = _buffer()
+    buf.open("a", ts=1.0, route="/r", body=b"x", deadline=10)
+    buf.open("b", ts=1.0, route="/r", body=b"y", deadline=10)
+    buf.set_candidate("a", Side(Outcome.OK, status=200))
+    buf.set_prod("b", Side(Outcome.OK, status=200))
+    assert out == []
+    buf.set_prod("a", Side(Outcome.OK, status=201))
+    buf.set_candidate("b", Side(Outcome.ERROR, error="reset"))
+    assert [p.request_id for p in out] == ["a", "b"]
+    assert out[0].prod.status == 201 and out[1].candidate.outcome is Outcome.ERROR
+    assert out[0].request_sha256 == hashlib.sha256(b"x").hexdigest()
+    assert out[0].request_body is None and len(buf) == 0
+
+
+def test_missing_candidate_becomes_a_censored_timeout_at_the_deadline() -> None:
+    buf, out = _buffer()
+    buf.open("a", ts=1.0, route="/r", body=b"", deadline=5)
+    buf.open("b", ts=1.0, route="/r", body=b"", deadline=7)
+    buf.set_prod("a", Side(Outcome.OK, status=200))
+    assert buf.expire(4.9) == 0
+    assert buf.expire(5.0) == 1
+    (pair,) = out
+    assert pair.candidate.outcome is Outcome.TIMEOUT and pair.candidate.latency_ms == 250
+    assert len(buf) == 1
+    buf.set_candidate("a", Side(Outcome.OK))  # a late half is ignored, not re-emitted
+    assert len(out) == 1
+
+
+def test_buffer_is_bounded_and_counts_refusals() -> None:
+    buf, _ = _buffer(max_pairs=2)
+    assert buf.open("a", ts=0, route="/", body=b"", deadline=1)
+    assert buf.open("b", ts=0, route="/", body=b"", deadline=1)
+    assert not buf.open("c", ts=0, route="/", body=b"", deadline=1)
+    assert buf.dropped_full == 1 and len(buf) == 2
+
+
+def test_drain_emits_everything_and_keeps_bodies_when_asked() -> None:
+    buf, out = _buffer(keep=True)
+    buf.open("a", ts=0, route="/", body=b"{}", deadline=100, candidate=Side(Outcome.SHED))
+    assert buf.drain() == 1
+    assert out[0].candidate.outcome is Outcome.SHED and out[0].prod.outcome is Outcome.TIMEOUT
+    assert out[0].request_body == b"{}"

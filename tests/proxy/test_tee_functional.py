@@ -1,0 +1,340 @@
+"""The tee on real sockets: isolation from the candidate, shedding, sampling, redaction, pairs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from comparator.wire import Outcome
+from tests.proxy.fakes import (
+    FakeCandidate,
+    FakeComparator,
+    prod_app,
+    running_proxy,
+    serve_app,
+    wait_for,
+)
+
+INFER = "/v2/models/m/infer"
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def _status(client: aiohttp.ClientSession, admin: str) -> dict[str, Any]:
+    async with client.get(admin + "/admin/status") as resp:
+        doc: dict[str, Any] = await resp.json()
+        return doc
+
+
+async def test_client_gets_its_answer_while_the_candidate_is_hung(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    candidate = FakeCandidate(mode="hang")
+    async with (
+        serve_app(prod_app()) as prod,
+        serve_app(candidate.app()) as cand,
+        running_proxy(
+            prod=prod, candidate=cand, shadow_timeout_ms=60_000, spool_dir=str(tmp_path)
+        ) as proxy,
+    ):
+        async with client.post(proxy.url + INFER, json={"x": 1}) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Model-Version"] == "1"  # production's answer
+        await asyncio.wait_for(candidate.entered.wait(), 10)
+        assert candidate.active == 1 and not candidate.release.is_set()  # still hung
+        status = await _status(client, proxy.admin)
+        assert status["gauges"]["tee_inflight"] == 1
+        candidate.release.set()
+
+
+async def test_tee_is_shed_past_max_inflight_and_counted(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    candidate = FakeCandidate(mode="hang")
+    async with (
+        serve_app(prod_app()) as prod,
+        serve_app(candidate.app()) as cand,
+        running_proxy(
+            prod=prod,
+            candidate=cand,
+            max_inflight=2,
+            shadow_timeout_ms=60_000,
+            spool_dir=str(tmp_path),
+        ) as proxy,
+    ):
+        for i in range(5):
+            async with client.post(proxy.url + INFER, json={"i": i}) as resp:
+                assert resp.status == 200
+        await wait_for(lambda: len(candidate.requests) == 2, "two candidate calls")
+        counters = (await _status(client, proxy.admin))["counters"]
+        assert counters["teed"] == 5
+        assert counters["candidate_outcomes"]["shed"] == 3
+        assert len(candidate.requests) == 2
+        candidate.release.set()
+
+
+async def test_every_teed_request_is_accounted_for(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    candidate = FakeCandidate(mode="ok")
+    comparator = FakeComparator()
+    async with (
+        serve_app(prod_app()) as prod,
+        serve_app(candidate.app()) as cand,
+        serve_app(comparator.app()) as comp,
+        running_proxy(
+            prod=prod, candidate=cand, comparator=comp, max_inflight=4, spool_dir=str(tmp_path)
+        ) as proxy,
+    ):
+
+        async def one(i: int) -> None:
+            async with client.post(proxy.url + INFER, json={"i": i}) as resp:
+                assert resp.status == 200
+
+        await asyncio.gather(*(one(i) for i in range(40)))
+        await wait_for(lambda: len(comparator.pairs) == 40, "40 pairs")
+        counters = (await _status(client, proxy.admin))["counters"]
+        outcomes = counters["candidate_outcomes"]
+        assert (
+            outcomes["ok"] + outcomes["error"] + outcomes["timeout"] + outcomes["shed"]
+            == counters["teed"]
+            == 40
+        )
+        by_outcome = {o: sum(p.candidate.outcome is o for p in comparator.pairs) for o in Outcome}
+        assert by_outcome[Outcome.OK] == outcomes["ok"]
+        assert by_outcome[Outcome.SHED] == outcomes["shed"]
+        ok = next(p for p in comparator.pairs if p.candidate.outcome is Outcome.OK)
+        assert (
+            ok.prod.status == 200
+            and ok.prod.model_version == "1"
+            and ok.candidate.model_version == "2"
+        )
+        assert ok.prod.body is not None and ok.candidate.body is not None
+        assert ok.prod.body["outputs"][0]["data"] == ok.candidate.body["outputs"][0]["data"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected", "timeout_ms"),
+    [
+        ("hang", Outcome.TIMEOUT, 100),
+        ("error500", Outcome.OK, 5_000),  # an HTTP answer: judged from its status
+        ("garbage", Outcome.OK, 5_000),
+    ],
+)
+async def test_candidate_failures_become_pair_data(
+    tmp_path: Path, client: aiohttp.ClientSession, mode: str, expected: Outcome, timeout_ms: int
+) -> None:
+    candidate = FakeCandidate(mode=mode)
+    comparator = FakeComparator()
+    async with (
+        serve_app(prod_app()) as prod,
+        serve_app(candidate.app()) as cand,
+        serve_app(comparator.app()) as comp,
+        running_proxy(
+            prod=prod,
+            candidate=cand,
+            comparator=comp,
+            shadow_timeout_ms=timeout_ms,
+            spool_dir=str(tmp_path),
+        ) as proxy,
+    ):
+        async with client.post(proxy.url + INFER, json={"x": 1}) as resp:
+            assert resp.status == 200
+        await asyncio.wait_for(comparator.received.wait(), 10)
+        candidate.release.set()
+    (pair,) = comparator.pairs
+    assert pair.candidate.outcome is expected
+    if mode == "hang":
+        assert pair.candidate.latency_ms == timeout_ms  # right-censored at the deadline
+    if mode == "error500":
+        assert pair.candidate.status == 500 and pair.candidate.is_error
+    if mode == "garbage":
+        assert pair.candidate.body is None and pair.candidate.body_bytes == 10
+
+
+async def test_unreachable_candidate_is_an_error_outcome(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    comparator = FakeComparator()
+    async with (
+        serve_app(prod_app()) as prod,
+        serve_app(comparator.app()) as comp,
+        running_proxy(
+            prod=prod, candidate="http://127.0.0.1:9", comparator=comp, spool_dir=str(tmp_path)
+        ) as proxy,
+    ):
+        async with client.post(proxy.url + INFER, json={"x": 1}) as resp:
+            assert resp.status == 200
+        await asyncio.wait_for(comparator.received.wait(), 10)
+    (pair,) = comparator.pairs
+    assert pair.candidate.outcome is Outcome.ERROR and "connect" in (pair.candidate.error or "")
+
+
+async def test_secret_headers_never_reach_the_candidate_or_a_pair(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    secret = "s3cr3t-value-42"
+    candidate = FakeCandidate()
+    comparator = FakeComparator()
+    app = prod_app()
+    async with (
+        serve_app(app) as prod,
+        serve_app(candidate.app()) as cand,
+        serve_app(comparator.app()) as comp,
+        running_proxy(
+            prod=prod,
+            candidate=cand,
+            comparator=comp,
+            include_request_body=True,
+            spool_dir=str(tmp_path),
+        ) as proxy,
+    ):
+        headers = {
+            "Authorization": f"Bearer {secret}",
+            "Cookie": f"s={secret}",
+            "X-Api-Key": secret,
+            "X-Keep": "1",
+        }
+        async with client.post(proxy.url + INFER, json={"x": 1}, headers=headers) as resp:
+            assert resp.status == 200
+        await asyncio.wait_for(comparator.received.wait(), 10)
+    from tests.proxy.fakes import SEEN
+
+    assert app[SEEN][-1]["headers"]["Authorization"] == f"Bearer {secret}"  # production gets it
+    (seen,) = candidate.requests
+    assert seen["headers"]["X-Shadow"] == "1" and seen["headers"]["X-Keep"] == "1"
+    assert secret not in repr(seen["headers"])
+    assert comparator.pairs[0].request.body == {"x": 1}
+    assert all(secret.encode() not in raw for raw in comparator.raw)
+
+
+async def test_sampling_is_deterministic_by_key(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    picked: list[set[str]] = []
+    for run in range(2):
+        candidate = FakeCandidate()
+        async with (
+            serve_app(prod_app()) as prod,
+            serve_app(candidate.app()) as cand,
+            running_proxy(
+                prod=prod,
+                candidate=cand,
+                sample_rate=0.5,
+                sample_key="X-User",
+                spool_dir=str(tmp_path / str(run)),
+            ) as proxy,
+        ):
+            for i in range(60):
+                async with client.post(
+                    proxy.url + INFER, json={"user": f"u{i}"}, headers={"X-User": f"u{i}"}
+                ) as resp:
+                    assert resp.status == 200
+            counters = (await _status(client, proxy.admin))["counters"]
+            teed = counters["teed"]
+            await wait_for(lambda c=candidate, n=teed: len(c.requests) == n, "tee calls")
+            picked.append({r["headers"]["X-User"] for r in candidate.requests})
+    assert picked[0] == picked[1]
+    assert 10 < len(picked[0]) < 50  # a sample, not all or nothing
+
+
+async def test_large_body_is_forwarded_not_teed_and_counted(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    candidate = FakeCandidate()
+    async with (
+        serve_app(prod_app()) as prod,
+        serve_app(candidate.app()) as cand,
+        running_proxy(
+            prod=prod, candidate=cand, max_tee_body_bytes=1000, spool_dir=str(tmp_path)
+        ) as proxy,
+    ):
+        async with client.post(proxy.url + INFER, data=b"x" * 5000) as resp:
+            assert (await resp.json())["outputs"][0]["data"] == [5000]
+        async with client.post(proxy.url + INFER, data=b"x" * 10) as resp:
+            assert resp.status == 200
+        await wait_for(lambda: len(candidate.requests) == 1, "the small request's tee")
+        counters = (await _status(client, proxy.admin))["counters"]
+        assert counters["skipped_body_too_large"] == 1
+        assert counters["candidate_outcomes"]["skipped"] == 1
+        assert candidate.requests[0]["body"] == b"x" * 10
+
+
+async def test_only_configured_routes_and_methods_are_teed(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    candidate = FakeCandidate()
+    async with (
+        serve_app(prod_app()) as prod,
+        serve_app(candidate.app()) as cand,
+        running_proxy(prod=prod, candidate=cand, spool_dir=str(tmp_path)) as proxy,
+    ):
+        for method, path in [("GET", "/echo"), ("POST", "/echo"), ("PUT", "/echo")]:
+            async with client.request(method, proxy.url + path, data=b"{}") as resp:
+                assert resp.status == 200
+        async with client.post(proxy.url + INFER + "?q=1", data=b"{}") as resp:
+            assert resp.status == 200
+        await wait_for(lambda: len(candidate.requests) == 1, "one tee")
+        assert candidate.requests[0]["path"] == INFER + "?q=1"
+        assert (await _status(client, proxy.admin))["counters"]["teed"] == 1
+
+
+async def test_a_client_request_id_is_kept_unless_it_is_already_pending(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    candidate = FakeCandidate(mode="hang")
+    async with (
+        serve_app(prod_app()) as prod,
+        serve_app(candidate.app()) as cand,
+        running_proxy(
+            prod=prod, candidate=cand, shadow_timeout_ms=60_000, spool_dir=str(tmp_path)
+        ) as proxy,
+    ):
+        ids = []
+        for _ in range(2):
+            headers = {"X-Shadow-Request-Id": "client-42"}
+            async with client.post(proxy.url + INFER, json={}, headers=headers) as resp:
+                ids.append(resp.headers["X-Shadow-Request-Id"])
+        assert ids[0] == "client-42" and ids[1] != "client-42"
+        candidate.release.set()
+
+
+async def test_nothing_is_retained_after_a_hung_candidate_times_out(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    candidate = FakeCandidate(mode="hang")
+    async with (
+        serve_app(prod_app()) as prod,
+        serve_app(candidate.app()) as cand,
+        running_proxy(
+            prod=prod,
+            candidate=cand,
+            shadow_timeout_ms=20,
+            candidate_linger_ms=50,
+            max_inflight=8,
+            spool_dir=str(tmp_path),
+        ) as proxy,
+    ):
+        for i in range(30):
+            async with client.post(proxy.url + INFER, json={"i": i}) as resp:
+                assert resp.status == 200
+        gauges: dict[str, int] = {}
+        for _ in range(500):  # bounded wait for deadlines, eviction and linger aborts
+            status = await _status(client, proxy.admin)
+            gauges = status["gauges"]
+            if gauges["tee_inflight"] == 0 and gauges["pairing_buffer_pairs"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert gauges["tee_inflight"] == 0 and gauges["pairing_buffer_pairs"] == 0
+        outcomes = status["counters"]["candidate_outcomes"]
+        assert outcomes["timeout"] + outcomes["shed"] == status["counters"]["teed"] == 30
+        candidate.release.set()
