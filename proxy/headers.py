@@ -32,21 +32,33 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def _dropped(headers: CIMultiDictProxy[str] | CIMultiDict[str], extra: Iterable[str]) -> set[str]:
-    drop = set(HOP_BY_HOP)
-    drop.update(extra)
+# Drop sets without a ``Connection`` header, by ``also_drop``: the common case costs no set building.
+_FIXED_DROPS: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def _dropped(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], extra: tuple[str, ...]
+) -> frozenset[str]:
+    fixed = _FIXED_DROPS.get(extra)
+    if fixed is None:
+        fixed = HOP_BY_HOP | {name.lower() for name in extra}
+        if len(_FIXED_DROPS) < 64:
+            _FIXED_DROPS[extra] = fixed
     connection = headers.get("Connection")
-    if connection:
-        drop.update(token.strip().lower() for token in connection.split(","))
-    return drop
+    if not connection:
+        return fixed
+    return fixed | {token.strip().lower() for token in connection.split(",")}
 
 
 def end_to_end(
     headers: CIMultiDictProxy[str] | CIMultiDict[str], *, also_drop: Iterable[str] = ()
 ) -> CIMultiDict[str]:
     """Copy ``headers`` without hop-by-hop ones (and ``also_drop``), keeping order and repeats."""
-    drop = _dropped(headers, also_drop)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    out = CIMultiDict(headers)  # a C-level copy; removing a few names beats filtering every one
+    for name in _dropped(headers, tuple(also_drop)):
+        if name in out:
+            out.popall(name)
+    return out
 
 
 def candidate_headers(

@@ -28,3 +28,17 @@ def test_candidate_headers_are_redacted_unless_told_otherwise() -> None:
         "X-Shadow": "1",
     }
     assert "Authorization" in candidate_headers(h, redact=redact, forward_auth=True)
+
+
+def test_end_to_end_keeps_order_case_and_repeats_and_drops_extras_in_any_case() -> None:
+    h = CIMultiDict(
+        [("HOST", "a"), ("x-b", "1"), ("Te", "trailers"), ("X-A", "2"), ("x-b", "3"),
+         ("Connection", "X-Gone"), ("x-gone", "4"), ("UPGRADE", "h2c")]
+    )  # fmt: skip
+    assert list(end_to_end(h, also_drop=("Host",)).items()) == [
+        ("x-b", "1"),
+        ("X-A", "2"),
+        ("x-b", "3"),
+    ]
+    # The drop set for a Connection header is per message, never remembered for the next one.
+    assert list(end_to_end(CIMultiDict([("X-Gone", "5")])).items()) == [("X-Gone", "5")]
