@@ -41,8 +41,10 @@ EXPERIMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 class Outcome(enum.StrEnum):
     """What became of one side's call."""
 
-    OK = "ok"  # an HTTP response arrived in time (any status; 5xx is judged from `status`)
-    ERROR = "error"  # connection refused/reset, protocol error, or a 5xx status
+    OK = (
+        "ok"  # a complete HTTP response arrived in time, any status (a 5xx is an error by `status`)
+    )
+    ERROR = "error"  # no usable response: connection refused or reset, a malformed response
     TIMEOUT = "timeout"  # no complete response before the deadline (right-censored latency)
     SHED = "shed"  # not sent: the in-flight bound was reached
     SKIPPED = "skipped"  # not sent on purpose (body too large, not sampled for the twin, ...)

@@ -137,7 +137,11 @@ async def _tee_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     state.tee = Tee(
         client=CandidateClient(
-            s.candidate, linger_s=s.candidate_linger_ms / 1000.0, max_body_bytes=s.client_max_size
+            s.candidate,
+            linger_s=s.candidate_linger_ms / 1000.0,
+            max_body_bytes=s.client_max_size,
+            # Only a pair's worth of the candidate's answer is held; the rest is counted, not kept.
+            keep_bytes=s.max_pair_body_bytes,
         ),
         deadline_s=s.shadow_timeout_s,
         max_inflight=s.max_inflight,

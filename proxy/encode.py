@@ -18,6 +18,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from comparator.wire import Outcome
 from proxy.pairing import CompletedPair, Side
 
 __all__ = ["encode_batch", "encode_pair"]
@@ -47,6 +48,8 @@ def _checked(body: bytes | None, max_body_bytes: int) -> tuple[bytes | None, int
 
 def _side(side: Side, max_body_bytes: int, bodies: list[bytes]) -> dict[str, Any]:
     body, body_bytes = _checked(side.body, max_body_bytes)
+    if side.body is None and side.outcome is Outcome.OK:  # too large to keep: its size only
+        body_bytes = side.body_bytes
     out: dict[str, Any] = {"outcome": side.outcome.value}
     if side.status is not None:
         out["status"] = side.status

@@ -162,8 +162,8 @@ class Tee:
                 status=resp.status,
                 latency_ms=elapsed * 1000.0,
                 model_version=resp.model_version,
-                body=resp.body,
-                body_bytes=len(resp.body),
+                body=None if resp.truncated else resp.body,
+                body_bytes=resp.size,
             )
         except BaseException as exc:  # every failure becomes data; fatal ones are re-raised
             # Leave the in-flight set now, in the same step in which a timed-out connection starts

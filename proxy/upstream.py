@@ -35,7 +35,9 @@ class UpstreamProtocolError(ConnectionError):
 class CandidateResponse:
     status: int
     model_version: str | None
-    body: bytes
+    body: bytes  # empty when the body was larger than the client's keep_bytes
+    size: int  # bytes of body received, kept or not
+    truncated: bool = False
 
 
 class _Conn(asyncio.Protocol):
@@ -50,6 +52,8 @@ class _Conn(asyncio.Protocol):
         self._state = "idle"  # idle | head | length | chunk_size | chunk_data | trailers | eof
         self._remaining = 0
         self._chunks: list[bytes] = []
+        self._size = 0  # body bytes received for the current response
+        self._truncated = False
         self._status = 0
         self._version: str | None = None
         self.reusable = True
@@ -75,7 +79,7 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
         if self._state == "eof":
-            self._chunks.append(bytes(self._buf))
+            self._take(len(self._buf))
             self._complete()
         elif self._state != "idle":
             self._fail(ConnectionResetError("candidate closed the connection"))
@@ -97,6 +101,8 @@ class _Conn(asyncio.Protocol):
         self._head_request = head_request
         self._state = "head"
         self._chunks = []
+        self._size = 0
+        self._truncated = False
         self.got_bytes = False
         self.transport.write(data)
         return self._waiter
@@ -123,7 +129,9 @@ class _Conn(asyncio.Protocol):
             self.reusable = False
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_result(CandidateResponse(self._status, self._version, body))
+            waiter.set_result(
+                CandidateResponse(self._status, self._version, body, self._size, self._truncated)
+            )
         self._client._release(self)
 
     def _parse(self) -> None:
@@ -144,11 +152,9 @@ class _Conn(asyncio.Protocol):
                     self._complete()
                     return
             elif state == "length":
-                if len(buf) < self._remaining:
-                    self._check_size(len(buf))
+                self._remaining -= self._take(min(len(buf), self._remaining))
+                if self._remaining:
                     return
-                self._chunks.append(bytes(buf[: self._remaining]))
-                del buf[: self._remaining]
                 self._complete()
                 return
             elif state == "chunk_size":
@@ -160,11 +166,16 @@ class _Conn(asyncio.Protocol):
                 self._remaining = size
                 self._state = "chunk_data" if size else "trailers"
             elif state == "chunk_data":
-                if len(buf) < self._remaining + 2:
-                    self._check_size(len(buf))
+                self._remaining -= self._take(min(len(buf), self._remaining))
+                if self._remaining:
                     return
-                self._chunks.append(bytes(buf[: self._remaining]))
-                del buf[: self._remaining + 2]
+                self._state = "chunk_end"
+            elif state == "chunk_end":
+                if len(buf) < 2:
+                    return
+                if buf[:2] != b"\r\n":
+                    raise UpstreamProtocolError("chunk not followed by CRLF")
+                del buf[:2]
                 self._state = "chunk_size"
             elif state == "trailers":
                 if buf[:2] == b"\r\n":
@@ -179,12 +190,29 @@ class _Conn(asyncio.Protocol):
             else:  # "eof" (body until close) or "idle" (unexpected bytes)
                 if state == "idle" and buf:
                     raise UpstreamProtocolError("data without a request")
-                self._check_size(len(buf))
+                self._take(len(buf))
                 return
 
-    def _check_size(self, pending: int) -> None:
-        if pending + sum(map(len, self._chunks)) > self._client.max_body_bytes:
+    def _take(self, n: int) -> int:
+        """Consume ``n`` body bytes from the buffer: kept up to ``keep_bytes``, always counted.
+
+        A body past ``keep_bytes`` is still read to its end (so the latency is the whole answer's
+        and the connection can be reused) but not held: memory per call stays bounded.
+        """
+        if n == 0:
+            return 0
+        self._size += n
+        if self._size > self._client.max_body_bytes:
             raise UpstreamProtocolError("response body too large")
+        if self._truncated:
+            pass
+        elif self._size > self._client.keep_bytes:
+            self._truncated = True
+            self._chunks = []
+        else:
+            self._chunks.append(bytes(self._buf[:n]))
+        del self._buf[:n]
+        return n
 
     def _start_body(self, head: bytes) -> bool:
         """Parse a response head and choose the body framing; ``False`` for a 1xx response."""
@@ -231,7 +259,14 @@ class _Conn(asyncio.Protocol):
 class CandidateClient:
     """Keep-alive connections to one candidate base URL (``http://host:port[/prefix]``)."""
 
-    def __init__(self, base_url: str, *, linger_s: float, max_body_bytes: int = 64 * 1024 * 1024):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        linger_s: float,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        keep_bytes: int = 1024 * 1024,
+    ):
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"the candidate client speaks plain http://, got {base_url!r}")
@@ -240,6 +275,7 @@ class CandidateClient:
         self._prefix = parts.path.rstrip("/")
         self._host_header = parts.netloc.encode()
         self.max_body_bytes = max_body_bytes
+        self.keep_bytes = keep_bytes
         self._linger_s = linger_s
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()

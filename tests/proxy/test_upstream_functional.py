@@ -178,3 +178,30 @@ async def test_stale_keep_alive_connection_is_retried_once() -> None:
             assert (await asyncio.wait_for(client.request("POST", "/p", [], b""), 5)).body == b"x"
         assert len(accepted) == 4
         await client.close()
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_a_body_past_keep_bytes_is_counted_and_drained_but_not_held(framing: str) -> None:
+    big = b"x" * (3 * 1024 * 1024)
+    small = b'{"ok":true}'
+
+    def reply(head: bytes) -> bytes:
+        body = big if b"/big" in head else small
+        if framing == "chunked":
+            chunks = b"".join(
+                b"%x\r\n%s\r\n" % (len(body[i : i + 65536]), body[i : i + 65536])
+                for i in range(0, len(body), 65536)
+            )
+            return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    async with raw_server(reply) as (url, accepted):
+        client = CandidateClient(url, linger_s=1.0, keep_bytes=1024)
+        try:
+            resp = await client.request("POST", "/big", [], b"{}")
+            assert (resp.status, resp.size, resp.truncated, resp.body) == (200, len(big), True, b"")
+            again = await client.request("POST", "/small", [], b"{}")
+            assert (again.body, again.size, again.truncated) == (small, len(small), False)
+            assert len(accepted) == 1  # the drained connection was reused
+        finally:
+            await client.close()
