@@ -192,10 +192,15 @@ async def ready(request: web.Request) -> web.Response:
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
+    from functools import partial
+
+    from comparator.policy import load_policy
+
+    warmup = load_policy(Path(s.policy) if s.policy else None).window.warmup_minutes
     store = await Store.open(
         s.db,
         upgrade=True,
-        normalize_config=s.normalize_config,  # type: ignore[arg-type]
+        normalize_config=partial(s.normalize_config, policy_warmup_minutes=warmup),  # type: ignore[arg-type]
         store_bodies=s.store_request_bodies,
         raw_sample_rate=s.raw_sample_rate,
     )

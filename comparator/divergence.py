@@ -34,7 +34,10 @@ def softmax(logits: F64) -> F64:
 
 def on_simplex(probs: F64, tol: float) -> NDArray[np.bool_]:
     """Per row: every entry ≥ 0 and the row sums to 1 within ``tol`` (float32 softmax drifts ~1e-7)."""
-    ok: NDArray[np.bool_] = (probs >= 0).all(axis=-1) & (np.abs(probs.sum(axis=-1) - 1.0) <= tol)
+    with np.errstate(over="ignore", invalid="ignore"):  # a row near float max sums to inf: not ok
+        ok: NDArray[np.bool_] = (probs >= 0).all(axis=-1) & (
+            np.abs(probs.sum(axis=-1) - 1.0) <= tol
+        )
     return ok
 
 

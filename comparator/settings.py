@@ -71,7 +71,9 @@ class ComparatorSettings(BaseSettings):
     store_request_bodies: bool = False
     max_body_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 32 * 1024 * 1024
     experiments: dict[str, ExperimentSettings] = Field(default_factory=dict)
-    warmup_minutes: Annotated[float, Field(ge=0)] = 30.0
+    # Latency warm-up applied at ingest; None takes the policy's window.warmup_minutes, so the
+    # verdict's latency and memory checks skip the same first minutes.
+    warmup_minutes: Annotated[float, Field(ge=0)] | None = None
     # Retention: raw pairs older than this are purged (aggregates stay); 0 keeps them forever.
     retention_days: Annotated[float, Field(ge=0)] = 0.0
     # Periodic looks: every experiment is judged (and saved) this often; 0 disables the loop.
@@ -124,8 +126,12 @@ class ComparatorSettings(BaseSettings):
                 )
         return self
 
-    def normalize_config(self, experiment: str) -> object:
-        """The comparator.normalize.NormalizeConfig for ``experiment``."""
+    def normalize_config(self, experiment: str, *, policy_warmup_minutes: float = 30.0) -> object:
+        """The comparator.normalize.NormalizeConfig for ``experiment``.
+
+        ``policy_warmup_minutes`` is the loaded policy's warm-up, used unless ``warmup_minutes`` is
+        set explicitly.
+        """
         from comparator.normalize import NormalizeConfig
 
         exp = self.experiments.get(experiment) or self.experiments.get("*") or ExperimentSettings()
@@ -134,5 +140,7 @@ class ComparatorSettings(BaseSettings):
             output_pointer=exp.output_pointer,
             rtol=exp.rtol,
             atol=exp.atol,
-            warmup_minutes=self.warmup_minutes,
+            warmup_minutes=(
+                self.warmup_minutes if self.warmup_minutes is not None else policy_warmup_minutes
+            ),
         )

@@ -261,15 +261,11 @@ def _launchers(opts: DemoOptions) -> dict[str, Any]:
 
 def _child_env(opts: DemoOptions) -> dict[str, str]:
     """Settings the CLI flags do not cover, passed the documented way: environment variables."""
-    with open(opts.policy, "rb") as f:
-        warmup = float(tomllib.load(f).get("window", {}).get("warmup_minutes", 30))
     return {
         "SHADOWTEE_PROXY__SPOOL_DIR": str((opts.out / "spool").resolve()),
         # Bodies travel and are kept, so the report can show the most divergent examples.
         "SHADOWTEE_PROXY__INCLUDE_REQUEST_BODY": "true",
         "SHADOWTEE_COMPARATOR__STORE_REQUEST_BODIES": "true",
-        # The comparator reads latency after its own warm-up; the demo policy's is the one to use.
-        "SHADOWTEE_COMPARATOR__WARMUP_MINUTES": f"{warmup:g}",
         "SHADOWTEE_COMPARATOR__SCRAPE_INTERVAL_S": "2",
     }
 

@@ -140,3 +140,14 @@ def test_a_bad_output_pointer_is_named() -> None:
             section="comparator",
             overrides={"experiments": {"e": {"output_pointer": "outputs/0"}}},
         )
+
+
+def test_latency_warm_up_follows_the_policy_unless_set(tmp_path: Path) -> None:
+    from comparator.policy import DEMO_POLICY_PATH, load_policy
+
+    demo_warmup = load_policy(DEMO_POLICY_PATH).window.warmup_minutes
+    s = ComparatorSettings(db=f"sqlite:///{tmp_path}/c.db", policy=str(DEMO_POLICY_PATH))
+    n = s.normalize_config("x", policy_warmup_minutes=demo_warmup)
+    assert n.warmup_minutes == demo_warmup  # type: ignore[attr-defined]
+    pinned = ComparatorSettings(db=f"sqlite:///{tmp_path}/c.db", warmup_minutes=12)
+    assert pinned.normalize_config("x", policy_warmup_minutes=demo_warmup).warmup_minutes == 12  # type: ignore[attr-defined]

@@ -97,3 +97,15 @@ def test_softmax_matches_scipy_and_survives_large_logits() -> None:
 def test_on_simplex_needs_non_negative_rows_summing_to_one() -> None:
     rows = np.array([[0.5, 0.5], [0.6, 0.5], [1.2, -0.2], [0.5, 0.4995]])
     assert on_simplex(rows, 1e-3).tolist() == [True, False, False, True]
+
+
+def test_rows_near_float_max_are_off_the_simplex_without_a_warning() -> None:
+    import warnings
+
+    import numpy as np
+
+    from comparator.divergence import on_simplex
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not on_simplex(np.array([[8.988e307, 8.988e307]]), 1e-3).any()
