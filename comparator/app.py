@@ -3,6 +3,7 @@
 ::
 
     POST /v1/pairs                          JSON {"pairs": [...]} or NDJSON; bearer token; idempotent
+    POST /v1/experiments/{name}/drops       a proxy's cumulative dropped-pair counts; idempotent
     GET  /v1/experiments                    every experiment with its versions and pair count
     GET  /v1/experiments/{name}/summary     ?from=&to= (ISO 8601): from hourly aggregates only
     GET  /v1/experiments/{name}/verdict     ?at= : comparator.verdict.judge with the loaded policy
@@ -28,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy.exc import SQLAlchemyError
 
 from comparator.exceptions import IngestError, StoreError
-from comparator.ingest import read_pairs
+from comparator.ingest import check_token, read_body, read_pairs
 from comparator.looks import LookBook, Looker
 from comparator.metrics import ComparatorMetrics
 from comparator.settings import ComparatorSettings
@@ -126,6 +127,30 @@ async def post_pairs(request: web.Request) -> web.Response:
             "experiments": list(result.experiments),
         }
     )
+
+
+async def post_drops(request: web.Request) -> web.Response:
+    """A proxy's cumulative drop counts (``comparator.wire.DropReport``); idempotent."""
+    from pydantic import ValidationError
+
+    from comparator.wire import DropReport
+
+    settings = request.app[SETTINGS]
+    try:
+        check_token(request.headers.get("Authorization"), settings.token)
+        body = await read_body(request, 64 * 1024)
+    except IngestError as exc:  # 401 without the token, 413 past 64 KiB
+        return _error(exc.status, str(exc))
+    try:
+        report = DropReport.model_validate_json(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        return _error(422, f"{where}: {err['msg']}")
+    name = request.match_info["name"]
+    if not await request.app[STORE].record_drops(name, report.proxy_id, report.dropped):
+        return _error(404, "no such experiment")
+    return web.json_response({"recorded": True})
 
 
 async def list_experiments(request: web.Request) -> web.Response:
@@ -296,6 +321,7 @@ def create_app(
     app.cleanup_ctx.append(_looks_ctx)
     app.router.add_post("/v1/pairs", post_pairs)
     app.router.add_get("/v1/experiments", list_experiments)
+    app.router.add_post("/v1/experiments/{name}/drops", post_drops)
     app.router.add_get("/v1/experiments/{name}/summary", summary)
     app.router.add_get("/v1/experiments/{name}/verdict", verdict)
     app.router.add_get("/metrics", metrics_endpoint)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from sqlalchemy import Select, Table, delete, func, select, text
+from sqlalchemy import Select, Table, delete, func, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -234,6 +234,28 @@ class Store:
         async with self.engine.connect() as conn:
             r = (await conn.execute(select(EXP).where(EXP.c.name == name))).first()
         return None if r is None else self._info(r)
+
+    async def record_drops(self, name: str, proxy_id: str, dropped: Mapping[str, int]) -> bool:
+        """Keep a proxy's cumulative drop counts (the largest seen per reason); False if unknown.
+
+        They live in the experiment's ``config["proxy_drops"][proxy_id]``: a handful of numbers per
+        proxy process, read by the report.
+        """
+        async with self._write() as conn:
+            q = select(EXP.c.id, EXP.c.config).where(EXP.c.name == name)
+            if conn.dialect.name == "postgresql":
+                q = q.with_for_update()
+            row = (await conn.execute(q)).first()
+            if row is None:
+                return False
+            config = dict(row.config or {})
+            drops = {k: dict(v) for k, v in config.get("proxy_drops", {}).items()}
+            mine = drops.setdefault(proxy_id, {})
+            for reason, count in dropped.items():
+                mine[reason] = max(int(mine.get(reason, 0)), int(count))
+            config["proxy_drops"] = drops
+            await conn.execute(update(EXP).where(EXP.c.id == row.id).values(config=config))
+        return True
 
     async def _experiment_id(self, conn: AsyncConnection, name: str) -> int | None:
         return (await conn.execute(select(EXP.c.id).where(EXP.c.name == name))).scalar()

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "WIRE_VERSION",
+    "DropReport",
     "Outcome",
     "Pair",
     "PairBatch",
@@ -95,3 +96,18 @@ class Pair(_Strict):
 
 class PairBatch(_Strict):
     pairs: Annotated[list[Pair], Field(min_length=1, max_length=10_000)]
+
+
+class DropReport(_Strict):
+    """A proxy's cumulative counts of pairs it dropped, by reason, since it started.
+
+    ``POST /v1/experiments/{name}/drops``. Counts only grow for one ``proxy_id`` (a fresh id per
+    process start), so the comparator keeps the largest it has seen: a retried or reordered report
+    changes nothing.
+    """
+
+    proxy_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    dropped: Annotated[
+        dict[Annotated[str, Field(pattern=r"^[a-z_]{1,40}$")], Annotated[int, Field(ge=0)]],
+        Field(max_length=20),
+    ]

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import random
 from collections import deque
 
@@ -57,6 +59,14 @@ class Shipper:
     ) -> None:
         self._session = session
         self._url = comparator_url.rstrip("/") + "/v1/pairs" if comparator_url else None
+        # Drop counts reach the report through the comparator too, cumulative per proxy process.
+        self._drops_url = (
+            f"{comparator_url.rstrip('/')}/v1/experiments/{experiment}/drops"
+            if comparator_url
+            else None
+        )
+        self._proxy_id = os.urandom(8).hex()
+        self._drops_reported: dict[str, int] = {}
         self._headers = {"Content-Type": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -132,6 +142,24 @@ class Shipper:
                     continue
                 replaying = True  # comparator is away: keep order by spooling the rest too
             self._to_spool(payload, n)
+        if not replaying:
+            await self._report_drops()
+
+    async def _report_drops(self) -> None:
+        """Send the cumulative drop counts when they changed; best effort, retried next pass."""
+        current = {reason: int(n) for reason, n in self._stats.dropped.items() if n}
+        if not current or current == self._drops_reported or self._drops_url is None:
+            return
+        assert self._session is not None
+        body = json.dumps({"proxy_id": self._proxy_id, "dropped": current}).encode()
+        try:
+            async with self._session.post(
+                self._drops_url, data=body, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                if 200 <= resp.status < 300:
+                    self._drops_reported = current
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.debug("drop report not delivered: %s", exc or type(exc).__name__)
 
     async def _replay(self) -> bool:
         """Send spooled batches oldest first; return ``True`` if some are still spooled."""

@@ -181,9 +181,24 @@ def key_numbers(agg: Aggregate) -> dict[str, float | int | None]:
     }
 
 
-def _traffic(agg: Aggregate) -> dict[str, Any]:
+def _proxy_drops(config: dict[str, Any]) -> tuple[int | None, str]:
+    """Pairs the proxies dropped over the whole experiment, from their cumulative reports."""
+    reports = config.get("proxy_drops") or {}
+    if not reports:
+        return None, "not reported by proxies"
+    total = sum(int(n) for counts in reports.values() for n in counts.values())
+    reasons: dict[str, int] = {}
+    for counts in reports.values():
+        for reason, n in counts.items():
+            reasons[reason] = reasons.get(reason, 0) + int(n)
+    detail = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
+    return total, f"whole experiment, reported by {len(reports)} proxy process(es): {detail}"
+
+
+def _traffic(agg: Aggregate, config: dict[str, Any] | None = None) -> dict[str, Any]:
     pairs = agg.count(keys.PAIRS)
     cand = {o: agg.count(keys.outcome("cand", o)) for o in OUTCOMES}
+    drops, note = _proxy_drops(config or {})
     return {
         "pairs": pairs,
         "teed": pairs - cand["shed"] - cand["skipped"],
@@ -195,9 +210,9 @@ def _traffic(agg: Aggregate) -> dict[str, Any]:
         "paired": {
             check: _paired(agg, check) for check in (keys.ERROR, keys.TIMEOUT, keys.INVALID)
         },
-        # The proxies keep their own spool counters (Prometheus); pairs never stored are unknown here.
-        "spool_drops": None,
-        "spool_drops_note": "not reported by proxies",
+        # Pairs never stored are known only from the proxies' own reports (POST .../drops).
+        "spool_drops": drops,
+        "spool_drops_note": note,
     }
 
 
@@ -309,7 +324,7 @@ def facts(data: ReportData) -> dict[str, Any]:
             "elapsed_hours": _num(v.elapsed_hours),
             "checks": [_check_json(c) for c in v.checks],
         },
-        "traffic": _traffic(agg),
+        "traffic": _traffic(agg, info.config),
         "latency": {side: _latency(agg, side) for side in SIDES},
         "divergence": {
             "classification": cls,

@@ -157,10 +157,10 @@ def _traffic_html(f: dict[str, Any]) -> str:
             ("teed to the candidate", _e(count(t["teed"]))),
             ("shed", _e(count(t["outcomes"]["cand"]["shed"]))),
             ("skipped", _e(count(t["outcomes"]["cand"]["skipped"]))),
-            ("spool drops", _e(count(t["spool_drops"]) if t["spool_drops"] is not None else "n/a")),
+            ("pairs dropped", _e(count(t["spool_drops"]) if t["spool_drops"] is not None else "n/a")),
         ]
     )
-    note = "" if t["spool_drops"] is not None else f"Spool drops: {_e(t['spool_drops_note'])}."
+    note = f"Pairs dropped by proxies: {_e(t['spool_drops_note'])}."
     table = _table(["outcome"] + [_e(_SIDE.get(s, s)) for s in sides], rows)
     return f"<section><h2>Traffic</h2>{tiles}{table}<p class='note'>{note}</p></section>"
 
