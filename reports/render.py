@@ -157,7 +157,10 @@ def _traffic_html(f: dict[str, Any]) -> str:
             ("teed to the candidate", _e(count(t["teed"]))),
             ("shed", _e(count(t["outcomes"]["cand"]["shed"]))),
             ("skipped", _e(count(t["outcomes"]["cand"]["skipped"]))),
-            ("pairs dropped", _e(count(t["spool_drops"]) if t["spool_drops"] is not None else "n/a")),
+            (
+                "pairs dropped",
+                _e(count(t["spool_drops"]) if t["spool_drops"] is not None else "n/a"),
+            ),
         ]
     )
     note = f"Pairs dropped by proxies: {_e(t['spool_drops_note'])}."
