@@ -284,16 +284,18 @@ async def _simulate(seed: int, sc: Scenario, hours: int = 48) -> tuple[Decision,
     return v.decision, hours, " | ".join(v.reasons)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 async def test_aa_simulation_rarely_rejects_and_never_promotes_early() -> None:
-    """200 seeded A/A experiments looked at hourly through 48 h (to a terminal decision)."""
+    """1,000 seeded A/A experiments looked at hourly through 48 h (to a terminal decision)."""
     outcomes = [
-        await _simulate(10_000 + seed, Scenario(pairs_per_hour=8000)) for seed in range(200)
+        await _simulate(10_000 + seed, Scenario(pairs_per_hour=8000)) for seed in range(1000)
     ]
     rejects = [o for o in outcomes if o[0] is Decision.REJECT]
     promotes = [o for o in outcomes if o[0] is Decision.PROMOTE]
-    assert len(rejects) <= 10, rejects[:3]  # ≤ 5%
+    assert len(rejects) <= 50, rejects[:3]  # ≤ 5%
     assert all(h >= 24 for _, h, _ in promotes)
-    assert len(promotes) >= 180 and all(h == 24 for _, h, _ in promotes)
+    assert len(promotes) >= 900 and all(h == 24 for _, h, _ in promotes)
 
 
 @pytest.mark.parametrize(
