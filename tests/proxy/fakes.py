@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from comparator.wire import Pair, PairBatch
@@ -27,6 +28,7 @@ __all__ = [
     "FakeCandidate",
     "FakeComparator",
     "RunningProxy",
+    "admin_status",
     "free_port",
     "payload_bytes",
     "prod_app",
@@ -245,3 +247,10 @@ async def running_proxy(**fields: Any) -> AsyncIterator[RunningProxy]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def admin_status(client: aiohttp.ClientSession, admin: str) -> dict[str, Any]:
+    """The proxy's ``/admin/status`` document."""
+    async with client.get(admin + "/admin/status") as resp:
+        doc: dict[str, Any] = await resp.json()
+        return doc

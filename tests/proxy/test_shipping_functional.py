@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.proxy.fakes import (
     FakeCandidate,
     FakeComparator,
+    admin_status,
     free_port,
     prod_app,
     running_proxy,
@@ -21,18 +20,6 @@ from tests.proxy.fakes import (
 )
 
 INFER = "/v2/models/m/infer"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def _counters(client: aiohttp.ClientSession, admin: str) -> dict[str, Any]:
-    async with client.get(admin + "/admin/status") as resp:
-        doc: dict[str, Any] = await resp.json()
-        return doc
 
 
 async def _send(client: aiohttp.ClientSession, url: str, n: int, start: int = 0) -> list[str]:
@@ -73,7 +60,7 @@ async def test_pairs_are_spooled_while_the_comparator_is_down_and_replayed_exact
         async with serve_app(comparator.app(), port=port):
             ids += await _send(client, proxy.url, 7, start=23)
             await wait_for(lambda: len(comparator.pairs) == 30, "all 30 pairs delivered")
-            status = await _counters(client, proxy.admin)
+            status = await admin_status(client, proxy.admin)
         pairs = status["counters"]["pairs"]
         assert pairs["replayed"] > 0 and pairs["spooled"] == pairs["replayed"]
         assert pairs["replayed"] + pairs["delivered"] == 30
@@ -124,7 +111,9 @@ async def test_a_full_spool_drops_and_counts(tmp_path: Path, client: aiohttp.Cli
 
         async def dropped() -> int:
             return int(
-                (await _counters(client, proxy.admin))["counters"]["pairs"]["dropped"]["spool_full"]
+                (await admin_status(client, proxy.admin))["counters"]["pairs"]["dropped"][
+                    "spool_full"
+                ]
             )
 
         for _ in range(500):
@@ -146,7 +135,7 @@ async def test_rejected_batch_is_dropped_and_counted_not_retried_forever(
     ):
         await _send(client, proxy.url, 2)
         for _ in range(500):
-            counters = (await _counters(client, proxy.admin))["counters"]
+            counters = (await admin_status(client, proxy.admin))["counters"]
             if counters["pairs"]["dropped"]["rejected"] == 2:
                 break
             await asyncio.sleep(0.01)

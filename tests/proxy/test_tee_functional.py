@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -14,6 +12,7 @@ from comparator.wire import Outcome
 from tests.proxy.fakes import (
     FakeCandidate,
     FakeComparator,
+    admin_status,
     prod_app,
     running_proxy,
     serve_app,
@@ -21,18 +20,6 @@ from tests.proxy.fakes import (
 )
 
 INFER = "/v2/models/m/infer"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def _status(client: aiohttp.ClientSession, admin: str) -> dict[str, Any]:
-    async with client.get(admin + "/admin/status") as resp:
-        doc: dict[str, Any] = await resp.json()
-        return doc
 
 
 async def test_client_gets_its_answer_while_the_candidate_is_hung(
@@ -51,7 +38,7 @@ async def test_client_gets_its_answer_while_the_candidate_is_hung(
             assert resp.headers["X-Model-Version"] == "1"  # production's answer
         await asyncio.wait_for(candidate.entered.wait(), 10)
         assert candidate.active == 1 and not candidate.release.is_set()  # still hung
-        status = await _status(client, proxy.admin)
+        status = await admin_status(client, proxy.admin)
         assert status["gauges"]["tee_inflight"] == 1
         candidate.release.set()
 
@@ -75,7 +62,7 @@ async def test_tee_is_shed_past_max_inflight_and_counted(
             async with client.post(proxy.url + INFER, json={"i": i}) as resp:
                 assert resp.status == 200
         await wait_for(lambda: len(candidate.requests) == 2, "two candidate calls")
-        counters = (await _status(client, proxy.admin))["counters"]
+        counters = (await admin_status(client, proxy.admin))["counters"]
         assert counters["teed"] == 5
         assert counters["candidate_outcomes"]["shed"] == 3
         assert len(candidate.requests) == 2
@@ -102,7 +89,7 @@ async def test_every_teed_request_is_accounted_for(
 
         await asyncio.gather(*(one(i) for i in range(40)))
         await wait_for(lambda: len(comparator.pairs) == 40, "40 pairs")
-        counters = (await _status(client, proxy.admin))["counters"]
+        counters = (await admin_status(client, proxy.admin))["counters"]
         outcomes = counters["candidate_outcomes"]
         assert (
             outcomes["ok"] + outcomes["error"] + outcomes["timeout"] + outcomes["shed"]
@@ -239,7 +226,7 @@ async def test_sampling_is_deterministic_by_key(
                     proxy.url + INFER, json={"user": f"u{i}"}, headers={"X-User": f"u{i}"}
                 ) as resp:
                     assert resp.status == 200
-            counters = (await _status(client, proxy.admin))["counters"]
+            counters = (await admin_status(client, proxy.admin))["counters"]
             teed = counters["teed"]
             await wait_for(lambda c=candidate, n=teed: len(c.requests) == n, "tee calls")
             picked.append({r["headers"]["X-User"] for r in candidate.requests})
@@ -263,7 +250,7 @@ async def test_large_body_is_forwarded_not_teed_and_counted(
         async with client.post(proxy.url + INFER, data=b"x" * 10) as resp:
             assert resp.status == 200
         await wait_for(lambda: len(candidate.requests) == 1, "the small request's tee")
-        counters = (await _status(client, proxy.admin))["counters"]
+        counters = (await admin_status(client, proxy.admin))["counters"]
         assert counters["skipped_body_too_large"] == 1
         assert counters["candidate_outcomes"]["skipped"] == 1
         assert candidate.requests[0]["body"] == b"x" * 10
@@ -285,7 +272,7 @@ async def test_only_configured_routes_and_methods_are_teed(
             assert resp.status == 200
         await wait_for(lambda: len(candidate.requests) == 1, "one tee")
         assert candidate.requests[0]["path"] == INFER + "?q=1"
-        assert (await _status(client, proxy.admin))["counters"]["teed"] == 1
+        assert (await admin_status(client, proxy.admin))["counters"]["teed"] == 1
 
 
 async def test_a_client_request_id_is_kept_unless_it_is_already_pending(
@@ -329,7 +316,7 @@ async def test_nothing_is_retained_after_a_hung_candidate_times_out(
                 assert resp.status == 200
         gauges: dict[str, int] = {}
         for _ in range(500):  # bounded wait for deadlines, eviction and linger aborts
-            status = await _status(client, proxy.admin)
+            status = await admin_status(client, proxy.admin)
             gauges = status["gauges"]
             if gauges["tee_inflight"] == 0 and gauges["pairing_buffer_pairs"] == 0:
                 break
