@@ -53,9 +53,14 @@ def _settings(tmp_path: Path, hook_url: str, interval: float) -> ComparatorSetti
     )
 
 
-def _pairs_body(exp: str, *, bad: bool) -> bytes:
+async def _post_pairs(http: aiohttp.ClientSession, url: str, exp: str, *, bad: bool) -> None:
+    """1,500 pairs of ``exp``; a third of the candidate's calls fail when ``bad``."""
     pairs = [wire_pair(i, exp, cand_error=bad and i % 3 == 0) for i in range(1500)]
-    return json.dumps({"pairs": [p.model_dump(mode="json") for p in pairs]}).encode()
+    body = json.dumps({"pairs": [p.model_dump(mode="json") for p in pairs]}).encode()
+    r = await http.post(
+        f"{url}/v1/pairs", data=io.BytesIO(body), headers={"Content-Type": "application/json"}
+    )
+    assert r.status in (200, 202), await r.text()
 
 
 async def test_a_changed_decision_is_posted_once_signed_and_shown_on_metrics(
@@ -65,12 +70,7 @@ async def test_a_changed_decision_is_posted_once_signed_and_shown_on_metrics(
     async with running(receiver.app()) as hook:
         app = create_app(_settings(tmp_path, f"{hook}/hook", 0), registry=CollectorRegistry())
         async with running(app) as url, aiohttp.ClientSession() as http:
-            r = await http.post(
-                f"{url}/v1/pairs",
-                data=io.BytesIO(_pairs_body("bad", bad=True)),
-                headers={"Content-Type": "application/json"},
-            )
-            assert r.status in (200, 202), await r.text()
+            await _post_pairs(http, url, "bad", bad=True)
             for _ in range(2):
                 r = await http.get(f"{url}/v1/experiments/bad/verdict")
                 assert (await r.json())["decision"] == "REJECT"
@@ -92,12 +92,7 @@ async def test_the_periodic_loop_judges_every_experiment_without_being_asked(
     async with running(receiver.app()) as hook:
         app = create_app(_settings(tmp_path, f"{hook}/hook", 0.05), registry=CollectorRegistry())
         async with running(app) as url, aiohttp.ClientSession() as http:
-            r = await http.post(
-                f"{url}/v1/pairs",
-                data=io.BytesIO(_pairs_body("good", bad=False)),
-                headers={"Content-Type": "application/json"},
-            )
-            assert r.status in (200, 202)
+            await _post_pairs(http, url, "good", bad=False)
             await asyncio.wait_for(receiver.arrived.wait(), timeout=20)
             metrics = await (await http.get(f"{url}/metrics")).text()
     assert receiver.events[0]["experiment"] == "good"
