@@ -19,8 +19,8 @@ lifetimes), :mod:`~proxy.tee`, :mod:`~proxy.upstream`, :mod:`~proxy.pairing`,
 """
 
 from proxy.admin import create_admin_app
-from proxy.app import create_app
+from proxy.app import DataPort
 from proxy.server import serve
 from proxy.settings import ProxySettings
 
-__all__ = ["ProxySettings", "create_admin_app", "create_app", "serve"]
+__all__ = ["DataPort", "ProxySettings", "create_admin_app", "serve"]

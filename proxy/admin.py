@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.app import STATE, ProxyState
+from proxy.app import ProxyState
 
 __all__ = ["create_admin_app"]
 
@@ -36,9 +36,8 @@ async def _production_reachable(url: str) -> str | None:
     return None
 
 
-def create_admin_app(data_app: web.Application) -> web.Application:
-    """Admin routes reading the state of ``data_app`` (built by its cleanup contexts)."""
-    state: ProxyState = data_app[STATE]
+def create_admin_app(state: ProxyState) -> web.Application:
+    """Admin routes reading the data port's ``state``."""
     app = web.Application()
 
     async def metrics(_: web.Request) -> web.Response:

@@ -1,9 +1,10 @@
-"""Which headers cross the proxy, in which direction.
+"""Which headers cross the proxy, in which direction — on raw bytes, as they came off the wire.
 
 RFC 9110 §7.6.1: hop-by-hop headers describe one connection, not the message, so a proxy removes
 them — the fixed set below plus every header that the ``Connection`` header names. Everything else
 (``Content-Encoding``, ``Content-Length``, ``ETag``, custom headers) is end-to-end and passes through
-unchanged, which is what keeps gzip and chunked bodies byte-identical.
+unchanged, in order, with its case and its repeats, which is what keeps gzip and chunked bodies
+byte-identical.
 
 The candidate gets the same end-to-end headers minus the redacted ones (``authorization``,
 ``cookie``, ``x-api-key`` by default) and plus ``X-Shadow: 1``.
@@ -13,62 +14,63 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from multidict import CIMultiDict, CIMultiDictProxy
-
-__all__ = ["HOP_BY_HOP", "candidate_headers", "end_to_end"]
+__all__ = ["HOP_BY_HOP", "candidate_lines", "drop_set", "request_lines", "response_lines"]
 
 HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
     }
 )
 
 
-# Drop sets without a ``Connection`` header, by ``also_drop``: the common case costs no set building.
-_FIXED_DROPS: dict[tuple[str, ...], frozenset[str]] = {}
+def drop_set(extra: Iterable[str | bytes], connection: bytes | None = None) -> frozenset[bytes]:
+    """Hop-by-hop names, ``extra`` names, and the names a ``Connection`` header lists."""
+    names = HOP_BY_HOP | {n.lower() if isinstance(n, bytes) else n.lower().encode() for n in extra}
+    if connection:
+        names |= {token.strip().lower() for token in connection.split(b",")}
+    return names
 
 
-def _dropped(
-    headers: CIMultiDictProxy[str] | CIMultiDict[str], extra: tuple[str, ...]
-) -> frozenset[str]:
-    fixed = _FIXED_DROPS.get(extra)
-    if fixed is None:
-        fixed = HOP_BY_HOP | {name.lower() for name in extra}
-        if len(_FIXED_DROPS) < 64:
-            _FIXED_DROPS[extra] = fixed
-    connection = headers.get("Connection")
-    if not connection:
-        return fixed
-    return fixed | {token.strip().lower() for token in connection.split(",")}
+def request_lines(
+    headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """The request headers that go upstream: everything not in ``drop``, in order."""
+    return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
-def end_to_end(
-    headers: CIMultiDictProxy[str] | CIMultiDict[str], *, also_drop: Iterable[str] = ()
-) -> CIMultiDict[str]:
-    """Copy ``headers`` without hop-by-hop ones (and ``also_drop``), keeping order and repeats."""
-    out = CIMultiDict(headers)  # a C-level copy; removing a few names beats filtering every one
-    for name in _dropped(headers, tuple(also_drop)):
-        if name in out:
-            out.popall(name)
-    return out
-
-
-def candidate_headers(
-    forwarded: CIMultiDict[str], *, redact: frozenset[str], forward_auth: bool
-) -> CIMultiDict[str]:
+def candidate_lines(
+    forwarded: list[tuple[bytes, bytes]], *, redact: frozenset[bytes], forward_auth: bool
+) -> list[tuple[bytes, bytes]]:
     """The headers sent to the candidate: production's request headers, redacted, marked."""
     out = (
-        CIMultiDict(forwarded)
+        list(forwarded)
         if forward_auth
-        else CIMultiDict((k, v) for k, v in forwarded.items() if k.lower() not in redact)
+        else [(name, value) for name, value in forwarded if name.lower() not in redact]
     )
-    out["X-Shadow"] = "1"
+    out.append((b"X-Shadow", b"1"))
     return out
+
+
+def response_lines(lines: Iterable[bytes], drop: frozenset[bytes]) -> list[bytes]:
+    """Production's response header lines (``Name: value``) without hop-by-hop ones and ``drop``."""
+    kept: list[bytes] = []
+    named: set[bytes] | None = None
+    for line in lines:
+        name = line.partition(b":")[0].lower()
+        if name in drop:
+            if name == b"connection":
+                tokens = line.partition(b":")[2].split(b",")
+                named = (named or set()) | {t.strip().lower() for t in tokens}
+            continue
+        kept.append(line)
+    if named:
+        kept = [line for line in kept if line.partition(b":")[0].lower() not in named]
+    return kept

@@ -1,6 +1,6 @@
 """Map what can go wrong on an upstream call to an :class:`Outcome` and a one-line reason.
 
-This is the only place that knows aiohttp's exception tree; everything downstream (the pair,
+This is the only place that knows the clients' exception trees; everything downstream (the pair,
 the metrics, the comparator) sees ``ok | error | timeout | shed | skipped``.
 """
 
@@ -11,6 +11,7 @@ import asyncio
 import aiohttp
 
 from comparator.wire import Outcome
+from proxy.upstream import UpstreamProtocolError
 
 __all__ = ["Outcome", "classify"]
 
@@ -29,6 +30,8 @@ def classify(exc: BaseException, deadline_ms: float) -> tuple[Outcome, str]:
         return Outcome.ERROR, "payload error"
     if isinstance(exc, aiohttp.ClientResponseError):
         return Outcome.ERROR, f"protocol error: {exc.message}"[:300]
+    if isinstance(exc, UpstreamProtocolError):
+        return Outcome.ERROR, f"protocol error: {exc}"[:300]
     if isinstance(exc, ConnectionRefusedError):
         return Outcome.ERROR, f"connect failed: {exc.strerror or exc}"
     if isinstance(exc, ConnectionResetError):

@@ -23,18 +23,14 @@ from collections.abc import Callable
 from aiohttp import web
 
 from proxy.admin import create_admin_app
-from proxy.app import STATE, create_app
+from proxy.app import DataPort
+from proxy.http1 import Limits, Server
 from proxy.metrics import ProxyStats
 from proxy.settings import ProxySettings, parse_host_port
 
 __all__ = ["run", "serve"]
 
 log = logging.getLogger("shadowtee.proxy")
-
-
-def _bound(runner: web.AppRunner) -> str:
-    host, port = runner.addresses[0][:2]
-    return f"http://{host}:{port}"
 
 
 async def serve(
@@ -51,41 +47,45 @@ async def serve(
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
 
-    data_app = create_app(settings)
-    admin_app = create_admin_app(data_app)
-    data_runner = web.AppRunner(
-        data_app,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_timeout_s,
-        keepalive_timeout=settings.keepalive_timeout_s,
+    port = DataPort(settings)
+    state = port.state
+
+    def body_timeout() -> None:
+        state.stats.client_body_timeouts += 1
+
+    server = Server(
+        port.handle,
+        Limits(
+            max_body_bytes=settings.client_max_size,
+            keepalive_timeout_s=settings.keepalive_timeout_s,
+            body_timeout_s=settings.client_body_timeout_s,
+        ),
+        body_timeout,
     )
-    admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=2.0)
+    admin_runner = web.AppRunner(create_admin_app(state), access_log=None, shutdown_timeout=2.0)
     try:
-        await data_runner.setup()
-    except BaseException:
-        await data_runner.cleanup()  # close what the contexts that did start opened
-        raise
-    await admin_runner.setup()
-    try:
-        for runner, listen in (
-            (data_runner, settings.listen),
-            (admin_runner, settings.admin_listen),
-        ):
-            host, port = parse_host_port(listen)
-            await web.TCPSite(runner, host, port, backlog=1024).start()
-        data_url, admin_url = _bound(data_runner), _bound(admin_runner)
+        await port.start()
+        await admin_runner.setup()
+        host, data_port = await server.start(*parse_host_port(settings.listen))
+        admin_host, admin_port = parse_host_port(settings.admin_listen)
+        site = web.TCPSite(admin_runner, admin_host, admin_port, backlog=128)
+        await site.start()
+        data_url = f"http://{host}:{data_port}"
+        bound = admin_runner.addresses[0][:2]
+        admin_url = f"http://{bound[0]}:{bound[1]}"
         log.info("proxy listening on %s (admin %s) -> prod %s", data_url, admin_url, settings.prod)
         if on_ready is not None:
             on_ready(data_url, admin_url)
         await stop.wait()
         log.info("shutting down: draining requests, tees and pairs")
-        data_app[STATE].draining = True
     finally:
-        await data_runner.cleanup()
+        state.draining = True
+        await server.shutdown(settings.shutdown_timeout_s)
+        await port.stop()
         await admin_runner.cleanup()
         for sig in signals:
             loop.remove_signal_handler(sig)
-    stats = data_app[STATE].stats
+    stats = state.stats
     log.info(
         "stopped: %d requests, %d pairs delivered, %d spooled, %d dropped",
         stats.requests,

@@ -113,12 +113,13 @@ class ProxySettings(BaseSettings):
     def _url(cls, value: str | None) -> str | None:
         return _check_url(value)
 
-    @field_validator("candidate")
+    @field_validator("prod", "candidate")
     @classmethod
     def _plain_http(cls, value: str) -> str:
         if not value.startswith("http://"):
             raise ValueError(
-                "the candidate is called over plain http:// (a sidecar or in-cluster hop)"
+                "production and the candidate are called over plain http:// "
+                "(the proxy is a sidecar: TLS ends in front of it)"
             )
         return value
 

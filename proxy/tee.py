@@ -16,14 +16,12 @@ import re
 import time
 from collections.abc import Iterable
 
-from multidict import CIMultiDict
-
 from comparator.wire import Outcome
-from proxy.headers import candidate_headers
+from proxy.headers import candidate_lines
 from proxy.metrics import ProxyStats
 from proxy.outcomes import classify
 from proxy.pairing import PairingBuffer, Side
-from proxy.upstream import CandidateClient
+from proxy.upstream import CandidateClient, encode_request
 
 __all__ = ["Tee", "TeeRules"]
 
@@ -87,7 +85,7 @@ class Tee:
         self._deadline_ms = deadline_s * 1000.0
         self._max_inflight = max_inflight
         self._max_body = max_body_bytes
-        self._redact = frozenset(h.lower() for h in redact)
+        self._redact = frozenset(h.lower().encode() for h in redact)
         self._forward_auth = forward_auth
         self._pairing = pairing
         self._stats = stats
@@ -104,9 +102,9 @@ class Tee:
         self,
         request_id: str,
         method: str,
-        path_qs: str,
+        target: bytes,
         route: str,
-        headers: CIMultiDict[str],
+        headers: list[tuple[bytes, bytes]],
         body: bytes,
     ) -> bool:
         """Open a pair for this request and start the candidate call; never blocks.
@@ -129,10 +127,12 @@ class Tee:
             # No room to pair it, so the call would be wasted: count it as shed.
             stats.outcomes[Outcome.SHED] += 1
             return False
-        out = candidate_headers(headers, redact=self._redact, forward_auth=self._forward_auth)
-        task = asyncio.get_running_loop().create_task(
-            self._call(request_id, method, path_qs, out, body)
+        client = self._client
+        lines = candidate_lines(headers, redact=self._redact, forward_auth=self._forward_auth)
+        data = encode_request(
+            method, client.prefix + target, client.host_header, lines, body, always_length=True
         )
+        task = asyncio.get_running_loop().create_task(self._call(request_id, method, data))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
@@ -147,14 +147,12 @@ class Tee:
             self._stats.dropped["buffer_full"] += 1
         return opened
 
-    async def _call(
-        self, request_id: str, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes
-    ) -> None:
+    async def _call(self, request_id: str, method: str, data: bytes) -> None:
         start = time.perf_counter()
         side: Side
         try:
             async with asyncio.timeout(self._deadline_s):
-                resp = await self._client.request(method, path_qs, headers.items(), body)
+                resp = await self._client.request_raw(data, method)
             elapsed = time.perf_counter() - start
             self._stats.candidate_latency.observe(elapsed)
             side = Side(

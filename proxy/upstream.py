@@ -1,34 +1,77 @@
-"""A lean HTTP/1.1 client for the candidate: one write per request, a small parser, its own pool.
+"""Lean HTTP/1.1 clients for production and the candidate: one write per request, one small parser.
 
-The candidate path is pure overhead for the client, so it gets a client that does only what a
-shadow call needs: send the request in one ``write``, read the status, the ``X-Model-Version``
-header and the whole body (``Content-Length``, chunked, or until close), and keep the connection
-for the next call. It shares nothing with production's pool.
+Both upstreams get a client that does only what a proxy needs: send the request in one ``write``,
+parse the response head and the body framing (``Content-Length``, chunked, or until close), and
+keep the connection for the next request. Production and the candidate each have their own pool
+(:class:`ProductionClient`, :class:`CandidateClient`); they share code, never connections.
 
-**Lingering instead of churning.** When the tee's deadline passes, the call's *outcome* is a
-timeout at once, but the connection is not torn down: it stays open for up to ``linger_s`` so a
-late answer can drain and the connection be reused. Closing it would cost a new TCP handshake per
-teed request exactly when the candidate is slow. Lingering connections count towards the tee's
-in-flight bound, so a hung candidate fills the bound and further tees are shed — the cheapest
-thing the proxy can do — instead of opening a connection per request.
+**Production** answers are streamed: the head is handed over as soon as it is parsed, and body
+bytes flow to the caller with back-pressure (reading from production pauses while the client is
+slower than production). A response whose whole body is at most ``inline_bytes`` is handed over
+complete, so the proxy can answer the client with one write.
+
+**The candidate's** answer is collected whole, but only ``keep_bytes`` of it are held; the rest is
+counted. When the tee's deadline passes, the call's *outcome* is a timeout at once, but the
+connection is not torn down: it lingers for up to ``linger_s`` so a late answer can drain and the
+connection be reused. Closing it would cost a new TCP handshake per teed request exactly when the
+candidate is slow. Lingering connections count towards the tee's in-flight bound, so a hung
+candidate fills the bound and further tees are shed instead of opening a connection per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["CandidateClient", "CandidateResponse", "UpstreamProtocolError"]
+__all__ = [
+    "CandidateClient",
+    "CandidateResponse",
+    "ProductionClient",
+    "ProductionResponse",
+    "UpstreamProtocolError",
+    "UpstreamTimeout",
+    "encode_request",
+]
 
 _MAX_HEAD = 64 * 1024
 _DROP = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
+# Streaming back-pressure: stop reading from production above this many buffered body bytes.
+_HIGH_WATER = 256 * 1024
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def encode_request(
+    method: str,
+    target: bytes,
+    host: bytes,
+    headers: Iterable[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    always_length: bool = False,
+) -> bytes:
+    """One HTTP/1.1 request as bytes. ``headers`` must hold no framing or hop-by-hop header."""
+    parts = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    if body or always_length or method in _BODY_METHODS:
+        parts.append(b"Content-Length: %d\r\n" % len(body))
+    parts += (b"\r\n", body)
+    return b"".join(parts)
 
 
 class UpstreamProtocolError(ConnectionError):
-    """The candidate sent something that is not a well-formed HTTP/1.1 response."""
+    """The upstream sent something that is not a well-formed HTTP/1.1 response."""
+
+
+class UpstreamTimeout(TimeoutError):
+    """The upstream sent nothing for longer than the read timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,38 +83,61 @@ class CandidateResponse:
     truncated: bool = False
 
 
+class _Sink:
+    """Receives one response from a connection's parser."""
+
+    __slots__ = ()
+
+    def head(self, conn: _Conn, status: int, reason: bytes, lines: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def data(self, conn: _Conn, chunk: bytes) -> None:
+        raise NotImplementedError
+
+    def done(self, conn: _Conn) -> None:
+        raise NotImplementedError
+
+    def fail(self, exc: Exception) -> None:
+        raise NotImplementedError
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive connection; at most one request on it at a time."""
 
-    def __init__(self, client: CandidateClient) -> None:
+    def __init__(self, client: _Pool) -> None:
         self._client = client
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
-        self._waiter: asyncio.Future[CandidateResponse] | None = None
+        self._sink: _Sink | None = None
         self._head_request = False
         self._state = "idle"  # idle | head | length | chunk_size | chunk_data | trailers | eof
         self._remaining = 0
-        self._chunks: list[bytes] = []
-        self._size = 0  # body bytes received for the current response
-        self._truncated = False
-        self._status = 0
-        self._version: str | None = None
+        self.length: int | None = None  # the response's Content-Length, when it has one
+        self.chunked = False
+        self.model_version: str | None = None
         self.reusable = True
         self.got_bytes = False
+        self.last_rx = 0.0
+        self._time = time.monotonic
         self.lingering: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._time = asyncio.get_running_loop().time
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
-        self._buf += data
+        self.last_rx = self._time()
+        if self._buf:
+            self._buf += data
+        else:
+            self._buf = bytearray(data)
         try:
             self._parse()
         except (ValueError, UpstreamProtocolError) as exc:
-            self._fail(UpstreamProtocolError(f"bad response from candidate: {exc}"))
+            self._fail(UpstreamProtocolError(f"bad response: {exc}"))
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost finishes the work
@@ -79,10 +145,14 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
         if self._state == "eof":
-            self._take(len(self._buf))
-            self._complete()
+            try:
+                self._take(len(self._buf))
+            except UpstreamProtocolError as err:
+                self._fail(err)
+            else:
+                self._complete()
         elif self._state != "idle":
-            self._fail(ConnectionResetError("candidate closed the connection"))
+            self._fail(ConnectionResetError("upstream closed the connection"))
         self._client._forget(self)
 
     # --- requests -----------------------------------------------------------------------------
@@ -95,17 +165,13 @@ class _Conn(asyncio.Protocol):
     def closing(self) -> bool:
         return self.transport is None or self.transport.is_closing()
 
-    def send(self, data: bytes, head_request: bool) -> asyncio.Future[CandidateResponse]:
+    def send(self, data: bytes, head_request: bool, sink: _Sink) -> None:
         assert self.transport is not None and self._state == "idle"
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._sink = sink
         self._head_request = head_request
         self._state = "head"
-        self._chunks = []
-        self._size = 0
-        self._truncated = False
         self.got_bytes = False
         self.transport.write(data)
-        return self._waiter
 
     def abort(self) -> None:
         self.reusable = False
@@ -114,24 +180,20 @@ class _Conn(asyncio.Protocol):
 
     def _fail(self, exc: Exception) -> None:
         self.reusable = False
-        waiter, self._waiter = self._waiter, None
+        sink, self._sink = self._sink, None
         self._state = "idle"
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        if sink is not None:
+            sink.fail(exc)
         if self.transport is not None:
             self.transport.abort()
 
     def _complete(self) -> None:
-        body = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
-        self._chunks = []
         self._state = "idle"
         if self._buf:  # bytes past the response: the framing cannot be trusted any more
             self.reusable = False
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(
-                CandidateResponse(self._status, self._version, body, self._size, self._truncated)
-            )
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.done(self)
         self._client._release(self)
 
     def _parse(self) -> None:
@@ -160,8 +222,12 @@ class _Conn(asyncio.Protocol):
             elif state == "chunk_size":
                 end = buf.find(b"\r\n")
                 if end < 0:
+                    if len(buf) > 1024:
+                        raise UpstreamProtocolError("chunk size line too long")
                     return
                 size = int(bytes(buf[:end]).split(b";", 1)[0].strip(), 16)
+                if size < 0:
+                    raise UpstreamProtocolError("negative chunk size")
                 del buf[: end + 2]
                 self._remaining = size
                 self._state = "chunk_data" if size else "trailers"
@@ -183,6 +249,8 @@ class _Conn(asyncio.Protocol):
                 else:
                     end = buf.find(b"\r\n\r\n")
                     if end < 0:
+                        if len(buf) > _MAX_HEAD:
+                            raise UpstreamProtocolError("trailers too large")
                         return
                     del buf[: end + 4]
                 self._complete()
@@ -194,70 +262,181 @@ class _Conn(asyncio.Protocol):
                 return
 
     def _take(self, n: int) -> int:
-        """Consume ``n`` body bytes from the buffer: kept up to ``keep_bytes``, always counted.
-
-        A body past ``keep_bytes`` is still read to its end (so the latency is the whole answer's
-        and the connection can be reused) but not held: memory per call stays bounded.
-        """
+        """Hand ``n`` body bytes from the buffer to the sink."""
         if n == 0:
             return 0
-        self._size += n
-        if self._size > self._client.max_body_bytes:
-            raise UpstreamProtocolError("response body too large")
-        if self._truncated:
-            pass
-        elif self._size > self._client.keep_bytes:
-            self._truncated = True
-            self._chunks = []
+        buf = self._buf
+        if n == len(buf):
+            chunk = bytes(buf)
+            buf.clear()
         else:
-            self._chunks.append(bytes(self._buf[:n]))
-        del self._buf[:n]
+            chunk = bytes(buf[:n])
+            del buf[:n]
+        if self._sink is not None:
+            self._sink.data(self, chunk)
         return n
 
     def _start_body(self, head: bytes) -> bool:
         """Parse a response head and choose the body framing; ``False`` for a 1xx response."""
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3:
             raise UpstreamProtocolError("not an HTTP/1.x status line")
         status = int(parts[1])
         if 100 <= status < 200:
+            if status == 101:
+                raise UpstreamProtocolError("101 Switching Protocols was not asked for")
             return False
-        self._status = status
-        self._version = None
+        self.model_version = None
         length: int | None = None
         chunked = False
         keep_alive = parts[0] == b"HTTP/1.1"
         for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            key = name.strip().lower()
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                raise UpstreamProtocolError(f"malformed header line {line[:60]!r}")
+            key = name.lower()
             if key == b"content-length":
-                length = int(value.strip())
+                value = value.strip()
+                if not value.isdigit() or (length is not None and int(value) != length):
+                    raise UpstreamProtocolError("bad Content-Length")
+                length = int(value)
             elif key == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
+                chunked = value.strip().lower().endswith(b"chunked")
+                if not chunked:
+                    raise UpstreamProtocolError("unsupported Transfer-Encoding")
             elif key == b"connection":
                 token = value.strip().lower()
                 keep_alive = token != b"close" and (keep_alive or token == b"keep-alive")
             elif key == b"x-model-version":
-                self._version = value.strip().decode("latin-1")
+                self.model_version = value.strip().decode("latin-1")
+        if chunked:
+            length = None  # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length
         self.reusable = self.reusable and keep_alive
-        if self._head_request or status in (204, 304):
+        self.length = length
+        self.chunked = chunked
+        no_body = self._head_request or status in (204, 304)
+        if no_body:
             self._state = "idle"
         elif chunked:
             self._state = "chunk_size"
         elif length is not None:
-            if length > self._client.max_body_bytes:
-                raise UpstreamProtocolError("response body too large")
             self._remaining = length
             self._state = "length" if length else "idle"
         else:
             self.reusable = False
             self._state = "eof"
+        if self._sink is not None:
+            self._sink.head(self, status, parts[2] if len(parts) > 2 else b"", lines)
         return True
 
 
-class CandidateClient:
-    """Keep-alive connections to one candidate base URL (``http://host:port[/prefix]``)."""
+class _Pool:
+    """Keep-alive connections to one base URL (``http://host:port[/prefix]``)."""
+
+    def __init__(self, base_url: str, what: str) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"the {what} client speaks plain http://, got {base_url!r}")
+        self._host = parts.hostname
+        self._port = parts.port or 80
+        self._prefix = parts.path.rstrip("/")
+        self.prefix = self._prefix.encode()
+        self.host_header = parts.netloc.encode()
+        self._idle: list[_Conn] = []
+        self._all: set[_Conn] = set()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._all)
+
+    async def _connect(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(lambda: _Conn(self), self._host, self._port)
+        self._all.add(conn)
+        return conn
+
+    def _idle_conn(self) -> _Conn | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closing:
+                return conn
+        return None
+
+    def _release(self, conn: _Conn) -> None:
+        if conn.reusable and not conn.closing:
+            self._idle.append(conn)
+        else:
+            conn.abort()
+
+    def _forget(self, conn: _Conn) -> None:
+        self._all.discard(conn)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(conn)
+
+    async def close(self) -> None:
+        """Abort every connection (idle, busy or lingering)."""
+        for conn in list(self._all):
+            conn.abort()
+        self._idle.clear()
+        # Let connection_lost callbacks run so transports are closed before the loop ends.
+        for _ in range(3):
+            if not self._all:
+                break
+            await asyncio.sleep(0)
+
+
+# --- the candidate ----------------------------------------------------------------------------
+
+
+class _Collector(_Sink):
+    """Collect a candidate's answer, holding at most ``keep_bytes`` of its body."""
+
+    __slots__ = ("chunks", "future", "keep", "limit", "size", "status", "truncated")
+
+    def __init__(self, future: asyncio.Future[CandidateResponse], keep: int, limit: int) -> None:
+        self.future = future
+        self.keep = keep
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.status = 0
+        self.truncated = False
+
+    def head(self, conn: _Conn, status: int, reason: bytes, lines: list[bytes]) -> None:
+        if conn.length is not None and conn.length > self.limit:
+            raise UpstreamProtocolError("response body too large")
+        self.status = status
+
+    def data(self, conn: _Conn, chunk: bytes) -> None:
+        # A body past ``keep`` is still read to its end (so the latency is the whole answer's and
+        # the connection can be reused) but not held: memory per call stays bounded.
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise UpstreamProtocolError("response body too large")
+        if self.truncated:
+            return
+        if self.size > self.keep:
+            self.truncated = True
+            self.chunks = []
+        else:
+            self.chunks.append(chunk)
+
+    def done(self, conn: _Conn) -> None:
+        if not self.future.done():
+            chunks = self.chunks
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self.future.set_result(
+                CandidateResponse(self.status, conn.model_version, body, self.size, self.truncated)
+            )
+
+    def fail(self, exc: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class CandidateClient(_Pool):
+    """The candidate's pool: whole answers, bounded memory, lingering on timeouts."""
 
     def __init__(
         self,
@@ -267,53 +446,33 @@ class CandidateClient:
         max_body_bytes: int = 64 * 1024 * 1024,
         keep_bytes: int = 1024 * 1024,
     ):
-        parts = urlsplit(base_url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"the candidate client speaks plain http://, got {base_url!r}")
-        self._host = parts.hostname
-        self._port = parts.port or 80
-        self._prefix = parts.path.rstrip("/")
-        self._host_header = parts.netloc.encode()
+        super().__init__(base_url, "candidate")
         self.max_body_bytes = max_body_bytes
         self.keep_bytes = keep_bytes
         self._linger_s = linger_s
-        self._idle: list[_Conn] = []
-        self._all: set[_Conn] = set()
         self.lingering = 0
-
-    @property
-    def open_connections(self) -> int:
-        return len(self._all)
 
     def _encode(
         self, method: str, path_qs: str, headers: Iterable[tuple[str, str]], body: bytes
     ) -> bytes:
         lines = [f"{method} {self._prefix}{path_qs} HTTP/1.1".encode("utf-8", "surrogateescape")]
-        lines.append(b"Host: " + self._host_header)
+        lines.append(b"Host: " + self.host_header)
         for name, value in headers:
             if name.lower() not in _DROP:
                 lines.append(f"{name}: {value}".encode("utf-8", "surrogateescape"))
         lines.append(b"Content-Length: %d" % len(body))
         return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
-    async def _connect(self) -> _Conn:
-        loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(lambda: _Conn(self), self._host, self._port)
-        self._all.add(conn)
-        return conn
-
     async def request(
         self, method: str, path_qs: str, headers: Iterable[tuple[str, str]], body: bytes
     ) -> CandidateResponse:
         """Send one request and return the whole response; the caller sets the deadline."""
-        data = self._encode(method, path_qs, headers, body)
+        return await self.request_raw(self._encode(method, path_qs, headers, body), method)
+
+    async def request_raw(self, data: bytes, method: str) -> CandidateResponse:
+        """Send an already-encoded request (see :func:`encode_request`)."""
         head = method == "HEAD"
-        reused = None
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closing:
-                reused = conn
-                break
+        reused = self._idle_conn()
         if reused is not None:
             try:
                 return await self._exchange(reused, data, head)
@@ -324,8 +483,10 @@ class CandidateClient:
         return await self._exchange(await self._connect(), data, head)
 
     async def _exchange(self, conn: _Conn, data: bytes, head: bool) -> CandidateResponse:
+        future: asyncio.Future[CandidateResponse] = asyncio.get_running_loop().create_future()
+        conn.send(data, head, _Collector(future, self.keep_bytes, self.max_body_bytes))
         try:
-            return await conn.send(data, head)
+            return await future
         except asyncio.CancelledError:
             self._linger(conn)
             raise
@@ -346,24 +507,244 @@ class CandidateClient:
 
     def _release(self, conn: _Conn) -> None:
         self._stop_lingering(conn)
-        if conn.reusable and not conn.closing:
-            self._idle.append(conn)
-        else:
-            conn.abort()
+        super()._release(conn)
 
     def _forget(self, conn: _Conn) -> None:
         self._stop_lingering(conn)
-        self._all.discard(conn)
-        with contextlib.suppress(ValueError):
-            self._idle.remove(conn)
+        super()._forget(conn)
 
-    async def close(self) -> None:
-        """Abort every connection (idle, busy or lingering)."""
-        for conn in list(self._all):
+
+# --- production -------------------------------------------------------------------------------
+
+
+class ProductionResponse(_Sink):
+    """Production's answer: the head at once, the body whole (small) or as a stream (large).
+
+    ``body`` is set when the whole body arrived before the head was handed over (every response
+    of at most ``inline_bytes`` with a ``Content-Length``); otherwise read it with
+    :meth:`read_chunk` until it returns ``b""``.
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_error",
+        "_inline",
+        "_pending",
+        "_timer",
+        "_waiter",
+        "body",
+        "chunked",
+        "done_flag",
+        "inline",
+        "length",
+        "lines",
+        "model_version",
+        "reason",
+        "status",
+    )
+
+    def __init__(self, waiter: asyncio.Future[None], inline: int) -> None:
+        self._waiter: asyncio.Future[None] | None = waiter
+        self._inline = inline
+        self._chunks: deque[bytes] = deque()
+        self._pending = 0
+        self._conn: _Conn | None = None
+        self._error: Exception | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.status = 0
+        self.reason = b""
+        self.lines: list[bytes] = []
+        self.length: int | None = None
+        self.chunked = False
+        self.model_version: str | None = None
+        self.body: bytes | None = None
+        self.done_flag = False
+        self.inline = False
+
+    # --- _Sink (called by the connection's parser) --------------------------------------------
+
+    def head(self, conn: _Conn, status: int, reason: bytes, lines: list[bytes]) -> None:
+        self._conn = conn
+        self.status = status
+        self.reason = reason
+        self.lines = lines
+        self.length = conn.length
+        self.chunked = conn.chunked
+        self.model_version = conn.model_version
+        if not conn.busy:  # no body follows (HEAD, 204, 304, Content-Length: 0)
+            self.body = b""
+            self._wake()
+        elif conn.length is not None and conn.length <= self._inline:
+            self.inline = True  # small: hand it over whole, in done()
+        else:
+            self._wake()  # stream it: the caller starts writing at once
+
+    def data(self, conn: _Conn, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._pending += len(chunk)
+        if self.inline:
+            return
+        self._wake()
+        if self._pending >= _HIGH_WATER and conn.transport is not None:
+            conn.transport.pause_reading()
+
+    def done(self, conn: _Conn) -> None:
+        self.done_flag = True
+        self._conn = None
+        if self.inline:
+            chunks = self._chunks
+            self.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self._pending = 0
+        self._cancel_timer()
+        self._wake()
+
+    def fail(self, exc: Exception) -> None:
+        self._error = exc
+        self._conn = None
+        self._cancel_timer()
+        self._wake(exc)
+
+    # --- the caller's side --------------------------------------------------------------------
+
+    def _wake(self, exc: Exception | None = None) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def read_chunk(self) -> bytes:
+        """The next piece of a streamed body; ``b""`` at its end. Raises what broke it off."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._pending -= len(chunk)
+                conn = self._conn
+                if (
+                    conn is not None
+                    and self._pending < _HIGH_WATER // 2
+                    and conn.transport is not None
+                    and not conn.closing
+                ):
+                    conn.transport.resume_reading()
+                return chunk
+            if self._error is not None:
+                raise self._error
+            if self.done_flag:
+                return b""
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            await waiter
+
+    def abandon(self) -> None:
+        """The caller stops reading (the client went away): the connection cannot be reused."""
+        self._cancel_timer()
+        conn, self._conn = self._conn, None
+        if conn is not None and not self.done_flag:
             conn.abort()
-        self._idle.clear()
-        # Let connection_lost callbacks run so transports are closed before the loop ends.
-        for _ in range(3):
-            if not self._all:
-                break
-            await asyncio.sleep(0)
+
+
+class ProductionClient(_Pool):
+    """Production's pool: at most ``limit`` connections; requests beyond it wait for one."""
+
+    def __init__(self, base_url: str, *, limit: int, timeout_s: float, inline_bytes: int):
+        super().__init__(base_url, "production")
+        self._limit = limit
+        self._timeout_s = timeout_s
+        self._inline = inline_bytes
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._connecting = 0
+
+    async def request(self, data: bytes, method: str) -> ProductionResponse:
+        """Send an encoded request; return once the head (and a small body) is in.
+
+        Raises :class:`UpstreamTimeout` when production is silent for longer than the timeout,
+        ``OSError`` when it cannot be reached or breaks off before the head.
+        """
+        head = method == "HEAD"
+        reused = self._idle_conn()
+        if reused is not None:
+            try:
+                return await self._exchange(reused, data, head)
+            except ConnectionError:
+                # The server closed this kept-alive connection before answering (its idle
+                # timeout crossed our send): retry once on a fresh one, as any HTTP client does.
+                if reused.got_bytes:
+                    raise
+        conn = await self._new_conn()
+        return await self._exchange(conn, data, head)
+
+    async def _new_conn(self) -> _Conn:
+        while len(self._all) + self._connecting >= self._limit:
+            idle = self._idle_conn()
+            if idle is not None:
+                return idle
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+        idle = self._idle_conn()
+        if idle is not None:
+            return idle
+        self._connecting += 1
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await self._connect()
+        except TimeoutError as exc:
+            raise UpstreamTimeout("connect timed out") from exc
+        finally:
+            self._connecting -= 1
+
+    async def _exchange(self, conn: _Conn, data: bytes, head: bool) -> ProductionResponse:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        resp = ProductionResponse(waiter, self._inline)
+        resp._conn = conn
+        conn.last_rx = loop.time()
+        conn.send(data, head, resp)
+        resp._timer = loop.call_at(conn.last_rx + self._timeout_s, self._check_timeout, resp)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            resp.abandon()
+            raise
+        return resp
+
+    def _check_timeout(self, resp: ProductionResponse) -> None:
+        """Fires ``timeout_s`` after the last byte; re-arms while bytes keep coming."""
+        resp._timer = None
+        conn = resp._conn
+        if conn is None or resp.done_flag:
+            return
+        loop = asyncio.get_running_loop()
+        idle_until = conn.last_rx + self._timeout_s
+        if loop.time() < idle_until:
+            resp._timer = loop.call_at(idle_until, self._check_timeout, resp)
+            return
+        conn._fail(UpstreamTimeout(f"no data for {self._timeout_s:g} s"))
+
+    def _release(self, conn: _Conn) -> None:
+        super()._release(conn)
+        self._wake_one()
+
+    def _forget(self, conn: _Conn) -> None:
+        super()._forget(conn)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return

@@ -21,7 +21,7 @@ from tests.reliability.fakes import LoopThread, ProxyProcess, RawProduction, wai
 
 INFER = "/v2/models/ok/infer"
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
-REJECTED = {400, 413, 431, 501}
+REJECTED = {400, 413, 414, 431, 501}
 
 # name -> raw request bytes; each is ambiguous or malformed and must be refused (or, at most,
 # forwarded with one clean framing).
