@@ -1,5 +1,7 @@
 """Fake production, candidate and comparator servers for the proxy benchmark.
 
+Production and the candidate are bare asyncio protocols with a fixed answer (so the shared server
+core spends its time on the proxies, not on the fakes); the comparator is a small aiohttp app.
 Each role runs in its own process (``python bench/fake_upstreams.py ROLE ...``) so that the proxy
 under test, the upstreams and the load generator never share an event loop. A server binds
 127.0.0.1 port 0 and prints ``READY <port>`` on stdout once it accepts connections.
@@ -26,6 +28,7 @@ import socket
 import sys
 from typing import Any
 
+import httptools
 from aiohttp import web
 
 __all__ = ["RESPONSE_BODY", "main"]
@@ -51,7 +54,6 @@ def _response_body() -> bytes:
 
 
 RESPONSE_BODY = _response_body()
-JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class Counters:
@@ -82,36 +84,6 @@ def _stats_response(counters: Counters, request: web.BaseRequest) -> web.Respons
     return None
 
 
-def make_prod_handler(counters: Counters) -> Any:
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        control = _stats_response(counters, request)
-        if control is not None:
-            return control
-        await request.read()
-        return web.Response(body=RESPONSE_BODY, headers=JSON_HEADERS)
-
-    return handle
-
-
-def make_candidate_handler(counters: Counters, delay_s: float, hang: bool) -> Any:
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        control = _stats_response(counters, request)
-        if control is not None:
-            return control
-        counters.bump("received")
-        await request.read()
-        if hang:
-            # Wait "forever"; the server cancels the handler when the client disconnects, so
-            # abandoned calls do not pile up inside this process. The bound keeps it finite.
-            await asyncio.sleep(3600)
-        elif delay_s > 0:
-            await asyncio.sleep(delay_s)
-        counters.bump("completed")
-        return web.Response(body=RESPONSE_BODY, headers=JSON_HEADERS)
-
-    return handle
-
-
 def make_comparator_handler(counters: Counters) -> Any:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         control = _stats_response(counters, request)
@@ -139,22 +111,92 @@ def make_comparator_handler(counters: Counters) -> Any:
     return handle
 
 
+_OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+_OK_RESPONSE = _OK_HEAD % len(RESPONSE_BODY) + RESPONSE_BODY
+
+
+class _RawModel(asyncio.Protocol):
+    """The production and candidate fakes: a fixed answer on a bare protocol (llhttp parsing).
+
+    An upstream this cheap keeps the benchmark about the proxies: on the shared server core the
+    fakes' own per-request cost would otherwise cap every proxy's throughput alike.
+    """
+
+    def __init__(self, counters: Counters, delay_s: float, hang: bool, count: bool) -> None:
+        self._counters = counters
+        self._delay_s = delay_s
+        self._hang = hang
+        self._count = count
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._transport is not None:
+                self._transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_message_complete(self) -> None:
+        url, self._url = self._url, b""
+        if url.startswith(b"/__bench/"):
+            if url.startswith(RESET_PATH.encode()):
+                self._counters.reset()
+                self._reply(b'{"reset": true}', count=False)
+            else:
+                self._reply(json.dumps(self._counters.snapshot()).encode(), count=False)
+            return
+        if self._count:
+            self._counters.bump("received")
+        if self._hang:
+            return  # never answer; the connection closes when the proxy gives up on it
+        if self._delay_s > 0:
+            asyncio.get_running_loop().call_later(self._delay_s, self._answer)
+        else:
+            self._answer()
+
+    def _answer(self) -> None:
+        if self._transport is None:
+            return
+        if self._count:
+            self._counters.bump("completed")
+        self._transport.write(_OK_RESPONSE)
+
+    def _reply(self, body: bytes, count: bool) -> None:
+        if self._transport is not None:
+            self._transport.write(_OK_HEAD % len(body) + body)
+
+
 async def serve(role: str, delay_ms: float, hang: bool) -> None:
     counters = Counters()
-    if role == "prod":
-        handler = make_prod_handler(counters)
-    elif role == "candidate":
-        handler = make_candidate_handler(counters, delay_ms / 1000.0, hang)
-    else:
-        handler = make_comparator_handler(counters)
-    server = web.Server(handler, handler_cancellation=True, access_log=None)
-    runner = web.ServerRunner(server)
-    await runner.setup()
+    loop = asyncio.get_running_loop()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # the OS picks a free port; we report it below
-    site = web.SockSite(runner, sock, backlog=4096)
-    await site.start()
+    runner: web.ServerRunner | None = None
+    raw: asyncio.Server | None = None
+    if role == "comparator":
+        server = web.Server(make_comparator_handler(counters), access_log=None)
+        runner = web.ServerRunner(server)
+        await runner.setup()
+        await web.SockSite(runner, sock, backlog=4096).start()
+    else:
+        delay_s = delay_ms / 1000.0
+        candidate = role == "candidate"
+        sock.listen(4096)
+        raw = await loop.create_server(
+            lambda: _RawModel(counters, delay_s, hang and candidate, candidate), sock=sock
+        )
     port = sock.getsockname()[1]
     sys.stdout.write(f"READY {port}\n")
     sys.stdout.flush()
@@ -163,7 +205,10 @@ async def serve(role: str, delay_ms: float, hang: bool) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await runner.cleanup()
+    if runner is not None:
+        await runner.cleanup()
+    if raw is not None:
+        raw.close()
 
 
 def main(argv: list[str] | None = None) -> int:

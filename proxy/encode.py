@@ -21,7 +21,7 @@ from typing import Any
 from comparator.wire import Outcome
 from proxy.pairing import CompletedPair, Side
 
-__all__ = ["encode_batch", "encode_pair"]
+__all__ = ["encode_batch", "encode_pair", "join_batch"]
 
 _PLACEHOLDER = "\x00body\x00"  # cannot occur in json.dumps output of our own fields
 
@@ -46,8 +46,16 @@ def _checked(body: bytes | None, max_body_bytes: int) -> tuple[bytes | None, int
     return body, None
 
 
-def _side(side: Side, max_body_bytes: int, bodies: list[bytes]) -> dict[str, Any]:
-    body, body_bytes = _checked(side.body, max_body_bytes)
+def _side(
+    side: Side,
+    max_body_bytes: int,
+    bodies: list[bytes],
+    same_as: tuple[bytes | None, tuple[bytes | None, int | None]] | None = None,
+) -> dict[str, Any]:
+    if same_as is not None and side.body is not None and side.body == same_as[0]:
+        body, body_bytes = same_as[1]  # byte-identical to the other side's body: checked once
+    else:
+        body, body_bytes = _checked(side.body, max_body_bytes)
     if side.body is None and side.outcome is Outcome.OK:  # too large to keep: its size only
         body_bytes = side.body_bytes
     out: dict[str, Any] = {"outcome": side.outcome.value}
@@ -74,6 +82,11 @@ def encode_pair(pair: CompletedPair, *, experiment: str, max_body_bytes: int) ->
     request_body, _ = _checked(pair.request_body, max_body_bytes)
     if request_body is not None:
         bodies.append(request_body)
+    prod = _side(pair.prod, max_body_bytes, bodies)
+    same_as = (
+        pair.prod.body,
+        (bodies[-1], None) if "body" in prod else (None, prod.get("body_bytes")),
+    )
     doc = {
         "v": 1,
         "request_id": pair.request_id,
@@ -84,8 +97,8 @@ def encode_pair(pair: CompletedPair, *, experiment: str, max_body_bytes: int) ->
             "sha256": pair.request_sha256,
             "body": None if request_body is None else _PLACEHOLDER,
         },
-        "prod": _side(pair.prod, max_body_bytes, bodies),
-        "candidate": _side(pair.candidate, max_body_bytes, bodies),
+        "prod": prod,
+        "candidate": _side(pair.candidate, max_body_bytes, bodies, same_as),
     }
     text = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not bodies:
@@ -112,7 +125,13 @@ def _reserialise(text: bytes, bodies: list[bytes]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
+def join_batch(items: list[bytes]) -> bytes:
+    """``{"pairs": [...]}`` for ``POST /v1/pairs``, from pairs already encoded."""
+    return b'{"pairs":[' + b",".join(items) + b"]}"
+
+
 def encode_batch(pairs: list[CompletedPair], *, experiment: str, max_body_bytes: int) -> bytes:
     """``{"pairs": [...]}`` for ``POST /v1/pairs``."""
-    items = [encode_pair(p, experiment=experiment, max_body_bytes=max_body_bytes) for p in pairs]
-    return b'{"pairs":[' + b",".join(items) + b"]}"
+    return join_batch(
+        [encode_pair(p, experiment=experiment, max_body_bytes=max_body_bytes) for p in pairs]
+    )

@@ -172,7 +172,10 @@ class Connection(asyncio.Protocol):
             if self._in_head and self._head_bytes > self._limits.max_head_bytes:
                 raise _Refuse(431, "request head too large")
         except httptools.HttpParserUpgrade:
-            self._refuse(_Refuse(501, "protocol upgrades and CONNECT are not supported"))
+            # The upgrade was ignored (RFC 9110 §7.8): the request is answered over HTTP/1.1
+            # and the connection closes after it, since the parser stops at this point.
+            if self.transport is not None:
+                self.transport.pause_reading()
         except _Refuse as refusal:
             self._refuse(refusal)
         except httptools.HttpParserError as exc:
@@ -222,10 +225,12 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
+        if self._parser.get_method() == b"CONNECT":
+            raise _Refuse(501, "CONNECT is not supported")
         limits = self._limits
         length: int | None = None
         expect: bytes | None = None
-        has_body = False
+        has_body = upgrade = False
         for name, value in self._headers:
             lowered = name.lower()
             if lowered == b"content-length":
@@ -235,6 +240,12 @@ class Connection(asyncio.Protocol):
                 has_body = True
             elif lowered == b"expect":
                 expect = value.lower()
+            elif lowered == b"upgrade":
+                upgrade = True
+        if upgrade and has_body and b"upgrade" in (self._connection or b"").lower():
+            # llhttp hands everything after an upgrade request's head over as the new protocol,
+            # so its body would be lost: refuse rather than forward a truncated request.
+            raise _Refuse(501, "an upgrade request with a body is not supported")
         if length is not None and length > limits.max_body_bytes:
             refusal = _Refuse(413, f"request body over the limit of {limits.max_body_bytes} bytes")
             if expect is not None:
@@ -279,7 +290,7 @@ class Connection(asyncio.Protocol):
             self._headers,
             body[0] if len(body) == 1 else b"".join(body),
             parser.get_http_version() == "1.1",
-            parser.should_keep_alive(),
+            parser.should_keep_alive() and not parser.should_upgrade(),
             self._connection,
         )
         self._body = []
@@ -388,7 +399,8 @@ class Connection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return self._task is None and not self._queue and not self._in_head and not self._body_timer
+        """No request of this connection is being answered (a half-sent one does not count)."""
+        return self._task is None and not self._queue
 
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:

@@ -67,6 +67,11 @@ async def serve_app(app: web.Application, port: int = 0) -> AsyncIterator[str]:
 SEEN = web.AppKey("seen", list)
 
 
+def _peer(request: web.Request) -> object:
+    """The client address of the connection a request came on (to tell connections apart)."""
+    return request.transport.get_extra_info("peername") if request.transport else None
+
+
 def prod_app(
     release: asyncio.Event | None = None, entered: asyncio.Event | None = None
 ) -> web.Application:
@@ -76,7 +81,7 @@ def prod_app(
 
     async def infer(request: web.Request) -> web.Response:
         body = await request.read()
-        seen.append({"headers": dict(request.headers), "body": body})
+        seen.append({"headers": dict(request.headers), "body": body, "peer": _peer(request)})
         if entered is not None:
             entered.set()
         if release is not None:
@@ -116,7 +121,7 @@ def prod_app(
 
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
-        seen.append({"headers": dict(request.headers), "body": body})
+        seen.append({"headers": dict(request.headers), "body": body, "peer": _peer(request)})
         return web.Response(
             body=body,
             headers={"X-Method": request.method, "X-Query": request.query_string},

@@ -59,3 +59,18 @@ def test_a_field_that_looks_like_the_placeholder_cannot_break_the_document() -> 
     pair.request_id = "\x00body\x00"
     doc = Pair.model_validate_json(encode_pair(pair, experiment="e", max_body_bytes=1000))
     assert doc.request_id == "\x00body\x00" and doc.prod.body == {"a": 1}
+
+
+def test_byte_identical_bodies_are_checked_once_and_land_on_both_sides() -> None:
+    same = b'{"outputs": [0.25, 0.75]}'
+    pair = Pair.model_validate_json(
+        encode_pair(_pair(same, same), experiment="e", max_body_bytes=1000)
+    )
+    assert pair.prod.body == pair.candidate.body == {"outputs": [0.25, 0.75]}
+    bad = b'{"outputs": [0.25,'
+    pair = Pair.model_validate_json(
+        encode_pair(_pair(bad, bad, same), experiment="e", max_body_bytes=1000)
+    )
+    assert pair.prod.body is None and pair.candidate.body is None
+    assert pair.prod.body_bytes == pair.candidate.body_bytes == len(bad)
+    assert pair.request.body == {"outputs": [0.25, 0.75]}
