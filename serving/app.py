@@ -185,7 +185,7 @@ async def infer(request: web.Request) -> web.Response:
             model_version=model.version,
             request_id=req.id,
             outputs=outputs,
-            specs={s.name: s for s in model.signature.outputs},
+            specs=model.output_specs,
             wanted=req.outputs,
             binary=req.binary_outputs,
         )
@@ -367,6 +367,9 @@ def create_app(
     app.cleanup_ctx.append(_model_ctx)
     app.on_response_prepare.append(_identity)
     r = app.router
+    # Infer first: the router tries resources in order, and infer is what runs at load.
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        r.add_post(prefix + "/infer", infer)
     r.add_get("/v2/health/live", live)
     r.add_get("/v2/health/ready", ready)
     r.add_get("/v2", server_metadata)
@@ -374,5 +377,4 @@ def create_app(
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         r.add_get(prefix, model_metadata)
         r.add_get(prefix + "/ready", model_ready)
-        r.add_post(prefix + "/infer", infer)
     return app

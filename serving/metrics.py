@@ -60,10 +60,14 @@ class OutputHealth:
         if values.dtype.kind != "f" or values.size == 0:
             return
         flat = values.astype(np.float64, copy=False).ravel()
-        nan = int(np.isnan(flat).sum())
-        inf = int(np.isinf(flat).sum())
-        finite = flat[np.isfinite(flat)] if nan or inf else flat
-        s, sq = float(finite.sum()), float(np.dot(finite, finite))
+        s, sq = float(flat.sum()), float(np.dot(flat, flat))
+        nan = inf = 0
+        finite = flat
+        if not (math.isfinite(s) and math.isfinite(sq)):  # rare: count and leave out NaN/Inf
+            nan = int(np.isnan(flat).sum())
+            inf = int(np.isinf(flat).sum())
+            finite = flat[np.isfinite(flat)]
+            s, sq = float(finite.sum()), float(np.dot(finite, finite))
         with self._lock:
             m = self._by_output.setdefault(name, _Moments())
             m.count += int(finite.size)
@@ -181,6 +185,12 @@ class ServingMetrics:
             P + "batch_requests", "Requests per session.run.",
             buckets=BATCH_BUCKETS, registry=registry,
         )  # fmt: skip
+        self.inference_cpu = Counter(
+            P + "inference_thread_cpu_seconds",
+            "CPU time of the inference thread: stacking, session.run (all of it with one "
+            "intra-op thread), output health.",
+            registry=registry,
+        )
         self.shed = Counter(P + "shed", "Requests refused with 503: queue full.", registry=registry)
         self.warmup_runs = Counter(
             P + "warmup_runs", "Warm-up inferences run before ready.", registry=registry

@@ -34,8 +34,11 @@ __all__ = [
     "Signature",
     "TensorSpec",
     "cuda_device_present",
+    "default_intra_op_threads",
+    "describe_options",
     "load_model",
     "select_provider",
+    "session_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -158,6 +161,7 @@ class LoadedModel:
             outputs=tuple(_spec(a) for a in session.get_outputs()),
         )
         self.output_names = [o.name for o in self.signature.outputs]
+        self.output_specs = {o.name: o for o in self.signature.outputs}
 
     @property
     def device(self) -> str:
@@ -183,6 +187,71 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _usable_cpus() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
+        return list(range(os.cpu_count() or 1))
+
+
+def _physical_cores(cpus: list[int]) -> int:
+    """Distinct cores among ``cpus`` (hyper-threads of one core count once), from sysfs."""
+    cores = set()
+    for cpu in cpus:
+        try:
+            siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            return len(cpus)
+    return len(cores)
+
+
+def default_intra_op_threads() -> int:
+    """Inference threads when none are configured: one per physical core, leaving one CPU free.
+
+    The event loop parses and answers requests while a batch runs; an intra-op pool as wide as
+    the machine makes each ``session.run`` wait for its slowest thread whenever the loop holds a
+    CPU, so one is left to it (on a one-CPU machine the session still gets one thread). Like
+    onnxruntime's own default, hyper-threads of one core count once.
+    """
+    cpus = _usable_cpus()
+    return max(1, min(len(cpus) - 1, _physical_cores(cpus)))
+
+
+def session_options(intra_op_threads: int = 0, spin: bool = False) -> ort.SessionOptions:
+    """The ``SessionOptions`` the server runs with (the benchmark measures its ceiling with them).
+
+    ``intra_op_threads=0`` means :func:`default_intra_op_threads`; execution mode (sequential),
+    inter-op threads and graph optimisation (all) are onnxruntime's defaults.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not spin:
+        # onnxruntime's worker threads busy-wait after each run by default; on a small machine
+        # that burns the cores the event loop needs to parse the next requests.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = intra_op_threads or default_intra_op_threads()
+    return options
+
+
+def describe_options(options: ort.SessionOptions) -> dict[str, Any]:
+    """The session options that decide CPU throughput, for logs and benchmark reports."""
+    return {
+        "intra_op_num_threads": options.intra_op_num_threads,
+        "inter_op_num_threads": options.inter_op_num_threads,
+        "execution_mode": str(options.execution_mode).rsplit(".", 1)[-1],
+        "graph_optimization_level": str(options.graph_optimization_level).rsplit(".", 1)[-1],
+        "intra_op_spinning": _config(options, "session.intra_op.allow_spinning") != "0",
+    }
+
+
+def _config(options: ort.SessionOptions, key: str) -> str | None:
+    try:
+        return str(options.get_session_config_entry(key))
+    except RuntimeError:  # never set: onnxruntime's default
+        return None
+
+
 def load_model(
     path: Path,
     *,
@@ -195,14 +264,7 @@ def load_model(
 ) -> LoadedModel:
     """Load ``path`` on the provider ``device`` selects; :class:`ModelLoadError` in one line."""
     providers, reason = select_provider(device, gpu_mem_limit_bytes)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if not spin:
-        # onnxruntime's worker threads busy-wait after each run by default; on a small machine
-        # that burns the cores the event loop needs to parse the next requests.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if intra_op_threads:
-        options.intra_op_num_threads = intra_op_threads
+    options = session_options(intra_op_threads, spin)
     try:
         sha = file_sha256(path)
         session = ort.InferenceSession(str(path), options, providers=providers)
@@ -219,10 +281,11 @@ def load_model(
     if model.device == "cpu" and reason != "requested":
         log.warning("serving on CPU: %s", reason)
     log.info(
-        "loaded %s version %s (sha256 %s) on %s",
+        "loaded %s version %s (sha256 %s) on %s with %s",
         name,
         version,
         sha[:12],
         model.provider,
+        describe_options(options),
     )
     return model

@@ -14,12 +14,12 @@ with the request parameter ``binary_data_output: true``) come back the same way.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic_core import from_json, to_json
 
 from serving.exceptions import InvalidRequestError
 from serving.model import Signature, TensorSpec
@@ -118,8 +118,10 @@ def parse_infer_request(
         binary = memoryview(body)[int(header_length) :]
         body = body[: int(header_length)]
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # pydantic-core's parser (jiter) reads a body of numbers about ten times faster than the
+        # json module; the Python objects it builds are the same.
+        doc = from_json(body)
+    except ValueError as exc:
         raise InvalidRequestError(f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidRequestError("request body must be a JSON object")
@@ -243,7 +245,8 @@ def encode_response(
             tensor["data"] = arr.ravel().tolist()
         tensors.append(tensor)
     doc["outputs"] = tensors
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    # NaN and Inf are written as the json module writes them, so a failing model still answers.
+    header = to_json(doc, inf_nan_mode="constants")
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)

@@ -54,7 +54,8 @@ class ServeSettings(BaseSettings):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpu_mem_limit_bytes: Annotated[int, Field(ge=0)] = 2 * 1024**3  # 0 = no limit
-    intra_op_threads: Annotated[int, Field(ge=0)] = 0  # 0 = onnxruntime's default
+    # 0 = a thread per physical core, one CPU left to the event loop (default_intra_op_threads)
+    intra_op_threads: Annotated[int, Field(ge=0)] = 0
     intra_op_spinning: bool = False  # True: lower latency on a dedicated machine, more CPU
 
     max_batch: Annotated[int, Field(ge=1, le=65536)] = 64

@@ -168,3 +168,39 @@ async def test_the_batch_waits_for_an_announced_request_then_runs_both_together(
         await b.close()
     assert run.batches == [3]
     assert out["y"].tolist() == [[2.0]] and second["y"].tolist() == [[6.0], [6.0]]
+
+
+async def test_queued_batches_run_back_to_back_while_the_event_loop_is_busy() -> None:
+    """The inference thread takes the next ready batch itself, without waiting for the loop."""
+    seen: list[int] = []
+    entered, gate, second_ran = threading.Event(), threading.Event(), threading.Event()
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not seen:
+            entered.set()
+            assert gate.wait(10)
+        seen.append(len(feeds["x"]))
+        if len(seen) == 2:
+            second_ran.set()
+        return {"y": feeds["x"] + 1}
+
+    b = Batcher(run, max_batch=2, max_delay_s=0.0, max_queue=10,
+                metrics=ServingMetrics(CollectorRegistry()))  # fmt: skip
+    b.start()
+    try:
+        calls = [asyncio.ensure_future(b.submit({"x": np.zeros((1, 1), np.float32)}, 1))]
+        await asyncio.to_thread(entered.wait, 10)  # the first request is on the thread
+        calls += [
+            asyncio.ensure_future(b.submit({"x": np.full((1, 1), i, np.float32)}, 1))
+            for i in (1, 2)
+        ]
+        await asyncio.sleep(0)
+        assert b.depth == 2
+        gate.set()
+        # Block the event loop: the second batch must still start.
+        assert second_ran.wait(10), "the next batch waited for the event loop"
+        results = await asyncio.gather(*calls)
+    finally:
+        await b.close()
+    assert seen == [1, 2]
+    assert [r["y"].item() for r in results] == [1.0, 2.0, 3.0]

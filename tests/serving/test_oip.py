@@ -186,3 +186,14 @@ def test_binary_outputs_follow_the_json_header() -> None:
                                  "parameters": {"binary_data_size": 12}}  # fmt: skip
     assert doc["outputs"][1]["data"] == [2]
     np.testing.assert_array_equal(np.frombuffer(body[header_length:], "<f4"), [1.5] * 3)
+
+
+def test_float32_outputs_round_trip_exactly_and_nan_inf_are_written_as_json_does() -> None:
+    values = np.array([[0.1, np.nan, np.inf], [-np.inf, 1e-30, 3.4e38]], np.float32)
+    raw, _ = encode_response(
+        model_name="m", model_version="1", request_id=None, outputs={"doubled": values},
+        specs={s.name: s for s in SIG.outputs}, wanted=None,
+    )  # fmt: skip
+    data = json.loads(raw)["outputs"][0]["data"]
+    np.testing.assert_array_equal(np.asarray(data, np.float32), values.ravel())
+    assert b"NaN" in raw and b"-Infinity" in raw
