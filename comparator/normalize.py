@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -139,13 +139,24 @@ def _answered(side: SideResult | None) -> bool:
     )
 
 
+def _answered_all(sides: list[SideResult]) -> list[bool]:
+    """:func:`_answered` of sides that are all present, without a call per side."""
+    ok = Outcome.OK
+    return [s.outcome is ok and (s.status is None or s.status < 500) for s in sides]
+
+
 @dataclass(slots=True)
 class _Side:
-    """One side's outputs stacked by layout: layout → (pair indices, array (n, rows, width))."""
+    """One side's valid outputs stacked by layout, with per-pair flags aligned with the batch.
+
+    ``groups[layout]`` is (pair indices, array (len(indices), rows, width)); ``row[i]`` is pair
+    ``i``'s row in its layout's array, −1 when the pair has no valid output on this side.
+    """
 
     invalid: NDArray[np.bool_]
     layout: list[Layout | None]
-    values: dict[int, NDArray[np.float64]]  # pair index → (rows, width), valid outputs only
+    groups: dict[Layout, tuple[NDArray[np.int64], F64]]
+    row: NDArray[np.int64]
     logits: NDArray[np.bool_]
 
 
@@ -153,19 +164,22 @@ def _stack(
     outs: list[Output | None], answered: list[bool], task: str, config: NormalizeConfig
 ) -> _Side:
     n = len(outs)
-    side = _Side(np.zeros(n, bool), [None] * n, {}, np.zeros(n, bool))
+    side = _Side(np.zeros(n, bool), [None] * n, {}, np.full(n, -1, np.int64), np.zeros(n, bool))
     groups: dict[Layout, list[tuple[int, Output]]] = {}
+    layouts: dict[tuple[int, ...], Layout] = {}  # shapes repeat across a batch
     for i, out in enumerate(outs):
         if not answered[i]:
             continue
         if out is None:
             side.invalid[i] = True
             continue
-        lay = layout(out.shape, task)
+        lay = layouts.get(out.shape)
+        if lay is None:
+            lay = layouts[out.shape] = layout(out.shape, task)
         side.layout[i] = lay
         groups.setdefault(lay, []).append((i, out))
     for (rows, width), members in groups.items():
-        idx = [i for i, _ in members]
+        idx = np.array([i for i, _ in members], dtype=np.int64)
         group = [o for _, o in members]
         try:
             arr = np.array([o.flat for o in group], dtype=np.float64)
@@ -177,49 +191,69 @@ def _stack(
         arr = arr.reshape(len(idx), rows, width)
         ok = np.asarray(np.isfinite(arr).all(axis=(1, 2)), dtype=bool)
         if task == "classification":
-            logit = np.array([is_logits(o) for o in group])
-            label = np.array([is_label(o) for o in group])
-            with np.errstate(all="ignore"):
-                arr = np.where(logit[:, None, None], softmax(arr), arr)
+            logit = _by_name(group, is_logits)
+            label = _by_name(group, is_label)
+            if logit.any():
+                with np.errstate(all="ignore"):
+                    arr = np.where(logit[:, None, None], softmax(arr), arr)
             ok &= label | np.all(on_simplex(arr, config.simplex_tol), axis=1)
             side.logits[idx] = logit
         elif task == "ranking":
-            ok &= np.array([o.integer for o in group])
+            ok &= np.array([o.integer for o in group], dtype=bool)
             srt = np.sort(arr, axis=-1)
             ok &= ~(srt[..., 1:] == srt[..., :-1]).any(axis=(1, 2))
-        for r, i in enumerate(idx):
-            if ok[r]:
-                side.values[i] = arr[r]
-            else:
-                side.invalid[i] = True
+        side.invalid[idx[~ok]] = True
+        kept = idx[ok]
+        side.groups[(rows, width)] = (kept, arr[ok])
+        side.row[kept] = np.arange(kept.size)
     return side
+
+
+def _by_name(group: list[Output], flag: Callable[[Output], bool]) -> NDArray[np.bool_]:
+    """``flag`` of each output, judged once per distinct (name, integer): the flags read only
+    those and the group's shared layout, and a batch's outputs mostly share one name."""
+    seen: dict[tuple[str, bool], bool] = {}
+    out = np.empty(len(group), dtype=bool)
+    for r, o in enumerate(group):
+        key = (o.name, o.integer)
+        value = seen.get(key)
+        if value is None:
+            value = seen[key] = flag(o)
+        out[r] = value
+    return out
 
 
 def _compare(
     task: str, a: _Side, b: _Side, config: NormalizeConfig, n: int
 ) -> dict[str, NDArray[Any]]:
-    """Metrics of b against a (a: production) for pairs where both are valid, grouped by layout."""
+    """Metrics of b against a (a: production) for pairs where both are valid, grouped by layout.
+
+    A pair whose two valid outputs differ in layout marks b's output invalid.
+    """
     out: dict[str, NDArray[Any]] = {
         name: np.full(n, np.nan)
         for name in ("agree", "js", "abs_diff", "cos", "rbo_loss", "div", "diff", "yp", "tol")
     }
     out["pc"] = np.full(n, -1, np.int64)
     out["cc"] = np.full(n, -1, np.int64)
-    groups: dict[Layout, list[int]] = {}
-    for i, x in a.values.items():
-        if i in b.values:
-            if b.layout[i] != a.layout[i]:
-                b.invalid[i] = True
-                del b.values[i]
-                continue
-            groups.setdefault((x.shape[0], x.shape[1]), []).append(i)
-    for (_rows, width), idx_list in groups.items():
-        idx = np.array(idx_list)
-        p = np.stack([a.values[i] for i in idx_list])
-        q = np.stack([b.values[i] for i in idx_list])
+    b_valid = b.row >= 0
+    for lay, (idx_a, arr_a) in a.groups.items():
+        both = b_valid[idx_a]
+        b_idx, b_arr = b.groups.get(lay, (np.empty(0, np.int64), np.empty((0, *lay))))
+        same = np.zeros(n, bool)
+        same[b_idx] = True
+        paired = both & same[idx_a]
+        mismatch = idx_a[both & ~paired]
+        b.invalid[mismatch] = True
+        b.row[mismatch] = -1
+        if not paired.any():
+            continue
+        idx = idx_a[paired]
+        p = arr_a[paired]
+        q = b_arr[b.row[idx]]
         # Outputs near 1e308 overflow products; their metrics come out inf/NaN and fold skips them.
         with np.errstate(all="ignore"):
-            _compare_group(task, width, idx, p, q, out, config)
+            _compare_group(task, lay[1], idx, p, q, out, config)
     return out
 
 
@@ -266,19 +300,24 @@ def measure(pairs: Sequence[Pair], config: NormalizeConfig) -> BatchMetrics:
     """Per-pair metrics of a batch (see the module docstring for how outputs are read)."""
     n = len(pairs)
     ptr = config.output_pointer
-    answered_p = [_answered(p.prod) for p in pairs]
-    answered_c = [_answered(p.candidate) for p in pairs]
-    answered_t = [_answered(p.twin) for p in pairs]
+    prod_sides = [p.prod for p in pairs]
+    cand_sides = [p.candidate for p in pairs]
+    answered_p = _answered_all(prod_sides)
+    answered_c = _answered_all(cand_sides)
+    if any(p.twin is not None for p in pairs):
+        twin_sides = [p.twin for p in pairs]
+        answered_t = [_answered(t) for t in twin_sides]
+        out_t = [
+            read_output(t.body, ptr) if a and t is not None else None
+            for t, a in zip(twin_sides, answered_t, strict=True)
+        ]
+    else:
+        answered_t, out_t = [False] * n, [None] * n
     out_p = [
-        read_output(p.prod.body, ptr) if a else None for p, a in zip(pairs, answered_p, strict=True)
+        read_output(s.body, ptr) if a else None for s, a in zip(prod_sides, answered_p, strict=True)
     ]
     out_c = [
-        read_output(p.candidate.body, ptr) if a else None
-        for p, a in zip(pairs, answered_c, strict=True)
-    ]
-    out_t = [
-        read_output(p.twin.body, ptr) if a and p.twin is not None else None
-        for p, a in zip(pairs, answered_t, strict=True)
+        read_output(s.body, ptr) if a else None for s, a in zip(cand_sides, answered_c, strict=True)
     ]
     task = infer_task(out_p, out_c, config.task, config.simplex_tol)
     prod = _stack(out_p, answered_p, task, config)
@@ -351,9 +390,11 @@ def fold(
     """
     if len(pairs) != len(metrics):
         raise ValueError(f"metrics: {len(metrics)} rows for {len(pairs)} pairs")
-    hours = np.array([p.ts.timestamp() for p in pairs]) // 3600  # UTC hour numbers since 1970
+    # POSIX seconds, distinct and ordered for distinct microseconds: hours and the warm-up test.
+    stamps = np.array([p.ts.timestamp() for p in pairs], dtype=np.float64)
+    hours = stamps // 3600  # UTC hour numbers since 1970
     warm_from = experiment_start + timedelta(minutes=config.warmup_minutes)
-    warm = np.array([p.ts >= warm_from for p in pairs], bool)
+    warm = stamps >= warm_from.timestamp()
     sides: dict[str, list[SideResult | None]] = {
         "prod": [p.prod for p in pairs],
         "cand": [p.candidate for p in pairs],
@@ -370,7 +411,8 @@ def fold(
 
 def _side_columns(results: list[SideResult | None]) -> dict[str, NDArray[Any]]:
     present = np.array([r is not None for r in results])
-    outcome = np.array([r.outcome.value if r is not None else "" for r in results], dtype="U8")
+    # Outcome is a StrEnum: numpy reads each member as its value.
+    outcome = np.array([r.outcome if r is not None else "" for r in results], dtype="U8")
     status = np.array([r.status if r is not None and r.status is not None else 0 for r in results])
     latency = np.array(
         [r.latency_ms if r is not None and r.latency_ms is not None else np.nan for r in results]

@@ -151,6 +151,8 @@ def _shape_size(dims: tuple[Any, ...]) -> int:
 
 def _pick_v2(outputs: list[Any]) -> Any:
     """The probability-like output, else the first that is not a label, else the first."""
+    if len(outputs) == 1:  # the common case: the one output, when it is a tensor
+        return outputs[0] if isinstance(outputs[0], dict) else None
     best, best_kind = None, 3
     for o in outputs:
         if isinstance(o, dict):

@@ -2,8 +2,9 @@
 
 Kept apart from the store because it is pure (no I/O): per-pair metrics arrive as numpy arrays and
 leave as column lists with NULL for "not applicable" (NaN, a class of −1), built without a Python
-loop over the metric values. On PostgreSQL the columns go in as arrays through one
-``INSERT … SELECT * FROM unnest(…)``.
+loop over the metric values. :func:`pair_records` turns the columns into the tuples a bulk load
+takes (PostgreSQL ``COPY``, SQLite ``executemany``), each value converted by the column type's own
+SQLAlchemy bind processor for the dialect, so the stored values are those an ORM insert would write.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-from sqlalchemy import Table, text
+from sqlalchemy import Boolean, Table
 from sqlalchemy.engine import Dialect
 
 from comparator.models import PairRow
@@ -24,22 +26,54 @@ from comparator.wire import Pair
 if TYPE_CHECKING:
     from comparator.normalize import BatchMetrics
 
-__all__ = ["pair_columns", "sampled", "subset", "unnest_insert"]
+__all__ = ["COLUMNS", "pair_columns", "pair_records", "sampled", "sqlite_utc_text", "subset"]
 
 PAIRS = cast(Table, PairRow.__table__)
 
 
+COLUMNS = tuple(c.name for c in PAIRS.columns)  # the order of pair_records' tuples
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 @functools.cache
-def unnest_insert(pg: Dialect) -> Any:
-    """``INSERT INTO pairs (…) SELECT * FROM unnest(CAST(:c AS type[]), …) ON CONFLICT DO NOTHING``."""
-    names = [c.name for c in PAIRS.columns]
-    arrays = ", ".join(
-        f"CAST(:{c.name} AS {c.type.dialect_impl(pg).compile(dialect=pg)}[])" for c in PAIRS.columns
+def _bind_processors(dialect: Dialect) -> tuple[Callable[[Any], Any] | None, ...]:
+    """Each column's bind processor for ``dialect`` (None where values pass unchanged).
+
+    Boolean columns carry Python ``bool`` or None (:func:`pair_columns`), which both drivers bind
+    as they are — sqlite3 stores the same 1/0 as SQLAlchemy's ``int()`` — so they skip it.
+    """
+    return tuple(
+        None
+        if isinstance(c.type, Boolean)
+        else c.type.dialect_impl(dialect).bind_processor(dialect)
+        for c in PAIRS.columns
     )
-    return text(
-        f"INSERT INTO pairs ({', '.join(names)}) SELECT * FROM unnest({arrays}) "
-        "ON CONFLICT (experiment_id, request_id) DO NOTHING RETURNING request_id"
-    )
+
+
+def sqlite_utc_text(values: Sequence[datetime]) -> list[str]:
+    """Aware datetimes as :class:`~comparator.models.UTCDateTime` binds them on SQLite — naive UTC
+    text ``YYYY-MM-DD HH:MM:SS.ffffff`` — converted as one numpy array rather than one by one."""
+    micros = np.array([(v - _EPOCH) // _MICROSECOND for v in values], dtype=np.int64)
+    text = np.datetime_as_string(micros.astype("datetime64[us]"), unit="us")
+    return [t.replace("T", " ") for t in text.tolist()]
+
+
+def pair_records(cols: dict[str, list[Any]], dialect: Dialect) -> list[tuple[Any, ...]]:
+    """One tuple per pair, values in :data:`COLUMNS` order and in the driver's form for ``dialect``.
+
+    A column that is NULL throughout (bodies not kept, no twin) skips its processor; on SQLite the
+    timestamps take :func:`sqlite_utc_text`, which writes the same text as their processor.
+    """
+    converted = []
+    for name, process in zip(COLUMNS, _bind_processors(dialect), strict=True):
+        values = cols[name]
+        if name == "ts" and dialect.name == "sqlite":
+            values = sqlite_utc_text(values)
+        elif process is not None and any(v is not None for v in values):
+            values = [None if v is None else process(v) for v in values]
+        converted.append(values)
+    return list(zip(*converted, strict=True))
 
 
 def sampled(request_id: str, rate: float) -> bool:
@@ -83,19 +117,23 @@ def pair_columns(
         out[a < 0] = None
         return list(out.tolist())
 
+    def strings(values: list[Any]) -> list[Any]:  # StrEnum members as plain str, in C
+        return list(np.array(values, dtype=str).tolist())
+
     agree = (m.top1_agree > 0.5).astype(object)
     agree[np.isnan(m.top1_agree)] = None
     bodies = store_bodies
     rate = sample_rate
+    n = len(batch)
     return {
-        "experiment_id": [experiment_id] * len(batch),
+        "experiment_id": [experiment_id] * n,
         "request_id": [p.request_id for p in batch],
         "ts": [p.ts for p in batch],
         "route": [p.route for p in batch],
         "request_sha256": [p.request.sha256 for p in batch],
-        "prod_outcome": [p.prod.outcome.value for p in batch],
-        "cand_outcome": [p.candidate.outcome.value for p in batch],
-        "twin_outcome": [p.twin.outcome.value if p.twin else None for p in batch],
+        "prod_outcome": strings([p.prod.outcome for p in batch]),
+        "cand_outcome": strings([p.candidate.outcome for p in batch]),
+        "twin_outcome": [str(p.twin.outcome) if p.twin else None for p in batch],
         "prod_status": [p.prod.status for p in batch],
         "cand_status": [p.candidate.status for p in batch],
         "prod_latency_ms": [p.prod.latency_ms for p in batch],
@@ -112,8 +150,8 @@ def pair_columns(
         "prod_invalid": m.prod_invalid.astype(bool).tolist(),
         "cand_invalid": m.cand_invalid.astype(bool).tolist(),
         "divergence": floats(m.divergence),
-        "sampled": [sampled(p.request_id, rate) for p in batch],
-        "request_body": [p.request.body if bodies else None for p in batch],
-        "prod_body": [p.prod.body if bodies else None for p in batch],
-        "cand_body": [p.candidate.body if bodies else None for p in batch],
+        "sampled": [sampled(p.request_id, rate) for p in batch] if rate > 0 else [False] * n,
+        "request_body": [p.request.body for p in batch] if bodies else [None] * n,
+        "prod_body": [p.prod.body for p in batch] if bodies else [None] * n,
+        "cand_body": [p.candidate.body for p in batch] if bodies else [None] * n,
     }

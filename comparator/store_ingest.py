@@ -2,15 +2,20 @@
 
 ::
 
-    lock the batch's experiments (insert on first sight, then SELECT … FOR UPDATE, by name)
+    lock the batch's experiments (SELECT … FOR UPDATE by name; insert on first sight, lock again)
+    SELECT the batch's request ids already stored                      (one statement)
     measure the pairs (comparator.normalize.measure, vectorised)
-    INSERT pairs … ON CONFLICT DO NOTHING RETURNING request_id        (bulk, one statement per page)
-    fold only the returned, newly stored pairs into their hours (read-modify-write, FOR UPDATE)
+    bulk-load only the new pairs: COPY on PostgreSQL, executemany on SQLite
+    fold the new pairs into their hours (read-modify-write of the touched hour rows, FOR UPDATE)
     update the experiments' counts
 
-so a retried batch stores and counts nothing twice, and a concurrent batch that overlaps it waits
-on the experiment's row lock instead of double-counting. The caller owns the transaction
-(``Store._write``); everything here runs on the connection it is given.
+Every writer of an experiment's pairs holds that experiment's row lock (on SQLite, the database's
+write lock taken by ``BEGIN IMMEDIATE``) from the lock until commit, so the ids read as stored are
+exactly those a plain insert would collide with: a retried batch stores and counts nothing twice,
+and a concurrent batch that overlaps it waits instead of double-counting. Should a stored id slip
+through anyway, the insert fails on the primary key and the whole batch rolls back — never a silent
+double. The caller owns the transaction (``Store._write``); everything here runs on the connection
+it is given.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+import numpy as np
+from sqlalchemy import Table, any_, bindparam, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from comparator.aggregates import Aggregate
+from comparator.exceptions import StoreError
 from comparator.models import ExperimentRow, HourlyAggregateRow, PairRow
-from comparator.pair_rows import pair_columns, subset, unnest_insert
+from comparator.pair_rows import COLUMNS, pair_columns, pair_records, subset
 from comparator.wire import Pair
 
 if TYPE_CHECKING:
@@ -37,6 +45,9 @@ if TYPE_CHECKING:
 __all__ = ["EXP", "HOURS", "KNOWN_TASKS", "PAIRS", "Ingest", "IngestResult", "insert_for"]
 
 KNOWN_TASKS = ("classification", "regression", "embedding", "ranking")
+_SQLITE_INSERT = (
+    f"INSERT INTO pairs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+)
 EXP = cast(Table, ExperimentRow.__table__)
 PAIRS = cast(Table, PairRow.__table__)
 HOURS = cast(Table, HourlyAggregateRow.__table__)
@@ -55,6 +66,16 @@ class IngestResult:
 def insert_for(dialect: str, table: Any) -> Any:
     """An INSERT of the dialect that knows ``ON CONFLICT`` (PostgreSQL, else SQLite)."""
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def _extreme(pairs: Sequence[Pair], pick: Callable[[Any], Any]) -> datetime:
+    """The earliest (``np.argmin``) or latest (``np.argmax``) ``ts`` of non-empty ``pairs``.
+
+    Compared as POSIX timestamps, which keep the order of distinct microseconds: much cheaper
+    than comparing aware datetimes one pair at a time.
+    """
+    stamps = np.array([p.ts.timestamp() for p in pairs], dtype=np.float64)
+    return pairs[int(pick(stamps))].ts
 
 
 def _hour(ts: datetime) -> datetime:
@@ -80,10 +101,17 @@ class Ingest:
     async def _lock_experiments(
         self, conn: AsyncConnection, first: Mapping[str, Pair], earliest: Mapping[str, datetime]
     ) -> dict[str, Any]:
-        """Insert unseen experiments, then lock every named row (in name order: no deadlock)."""
+        """Lock every named row (in name order: no deadlock), inserting unseen experiments first."""
+        names = sorted(first)
+        q = select(EXP).where(EXP.c.name.in_(names)).order_by(EXP.c.name).with_for_update()
+        locked = {r.name: r for r in (await conn.execute(q)).all()}
+        if len(locked) == len(names):
+            return locked
         now = datetime.now(UTC)
         rows = []
-        for name in sorted(first):
+        for name in names:
+            if name in locked:
+                continue
             p = first[name]
             cfg = self.config_for(name)
             rows.append(
@@ -100,7 +128,6 @@ class Ingest:
                 }
             )
         await conn.execute(self._insert(EXP).on_conflict_do_nothing(index_elements=["name"]), rows)
-        q = select(EXP).where(EXP.c.name.in_(sorted(first))).order_by(EXP.c.name).with_for_update()
         return {r.name: r for r in (await conn.execute(q)).all()}
 
     async def batch(self, conn: AsyncConnection, pairs: list[Pair]) -> IngestResult:
@@ -112,7 +139,7 @@ class Ingest:
         for p in pairs:  # a request id repeated inside one batch counts once
             groups.setdefault(p.experiment, {}).setdefault(p.request_id, p)
         first = {name: next(iter(g.values())) for name, g in groups.items()}
-        earliest = {name: min(p.ts for p in g.values()) for name, g in groups.items()}
+        earliest = {name: _extreme(list(g.values()), np.argmin) for name, g in groups.items()}
         for name, g in groups.items():  # versions from the first pair that names them
             first[name] = next((p for p in g.values() if p.prod.model_version), first[name])
         inserted = 0
@@ -123,27 +150,32 @@ class Ingest:
             cfg = self.config_for(name)
             if cfg.task == "auto" and exp.task:
                 cfg = dataclasses.replace(cfg, task=exp.task)
+            stored = await self._stored_ids(conn, exp.id, [p.request_id for p in batch])
             metrics = measure(batch, cfg)
-            new_ids = await self._insert_pairs(conn, exp.id, batch, metrics)
             started = min(exp.started_at, earliest[name])
-            if new_ids:
-                idx = [i for i, p in enumerate(batch) if p.request_id in new_ids]
-                new_pairs = [batch[i] for i in idx]
+            new_pairs: list[Pair] = []
+            if len(stored) < len(batch):
+                if stored:
+                    idx = [i for i, p in enumerate(batch) if p.request_id not in stored]
+                    new_pairs, metrics = [batch[i] for i in idx], subset(metrics, idx)
+                else:
+                    new_pairs = batch
+                await self._insert_pairs(conn, exp.id, new_pairs, metrics)
                 hours = fold(
                     new_pairs,
-                    subset(metrics, idx),
+                    metrics,
                     experiment_start=started,
                     config=dataclasses.replace(cfg),
                 )
                 await self.merge_hours(conn, exp.id, hours)
-            inserted += len(new_ids)
+            inserted += len(new_pairs)
             task = metrics.task if metrics.task in KNOWN_TASKS else None
-            last = max((p.ts for p in batch if p.request_id in new_ids), default=None)
+            last = _extreme(new_pairs, np.argmax) if new_pairs else None
             await conn.execute(
                 update(EXP)
                 .where(EXP.c.id == exp.id)
                 .values(
-                    n_pairs=EXP.c.n_pairs + len(new_ids),
+                    n_pairs=EXP.c.n_pairs + len(new_pairs),
                     started_at=started,
                     last_pair_at=max(filter(None, (exp.last_pair_at, last)), default=None),
                     task=exp.task or task,
@@ -153,10 +185,32 @@ class Ingest:
             )
         return IngestResult(len(pairs), inserted, len(pairs) - inserted, tuple(sorted(groups)))
 
+    async def _stored_ids(
+        self, conn: AsyncConnection, experiment_id: int, request_ids: Sequence[str]
+    ) -> set[str]:
+        """The ids among ``request_ids`` already stored for the experiment (exact under its lock).
+
+        The ids travel as one parameter — an array on PostgreSQL, a JSON array read by
+        ``json_each`` on SQLite — so the statement neither grows with the batch nor meets
+        SQLite's limit on bound variables.
+        """
+        if self.dialect == "postgresql":
+            ids: Any = any_(literal(list(request_ids), ARRAY(PAIRS.c.request_id.type)))
+            match = PAIRS.c.request_id == ids
+        else:
+            each = func.json_each(literal(json.dumps(list(request_ids)))).table_valued("value")
+            match = PAIRS.c.request_id.in_(select(each.c.value))
+        q = select(PAIRS.c.request_id).where(PAIRS.c.experiment_id == experiment_id, match)
+        return set((await conn.execute(q)).scalars())
+
     async def _insert_pairs(
         self, conn: AsyncConnection, experiment_id: int, batch: Sequence[Pair], m: BatchMetrics
-    ) -> set[str]:
-        """Bulk insert; returns the request ids this statement stored (not those already there)."""
+    ) -> None:
+        """Bulk-load pairs known to be new: one COPY (PostgreSQL) or one executemany (SQLite).
+
+        Both skip SQL compilation and per-row parameter handling, the bulk of the client-side cost
+        of a 500-pair batch; the rows are converted column-wise by :func:`pair_records`.
+        """
         cols = pair_columns(
             experiment_id,
             batch,
@@ -164,46 +218,36 @@ class Ingest:
             store_bodies=self.store_bodies,
             sample_rate=self.raw_sample_rate,
         )
+        records = pair_records(cols, conn.dialect)
         if self.dialect == "postgresql":
-            return await self._insert_pairs_unnest(conn, cols)
-        stmt = (
-            self._insert(PAIRS)
-            .on_conflict_do_nothing(index_elements=["experiment_id", "request_id"])
-            .returning(PAIRS.c.request_id)
-        )
-        names = list(cols)
-        rows = [
-            dict(zip(names, values, strict=True)) for values in zip(*cols.values(), strict=True)
-        ]
-        result = await conn.execute(stmt, rows)
-        return {r[0] for r in result.all()}
+            import asyncpg
 
-    async def _insert_pairs_unnest(
-        self, conn: AsyncConnection, cols: dict[str, list[Any]]
-    ) -> set[str]:
-        """PostgreSQL: the whole batch as one array per column, one statement, one round trip.
-
-        ``INSERT … SELECT * FROM unnest($1::t1[], …)`` skips building and binding one VALUES
-        tuple per row, the bulk of the client-side cost of a 500-pair batch.
-        """
-        for name in ("request_body", "prod_body", "cand_body"):  # jsonb travels as JSON text
-            cols[name] = [None if v is None else json.dumps(v) for v in cols[name]]
-        result = await conn.execute(unnest_insert(conn.dialect), cols)
-        return {r[0] for r in result.all()}
+            # asyncpg's binary COPY, inside the transaction SQLAlchemy has open on this connection.
+            raw = await conn.get_raw_connection()
+            try:
+                await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+                    PAIRS.name, records=records, columns=COLUMNS
+                )
+            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Past SQLAlchemy, so named here as the store failure the caller answers with 503.
+                raise StoreError(f"bulk load of {len(records)} pairs refused: {exc}") from exc
+        else:
+            await conn.exec_driver_sql(_SQLITE_INSERT, records)
 
     async def merge_hours(
         self, conn: AsyncConnection, experiment_id: int, hours: Mapping[datetime, Aggregate]
     ) -> None:
-        """Merge ``hours`` into the stored hourly rows (created empty first), under row locks."""
+        """Merge ``hours`` into the stored hourly rows: one locked read of the touched hours, the
+        merge in memory, one bulk update and, for hours not stored yet, one bulk insert.
+
+        The caller holds the experiment's lock (see the module docstring), so no other writer can
+        insert one of those hours in between; if one did, the insert fails rather than lose counts.
+        """
         now = datetime.now(UTC)
-        keys = sorted(_hour(h) for h in hours)
-        await conn.execute(
-            self._insert(HOURS).on_conflict_do_nothing(index_elements=["experiment_id", "hour"]),
-            [
-                {"experiment_id": experiment_id, "hour": h, "data": {}, "updated_at": now}
-                for h in keys
-            ],
-        )
+        merged: dict[datetime, Aggregate] = {}
+        for h, agg in hours.items():
+            merged.setdefault(_hour(h), Aggregate()).merge(agg)
+        keys = sorted(merged)
         q = (
             select(HOURS.c.hour, HOURS.c.data)
             .where(HOURS.c.experiment_id == experiment_id, HOURS.c.hour.in_(keys))
@@ -211,17 +255,37 @@ class Ingest:
             .with_for_update()
         )
         stored = {r.hour: Aggregate.from_json(r.data) for r in (await conn.execute(q)).all()}
-        for h, agg in hours.items():
-            stored[_hour(h)].merge(agg)
-        stmt = (
-            update(HOURS)
-            .where(HOURS.c.experiment_id == bindparam("e_id"), HOURS.c.hour == bindparam("e_hour"))
-            .values(data=bindparam("e_data"), updated_at=bindparam("e_now"))
-        )
-        await conn.execute(
-            stmt,
-            [
-                {"e_id": experiment_id, "e_hour": h, "e_data": stored[h].to_json(), "e_now": now}
-                for h in keys
-            ],
-        )
+        fresh = [h for h in keys if h not in stored]
+        if fresh:
+            await conn.execute(
+                insert(HOURS),
+                [
+                    {
+                        "experiment_id": experiment_id,
+                        "hour": h,
+                        "data": merged[h].to_json(),
+                        "updated_at": now,
+                    }
+                    for h in fresh
+                ],
+            )
+        if stored:
+            stmt = (
+                update(HOURS)
+                .where(
+                    HOURS.c.experiment_id == bindparam("e_id"), HOURS.c.hour == bindparam("e_hour")
+                )
+                .values(data=bindparam("e_data"), updated_at=bindparam("e_now"))
+            )
+            await conn.execute(
+                stmt,
+                [
+                    {
+                        "e_id": experiment_id,
+                        "e_hour": h,
+                        "e_data": agg.merge(merged[h]).to_json(),
+                        "e_now": now,
+                    }
+                    for h, agg in sorted(stored.items())
+                ],
+            )

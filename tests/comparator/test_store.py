@@ -7,10 +7,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import SQLAlchemyError
 
 from comparator.aggregates import Aggregate, keys
 from comparator.exceptions import StoreError, UnknownExperiment
 from comparator.store import MemorySample, Store, async_url
+from comparator.store_ingest import Ingest
 from comparator.wire import Pair
 from tests.comparator.store_support import (  # noqa: F401 - fixtures
     T0,
@@ -107,6 +109,24 @@ async def test_overlapping_batch_folds_only_the_new_pairs(store: Store, exp: str
     assert got.counters == want.counters
     assert got.hists == want.hists
     assert got.cats == want.cats
+
+
+async def test_a_stored_pair_the_lookup_missed_fails_the_whole_batch(
+    store: Store, exp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.ingest(pairs_of([make_pair(i, exp) for i in range(5)]))
+    before = [(h, a.to_json()) for h, a in await store.hourly_aggregates(exp)]
+
+    async def nothing_stored(*_: Any) -> set[str]:
+        return set()
+
+    monkeypatch.setattr(Ingest, "_stored_ids", nothing_stored)
+    with pytest.raises((SQLAlchemyError, StoreError)):
+        await store.ingest(pairs_of([make_pair(i, exp) for i in range(3, 8)]))
+    assert await store.count_pairs(exp) == 5
+    assert [(h, a.to_json()) for h, a in await store.hourly_aggregates(exp)] == before
+    info = await store.get_experiment(exp)
+    assert info is not None and info.n_pairs == 5
 
 
 async def test_a_request_id_repeated_within_a_batch_counts_once(store: Store, exp: str) -> None:
