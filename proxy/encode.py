@@ -2,9 +2,10 @@
 
 This runs in the shipper task, never on the request path. A body that is valid JSON (without
 NaN/Infinity, which JSON does not have) and no larger than ``max_body_bytes`` is spliced into the
-pair *as the bytes production or the candidate sent*: it is checked with the C scanner
-(``json.loads``) so a malformed or hostile body can never break the document's structure, but it
-is not re-serialised — re-printing a float-heavy prediction costs several times more than checking
+pair *as the bytes production or the candidate sent*: it is checked with the parser the
+comparator itself reads batches with (pydantic-core's ``from_json``: UTF-8 only, no lone
+surrogates, no NaN, bounded nesting), so a malformed or hostile body can never break the
+document's structure or get a whole batch refused, but it is not re-serialised — re-printing a float-heavy prediction costs several times more than checking
 it. Any other body travels as ``null`` with ``body_bytes`` set, which the comparator counts as an
 invalid output instead of rejecting the batch.
 
@@ -18,6 +19,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic_core import from_json
+
 from comparator.wire import Outcome
 from proxy.pairing import CompletedPair, Side
 
@@ -29,10 +32,6 @@ _PLACEHOLDER = "\x00body\x00"  # cannot occur in json.dumps output of our own fi
 _QUOTED = json.dumps(_PLACEHOLDER).encode()
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-JSON constant {name}")
-
-
 def _checked(body: bytes | None, max_body_bytes: int) -> tuple[bytes | None, int | None]:
     """Return ``(the body if it is embeddable JSON, body_bytes if it is not)``."""
     if body is None:
@@ -40,8 +39,8 @@ def _checked(body: bytes | None, max_body_bytes: int) -> tuple[bytes | None, int
     if not body or len(body) > max_body_bytes:
         return None, len(body)
     try:
-        json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        from_json(body, allow_inf_nan=False)
+    except ValueError:
         return None, len(body)
     return body, None
 

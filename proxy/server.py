@@ -15,6 +15,7 @@ Shutdown is a time-boxed script, in this order:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -31,6 +32,10 @@ from proxy.settings import ProxySettings, parse_host_port
 __all__ = ["run", "serve"]
 
 log = logging.getLogger("shadowtee.proxy")
+
+# Young-generation threshold raised from CPython's 700: a request allocates a few dozen objects,
+# nearly all freed by reference counting, so the default runs the collector every ~20 requests.
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 async def serve(
@@ -106,6 +111,12 @@ def run(settings: ProxySettings) -> int:
         runner = uvloop.run
 
     def ready(data_url: str, admin_url: str) -> None:
+        # Everything built at start-up lives as long as the process: move it out of the
+        # collector's reach, so the full collections that request garbage triggers do not walk
+        # it again each time (they showed as pauses in the p99), and collect less often.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         # One machine-readable line so scripts and tests can find ports chosen with :0.
         print(f"shadowtee proxy ready data={data_url} admin={admin_url}", flush=True)
 

@@ -34,7 +34,15 @@ def test_json_bodies_are_embedded_and_the_line_validates() -> None:
 
 
 def test_non_json_nan_and_oversized_bodies_travel_as_their_size() -> None:
-    for body in (b"\x00garbage", b'{"y": NaN}', b'{"big": "' + b"x" * 2000 + b'"}'):
+    for body in (
+        b"\x00garbage",
+        b'{"y": NaN}',
+        b'{"big": "' + b"x" * 2000 + b'"}',
+        # JSON that json.loads takes but the comparator's parser would refuse, taking the whole
+        # batch with it if it were spliced in: UTF-16 text and a lone surrogate.
+        '{"y": 1}'.encode("utf-16"),
+        b'{"y": "\\ud800"}',
+    ):
         pair = Pair.model_validate_json(
             encode_pair(_pair(body, b""), experiment="e", max_body_bytes=1000)
         )
