@@ -5,8 +5,8 @@ NaN/Infinity, which JSON does not have) and no larger than ``max_body_bytes`` is
 pair *as the bytes production or the candidate sent*: it is checked with the parser the
 comparator itself reads batches with (pydantic-core's ``from_json``: UTF-8 only, no lone
 surrogates, no NaN, bounded nesting), so a malformed or hostile body can never break the
-document's structure or get a whole batch refused, but it is not re-serialised — re-printing a float-heavy prediction costs several times more than checking
-it. Any other body travels as ``null`` with ``body_bytes`` set, which the comparator counts as an
+document's structure or get a whole batch refused, but it is not re-serialised: re-printing a
+float-heavy prediction costs several times more than checking it. Any other body travels as ``null`` with ``body_bytes`` set, which the comparator counts as an
 invalid output instead of rejecting the batch.
 
 Because bodies keep their own whitespace (newlines included), batches are one JSON document,
@@ -15,9 +15,9 @@ Because bodies keep their own whitespace (newlines included), batches are one JS
 
 from __future__ import annotations
 
-import json
+import math
 from datetime import UTC, datetime
-from typing import Any
+from json.encoder import encode_basestring_ascii as _quote
 
 from pydantic_core import from_json
 
@@ -25,11 +25,6 @@ from comparator.wire import Outcome
 from proxy.pairing import CompletedPair, Side
 
 __all__ = ["encode_batch", "encode_pair", "join_batch"]
-
-_PLACEHOLDER = "\x00body\x00"  # cannot occur in json.dumps output of our own fields
-
-
-_QUOTED = json.dumps(_PLACEHOLDER).encode()
 
 
 def _checked(body: bytes | None, max_body_bytes: int) -> tuple[bytes | None, int | None]:
@@ -45,83 +40,73 @@ def _checked(body: bytes | None, max_body_bytes: int) -> tuple[bytes | None, int
     return body, None
 
 
-def _side(
-    side: Side,
-    max_body_bytes: int,
-    bodies: list[bytes],
-    same_as: tuple[bytes | None, tuple[bytes | None, int | None]] | None = None,
-) -> dict[str, Any]:
-    if same_as is not None and side.body is not None and side.body == same_as[0]:
-        body, body_bytes = same_as[1]  # byte-identical to the other side's body: checked once
-    else:
-        body, body_bytes = _checked(side.body, max_body_bytes)
+def _text(value: str) -> bytes:
+    """A JSON string literal (ASCII-escaped, so any text is safe inside the document)."""
+    return _quote(value).encode("ascii")
+
+
+def _number(value: float) -> bytes:
+    # Latencies are finite by construction (perf_counter differences); a non-finite one would not
+    # be JSON, so it travels as null rather than breaking the batch.
+    return repr(round(value, 3)).encode() if math.isfinite(value) else b"null"
+
+
+def _side(side: Side, body: bytes | None, body_bytes: int | None) -> bytes:
+    """One side's object; ``body`` already checked (or ``None``)."""
     if side.body is None and side.outcome is Outcome.OK:  # too large to keep: its size only
         body_bytes = side.body_bytes
-    out: dict[str, Any] = {"outcome": side.outcome.value}
+    out = [b'{"outcome":"', side.outcome.value.encode(), b'"']
     if side.status is not None:
-        out["status"] = side.status
+        out += (b',"status":', b"%d" % side.status)
     if side.latency_ms is not None:
-        out["latency_ms"] = round(side.latency_ms, 3)
+        out += (b',"latency_ms":', _number(side.latency_ms))
     if side.model_version is not None:
-        out["model_version"] = side.model_version[:200]
+        out += (b',"model_version":', _text(side.model_version[:200]))
     if body is not None:
-        out["body"] = _PLACEHOLDER
-        bodies.append(body)
+        out += (b',"body":', body)
     if body_bytes is not None:
-        out["body_bytes"] = body_bytes
+        out += (b',"body_bytes":', b"%d" % body_bytes)
     if side.error is not None:
-        out["error"] = side.error[:2000]
-    return out
-
-
-def encode_pair(pair: CompletedPair, *, experiment: str, max_body_bytes: int) -> bytes:
-    """One pair as a compact JSON object (bodies spliced in as received)."""
-    ts = datetime.fromtimestamp(pair.ts, UTC).isoformat(timespec="milliseconds")
-    bodies: list[bytes] = []
-    request_body, _ = _checked(pair.request_body, max_body_bytes)
-    if request_body is not None:
-        bodies.append(request_body)
-    prod = _side(pair.prod, max_body_bytes, bodies)
-    same_as = (
-        pair.prod.body,
-        (bodies[-1], None) if "body" in prod else (None, prod.get("body_bytes")),
-    )
-    doc = {
-        "v": 1,
-        "request_id": pair.request_id,
-        "experiment": experiment,
-        "ts": ts.replace("+00:00", "Z"),
-        "route": pair.route[:2000],
-        "request": {
-            "sha256": pair.request_sha256,
-            "body": None if request_body is None else _PLACEHOLDER,
-        },
-        "prod": prod,
-        "candidate": _side(pair.candidate, max_body_bytes, bodies, same_as),
-    }
-    text = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-    if not bodies:
-        return text
-    # Our own fields are escaped by json.dumps, so the quoted placeholder only marks body slots,
-    # in document order: request, prod, candidate.
-    parts = text.split(_QUOTED)
-    if len(parts) != len(bodies) + 1:  # a field held the placeholder itself: re-serialise
-        return _reserialise(text, bodies)
-    out = [parts[0]]
-    for body, rest in zip(bodies, parts[1:], strict=True):
-        out.append(body)
-        out.append(rest)
+        out += (b',"error":', _text(side.error[:2000]))
+    out.append(b"}")
     return b"".join(out)
 
 
-def _reserialise(text: bytes, bodies: list[bytes]) -> bytes:
-    doc = json.loads(text)
-    slots = [doc["request"], doc["prod"], doc["candidate"]]
-    queue = [json.loads(b) for b in bodies]
-    for slot in slots:
-        if slot.get("body") == _PLACEHOLDER:
-            slot["body"] = queue.pop(0)
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+def encode_pair(pair: CompletedPair, *, experiment: str, max_body_bytes: int) -> bytes:
+    """One pair as a compact JSON object (bodies spliced in as received).
+
+    Built from literal pieces rather than ``json.dumps`` of a dict: every string is escaped by
+    the C encoder, numbers are written by ``repr``/``%d``, and the bodies were checked above.
+    """
+    ts = datetime.fromtimestamp(pair.ts, UTC).isoformat(timespec="milliseconds")
+    request_body, _ = _checked(pair.request_body, max_body_bytes)
+    prod_checked = _checked(pair.prod.body, max_body_bytes)
+    cand = pair.candidate.body
+    if cand is not None and cand == pair.prod.body:
+        cand_checked = prod_checked  # byte-identical to production's body: checked once
+    else:
+        cand_checked = _checked(cand, max_body_bytes)
+    return b"".join(
+        (
+            b'{"v":1,"request_id":',
+            _text(pair.request_id),
+            b',"experiment":',
+            _text(experiment),
+            b',"ts":"',
+            ts.replace("+00:00", "Z").encode(),
+            b'","route":',
+            _text(pair.route[:2000]),
+            b',"request":{"sha256":',
+            _text(pair.request_sha256),
+            b',"body":',
+            b"null" if request_body is None else request_body,
+            b'},"prod":',
+            _side(pair.prod, *prod_checked),
+            b',"candidate":',
+            _side(pair.candidate, *cand_checked),
+            b"}",
+        )
+    )
 
 
 def join_batch(items: list[bytes]) -> bytes:

@@ -62,11 +62,11 @@ def test_bodies_are_spliced_as_sent_and_a_batch_validates() -> None:
     ].candidate.body == [1, 2]
 
 
-def test_a_field_that_looks_like_the_placeholder_cannot_break_the_document() -> None:
+def test_control_characters_and_quotes_in_a_field_cannot_break_the_document() -> None:
     pair = _pair(b'{"a":1}', None)
-    pair.request_id = "\x00body\x00"
+    pair.request_id = '\x00body\x00"}'
     doc = Pair.model_validate_json(encode_pair(pair, experiment="e", max_body_bytes=1000))
-    assert doc.request_id == "\x00body\x00" and doc.prod.body == {"a": 1}
+    assert doc.request_id == '\x00body\x00"}' and doc.prod.body == {"a": 1}
 
 
 def test_byte_identical_bodies_are_checked_once_and_land_on_both_sides() -> None:
