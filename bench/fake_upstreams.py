@@ -155,9 +155,9 @@ class _RawModel(asyncio.Protocol):
         if url.startswith(b"/__bench/"):
             if url.startswith(RESET_PATH.encode()):
                 self._counters.reset()
-                self._reply(b'{"reset": true}', count=False)
+                self._reply(b'{"reset": true}')
             else:
-                self._reply(json.dumps(self._counters.snapshot()).encode(), count=False)
+                self._reply(json.dumps(self._counters.snapshot()).encode())
             return
         if self._count:
             self._counters.bump("received")
@@ -175,7 +175,7 @@ class _RawModel(asyncio.Protocol):
             self._counters.bump("completed")
         self._transport.write(_OK_RESPONSE)
 
-    def _reply(self, body: bytes, count: bool) -> None:
+    def _reply(self, body: bytes) -> None:
         if self._transport is not None:
             self._transport.write(_OK_HEAD % len(body) + body)
 

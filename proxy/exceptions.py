@@ -6,7 +6,7 @@
     └── SpoolError             the on-disk spool could not be read or written
 
 Failures of the candidate (or of production) are *not* exceptions past :mod:`proxy.outcomes`:
-``classify()`` maps ``aiohttp.ClientError``/``TimeoutError`` to an :class:`~comparator.wire.Outcome`
+``classify()`` maps ``OSError``/``TimeoutError`` from :mod:`proxy.upstream` to an :class:`~comparator.wire.Outcome`
 and a short reason, and the pair records them.
 """
 

@@ -264,7 +264,7 @@ class Connection(asyncio.Protocol):
         if self._discarding:
             self._discard_left -= len(body)
             if self._discard_left <= 0:
-                self._close()
+                self.close()
             return
         self._body_size += len(body)
         if self._body_size > self._limits.max_body_bytes:
@@ -280,7 +280,7 @@ class Connection(asyncio.Protocol):
             self._body_timer = None
         if self._discarding:
             if self._task is None:
-                self._close()
+                self.close()
             return
         parser = self._parser
         body = self._body
@@ -324,21 +324,21 @@ class Connection(asyncio.Protocol):
                         self.transport.resume_reading()
                 if isinstance(item, _Refuse):
                     self.write(simple_response(item.status, item.text + "\n"))
-                    self._close()
+                    self.close()
                     return
                 try:
                     keep = await server.handler(item, self)
                 except Exception:
                     log.exception("proxy handler failed")
-                    self._abort()
+                    self.abort()
                     return
                 if not keep or server.draining:
-                    self._close()
+                    self.close()
                     return
         finally:
             self._task = None
             if self._eof:
-                self._close()
+                self.close()
             elif not self.closed:
                 self._set_idle()
 
@@ -355,7 +355,7 @@ class Connection(asyncio.Protocol):
                 self.transport.pause_reading()
             return
         self.write(simple_response(refusal.status, refusal.text + "\n"))
-        self._close()
+        self.close()
 
     def _refuse_body(self, refusal: _Refuse) -> None:
         """Refuse a request whose body is on its way: answer now, then read and drop what the
@@ -366,7 +366,7 @@ class Connection(asyncio.Protocol):
         self._discard_left = _DISCARD_MAX
         self.write(simple_response(refusal.status, refusal.text + "\n"))
         if self._body_timer is None:
-            self._body_timer = self._loop.call_later(self._limits.body_timeout_s, self._close)
+            self._body_timer = self._loop.call_later(self._limits.body_timeout_s, self.close)
 
     def _body_timeout(self) -> None:
         self._body_timer = None
@@ -375,7 +375,7 @@ class Connection(asyncio.Protocol):
     def _set_idle(self) -> None:
         """Start the keep-alive clock: a client has this long to send its next complete head."""
         if self._server.draining:
-            self._close()
+            self.close()
             return
         self._idle_since = self._loop.time()
         if self._idle_timer is None:
@@ -391,7 +391,7 @@ class Connection(asyncio.Protocol):
             return
         deadline = self._idle_since + self._limits.keepalive_timeout_s
         if self._loop.time() >= deadline:
-            self._close()  # no answer: the client sent nothing worth one in time
+            self.close()  # no answer: the client sent nothing worth one in time
         else:
             self._idle_timer = self._loop.call_at(deadline, self._idle_check)
 
@@ -412,19 +412,17 @@ class Connection(asyncio.Protocol):
         if waiter is not None:
             await waiter
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Close once what was written is flushed."""
         self.closed = True
         if self.transport is not None:
             self.transport.close()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """Cut the connection at once (production broke off after the head was sent)."""
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
-
-    def abort(self) -> None:
-        """Cut the connection (production broke off after the head was sent)."""
-        self._abort()
 
 
 class Server:
@@ -459,12 +457,12 @@ class Server:
         while True:
             for conn in list(self.connections):
                 if conn.idle:
-                    conn._close()
+                    conn.close()
             if (not self.connections and not self.tasks) or loop.time() >= deadline:
                 break
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
-            conn._abort()
+            conn.abort()
         for task in list(self.tasks):
             task.cancel("shadowtee proxy shutting down")
         if self.tasks:

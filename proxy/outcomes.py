@@ -1,14 +1,13 @@
 """Map what can go wrong on an upstream call to an :class:`Outcome` and a one-line reason.
 
-This is the only place that knows the clients' exception trees; everything downstream (the pair,
-the metrics, the comparator) sees ``ok | error | timeout | shed | skipped``.
+This is the only place that knows the exceptions of the upstream clients (:mod:`proxy.upstream`);
+everything downstream (the pair, the metrics, the comparator) sees
+``ok | error | timeout | shed | skipped``.
 """
 
 from __future__ import annotations
 
 import asyncio
-
-import aiohttp
 
 from comparator.wire import Outcome
 from proxy.upstream import UpstreamProtocolError
@@ -18,24 +17,16 @@ __all__ = ["Outcome", "classify"]
 
 def classify(exc: BaseException, deadline_ms: float) -> tuple[Outcome, str]:
     """Return the outcome and reason for an exception raised by an upstream call."""
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+    if isinstance(exc, TimeoutError):
         return Outcome.TIMEOUT, f"deadline {deadline_ms:g} ms"
     if isinstance(exc, asyncio.CancelledError):
         return Outcome.TIMEOUT, "cancelled at shutdown"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return Outcome.ERROR, f"connect failed: {exc.os_error.strerror or exc.os_error}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return Outcome.ERROR, "server disconnected"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return Outcome.ERROR, "payload error"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return Outcome.ERROR, f"protocol error: {exc.message}"[:300]
     if isinstance(exc, UpstreamProtocolError):
         return Outcome.ERROR, f"protocol error: {exc}"[:300]
     if isinstance(exc, ConnectionRefusedError):
         return Outcome.ERROR, f"connect failed: {exc.strerror or exc}"
     if isinstance(exc, ConnectionResetError):
         return Outcome.ERROR, f"connection reset: {exc}"[:300]
-    if isinstance(exc, (aiohttp.ClientError, OSError)):
+    if isinstance(exc, OSError):
         return Outcome.ERROR, f"{type(exc).__name__}: {exc}"[:300]
     return Outcome.ERROR, f"unexpected {type(exc).__name__}"

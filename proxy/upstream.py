@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -83,22 +84,16 @@ class CandidateResponse:
     truncated: bool = False
 
 
-class _Sink:
+class _Sink(Protocol):
     """Receives one response from a connection's parser."""
 
-    __slots__ = ()
+    def head(self, conn: _Conn, status: int, reason: bytes, lines: list[bytes]) -> None: ...
 
-    def head(self, conn: _Conn, status: int, reason: bytes, lines: list[bytes]) -> None:
-        raise NotImplementedError
+    def data(self, conn: _Conn, chunk: bytes) -> None: ...
 
-    def data(self, conn: _Conn, chunk: bytes) -> None:
-        raise NotImplementedError
+    def done(self, conn: _Conn) -> None: ...
 
-    def done(self, conn: _Conn) -> None:
-        raise NotImplementedError
-
-    def fail(self, exc: Exception) -> None:
-        raise NotImplementedError
+    def fail(self, exc: Exception) -> None: ...
 
 
 class _Conn(asyncio.Protocol):
@@ -389,7 +384,7 @@ class _Pool:
 # --- the candidate ----------------------------------------------------------------------------
 
 
-class _Collector(_Sink):
+class _Collector:
     """Collect a candidate's answer, holding at most ``keep_bytes`` of its body."""
 
     __slots__ = ("chunks", "future", "keep", "limit", "size", "status", "truncated")
@@ -452,22 +447,18 @@ class CandidateClient(_Pool):
         self._linger_s = linger_s
         self.lingering = 0
 
-    def _encode(
-        self, method: str, path_qs: str, headers: Iterable[tuple[str, str]], body: bytes
-    ) -> bytes:
-        lines = [f"{method} {self._prefix}{path_qs} HTTP/1.1".encode("utf-8", "surrogateescape")]
-        lines.append(b"Host: " + self.host_header)
-        for name, value in headers:
-            if name.lower() not in _DROP:
-                lines.append(f"{name}: {value}".encode("utf-8", "surrogateescape"))
-        lines.append(b"Content-Length: %d" % len(body))
-        return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
     async def request(
         self, method: str, path_qs: str, headers: Iterable[tuple[str, str]], body: bytes
     ) -> CandidateResponse:
         """Send one request and return the whole response; the caller sets the deadline."""
-        return await self.request_raw(self._encode(method, path_qs, headers, body), method)
+        raw = [
+            (name.encode("latin-1"), value.encode("utf-8", "surrogateescape"))
+            for name, value in headers
+            if name.lower() not in _DROP
+        ]
+        target = (self._prefix + path_qs).encode("utf-8", "surrogateescape")
+        data = encode_request(method, target, self.host_header, raw, body, always_length=True)
+        return await self.request_raw(data, method)
 
     async def request_raw(self, data: bytes, method: str) -> CandidateResponse:
         """Send an already-encoded request (see :func:`encode_request`)."""
@@ -517,7 +508,7 @@ class CandidateClient(_Pool):
 # --- production -------------------------------------------------------------------------------
 
 
-class ProductionResponse(_Sink):
+class ProductionResponse:
     """Production's answer: the head at once, the body whole (small) or as a stream (large).
 
     ``body`` is set when the whole body arrived before the head was handed over (every response

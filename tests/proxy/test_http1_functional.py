@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from tests.proxy.fakes import SEEN, payload_bytes, prod_app, running_proxy, serve_app
+from aiohttp import web
+
+from tests.proxy.fakes import (
+    SEEN,
+    RunningProxy,
+    payload_bytes,
+    prod_app,
+    running_proxy,
+    serve_app,
+)
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes]:
@@ -20,16 +31,23 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, dict[byte
     return lines[0], headers, body
 
 
+@asynccontextmanager
+async def _proxied(app: web.Application, tmp_path: Path) -> AsyncIterator[RunningProxy]:
+    """The real proxy in front of ``app``, with no candidate listening (nothing here is teed)."""
+    async with (
+        serve_app(app) as prod,
+        running_proxy(prod=prod, candidate="http://127.0.0.1:9", spool_dir=str(tmp_path)) as proxy,
+    ):
+        yield proxy
+
+
 async def _connect(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
 
 
 async def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
     app = prod_app()
-    async with (
-        serve_app(app) as prod,
-        running_proxy(prod=prod, candidate="http://127.0.0.1:9", spool_dir=str(tmp_path)) as proxy,
-    ):
+    async with _proxied(app, tmp_path) as proxy:
         reader, writer = await _connect(proxy.url)
         writer.write(
             b"".join(
@@ -44,10 +62,7 @@ async def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
 
 
 async def test_an_http10_client_gets_an_unsized_body_delimited_by_close(tmp_path: Path) -> None:
-    async with (
-        serve_app(prod_app()) as prod,
-        running_proxy(prod=prod, candidate="http://127.0.0.1:9", spool_dir=str(tmp_path)) as proxy,
-    ):
+    async with _proxied(prod_app(), tmp_path) as proxy:
         reader, writer = await _connect(proxy.url)
         writer.write(b"GET /chunked/300000 HTTP/1.0\r\nHost: x\r\n\r\n")
         raw = await asyncio.wait_for(reader.read(), 10)  # until the proxy closes
@@ -60,10 +75,7 @@ async def test_an_http10_client_gets_an_unsized_body_delimited_by_close(tmp_path
 
 async def test_upgrades_are_ignored_and_connect_is_refused(tmp_path: Path) -> None:
     app = prod_app()
-    async with (
-        serve_app(app) as prod,
-        running_proxy(prod=prod, candidate="http://127.0.0.1:9", spool_dir=str(tmp_path)) as proxy,
-    ):
+    async with _proxied(app, tmp_path) as proxy:
         reader, writer = await _connect(proxy.url)
         writer.write(
             b"GET /bytes/2 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
@@ -93,10 +105,7 @@ async def test_upgrades_are_ignored_and_connect_is_refused(tmp_path: Path) -> No
 
 async def test_limits_on_the_target_and_the_header_count(tmp_path: Path) -> None:
     app = prod_app()
-    async with (
-        serve_app(app) as prod,
-        running_proxy(prod=prod, candidate="http://127.0.0.1:9", spool_dir=str(tmp_path)) as proxy,
-    ):
+    async with _proxied(app, tmp_path) as proxy:
         statuses = []
         for request in (
             b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -115,10 +124,7 @@ async def test_hop_by_hop_headers_stay_on_their_hop_and_the_request_id_is_added(
     tmp_path: Path,
 ) -> None:
     app = prod_app()
-    async with (
-        serve_app(app) as prod,
-        running_proxy(prod=prod, candidate="http://127.0.0.1:9", spool_dir=str(tmp_path)) as proxy,
-    ):
+    async with _proxied(app, tmp_path) as proxy:
         reader, writer = await _connect(proxy.url)
         writer.write(
             b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n"
@@ -134,10 +140,7 @@ async def test_hop_by_hop_headers_stay_on_their_hop_and_the_request_id_is_added(
 
 async def test_production_connections_are_kept_and_reused(tmp_path: Path) -> None:
     app = prod_app()
-    async with (
-        serve_app(app) as prod,
-        running_proxy(prod=prod, candidate="http://127.0.0.1:9", spool_dir=str(tmp_path)) as proxy,
-    ):
+    async with _proxied(app, tmp_path) as proxy:
         reader, writer = await _connect(proxy.url)
         for i in range(20):
             body = b"%d" % i
