@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import select
 
 from comparator.aggregates import Aggregate, Moments
+from comparator.app import GC_THRESHOLDS, tune_gc
 from comparator.store import EXP, Store
 from comparator.wire import Pair
 
@@ -209,8 +210,11 @@ async def main() -> None:
         "--summary", action="store_true", help="also time the summary at 1e5, 1e6, 1e7 pairs"
     )
     args = ap.parse_args()
+    # The collector settings the comparator server runs with (comparator.app.run).
+    tune_gc()
     print(
-        f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())}, cpus {os.cpu_count()}"
+        f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())}, "
+        f"cpus {os.cpu_count()}, gc thresholds {GC_THRESHOLDS} (as the comparator server)"
     )
     for url in args.db:
         runs = [await bench_store(url, args.batches, args.batch_size) for _ in range(args.repeat)]

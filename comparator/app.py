@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -35,7 +36,7 @@ from comparator.metrics import ComparatorMetrics
 from comparator.settings import ComparatorSettings
 from comparator.store import ExperimentInfo, Store
 
-__all__ = ["LOOKS", "METRICS", "SETTINGS", "STORE", "create_app", "run"]
+__all__ = ["GC_THRESHOLDS", "LOOKS", "METRICS", "SETTINGS", "STORE", "create_app", "run", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +331,27 @@ def create_app(
     return app
 
 
+# Young-generation threshold raised from CPython's 700: validating and measuring a 500-pair batch
+# allocates tens of thousands of short-lived objects, so the default runs the collector dozens of
+# times per batch, and each older-generation pass walks every live batch again.
+GC_THRESHOLDS = (50_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Move what start-up built out of the collector's reach and collect less often.
+
+    Called once the store is open; measured on ingest of 500-pair batches, validation took about
+    half the time with it.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+async def _tune_gc_on_startup(_app: web.Application) -> None:
+    tune_gc()
+
+
 def run(settings: ComparatorSettings) -> None:
     """Serve until SIGTERM/SIGINT (uvloop when available), then close in reverse order."""
     from comparator.settings import parse_host_port
@@ -339,4 +361,6 @@ def run(settings: ComparatorSettings) -> None:
 
         uvloop.install()
     host, port = parse_host_port(settings.listen)
-    web.run_app(create_app(settings), host=host, port=port, print=None, shutdown_timeout=10)
+    app = create_app(settings)
+    app.on_startup.append(_tune_gc_on_startup)  # after the store and the other contexts start
+    web.run_app(app, host=host, port=port, print=None, shutdown_timeout=10)

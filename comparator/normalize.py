@@ -45,6 +45,7 @@ from comparator.outputs import (
     is_logits,
     layout,
     read_output,
+    read_outputs,
 )
 from comparator.wire import Outcome, Pair, SideResult
 
@@ -212,6 +213,9 @@ def _stack(
 def _by_name(group: list[Output], flag: Callable[[Output], bool]) -> NDArray[np.bool_]:
     """``flag`` of each output, judged once per distinct (name, integer): the flags read only
     those and the group's shared layout, and a batch's outputs mostly share one name."""
+    kinds = {(o.name, o.integer) for o in group}
+    if len(kinds) == 1:  # the common case: one output name throughout
+        return np.full(len(group), flag(group[0]), dtype=bool)
     seen: dict[tuple[str, bool], bool] = {}
     out = np.empty(len(group), dtype=bool)
     for r, o in enumerate(group):
@@ -307,18 +311,22 @@ def measure(pairs: Sequence[Pair], config: NormalizeConfig) -> BatchMetrics:
     if any(p.twin is not None for p in pairs):
         twin_sides = [p.twin for p in pairs]
         answered_t = [_answered(t) for t in twin_sides]
-        out_t = [
-            read_output(t.body, ptr) if a and t is not None else None
-            for t, a in zip(twin_sides, answered_t, strict=True)
-        ]
+        out_t = read_outputs(
+            [
+                t.body if a and t is not None else None
+                for t, a in zip(twin_sides, answered_t, strict=True)
+            ],
+            ptr,
+        )
     else:
         answered_t, out_t = [False] * n, [None] * n
-    out_p = [
-        read_output(s.body, ptr) if a else None for s, a in zip(prod_sides, answered_p, strict=True)
-    ]
-    out_c = [
-        read_output(s.body, ptr) if a else None for s, a in zip(cand_sides, answered_c, strict=True)
-    ]
+    # A side that did not answer reads as None, like a body that is not JSON.
+    out_p = read_outputs(
+        [s.body if a else None for s, a in zip(prod_sides, answered_p, strict=True)], ptr
+    )
+    out_c = read_outputs(
+        [s.body if a else None for s, a in zip(cand_sides, answered_c, strict=True)], ptr
+    )
     task = infer_task(out_p, out_c, config.task, config.simplex_tol)
     prod = _stack(out_p, answered_p, task, config)
     cand = _stack(out_c, answered_c, task, config)
@@ -376,6 +384,7 @@ def fold(
     *,
     experiment_start: datetime,
     config: NormalizeConfig,
+    stamps: F64 | None = None,
 ) -> dict[datetime, Aggregate]:
     """One aggregate per UTC hour of ``pair.ts`` touched by the batch (names from ``keys``).
 
@@ -386,12 +395,14 @@ def fold(
     twin's classification counters compare production with its twin. Latency, only from
     ``experiment_start + warmup_minutes`` on: completed calls (ok, or error with a status) go to
     the log-bucket histogram; timeouts are counted as censored, their deadlines kept as moments.
-    Counts never skip the warm-up.
+    Counts never skip the warm-up. ``stamps`` are the pairs' ``ts`` as POSIX seconds, when the
+    caller has them already.
     """
     if len(pairs) != len(metrics):
         raise ValueError(f"metrics: {len(metrics)} rows for {len(pairs)} pairs")
     # POSIX seconds, distinct and ordered for distinct microseconds: hours and the warm-up test.
-    stamps = np.array([p.ts.timestamp() for p in pairs], dtype=np.float64)
+    if stamps is None:
+        stamps = np.array([p.ts.timestamp() for p in pairs], dtype=np.float64)
     hours = stamps // 3600  # UTC hour numbers since 1970
     warm_from = experiment_start + timedelta(minutes=config.warmup_minutes)
     warm = stamps >= warm_from.timestamp()

@@ -47,6 +47,7 @@ __all__ = [
     "is_logits",
     "layout",
     "read_output",
+    "read_outputs",
 ]
 
 TASKS = ("classification", "regression", "embedding", "ranking")
@@ -209,6 +210,45 @@ def read_output(body: Any, pointer: str | None = None) -> Output | None:
     return None
 
 
+def read_outputs(bodies: list[Any], pointer: str | None = None) -> list[Output | None]:
+    """:func:`read_output` of each body, with the common shape read inline.
+
+    Most bodies of a batch are OIP v2 answers with one tensor of floats, ``{"outputs": [{"name",
+    "shape", "data": [0.1, …]}]}``: those are read here without the calls :func:`_from_tensor`
+    makes, and give the same :class:`Output`; anything else goes through :func:`read_output`.
+    """
+    if pointer is not None:
+        return [read_output(b, pointer) for b in bodies]
+    out: list[Output | None] = []
+    append = out.append
+    for body in bodies:
+        if type(body) is dict:
+            outputs = body.get("outputs")
+            if type(outputs) is list and len(outputs) == 1:
+                tensor = outputs[0]
+                if type(tensor) is dict:
+                    data, shape = tensor.get("data"), tensor.get("shape")
+                    if (
+                        type(data) is list
+                        and data
+                        and type(data[0]) is float
+                        and type(shape) is list
+                    ):
+                        dims = tuple(shape)
+                        try:
+                            size = _shape_size(dims)
+                        except TypeError:
+                            size = -1
+                        if size >= 0:
+                            name = tensor.get("name", "")
+                            name = name if type(name) is str else str(name)
+                            # _is_int(data) is False: its first value is a float.
+                            append(Output(data, dims, name, False) if size == len(data) else None)
+                            continue
+        append(read_output(body))
+    return out
+
+
 def layout(shape: tuple[int, ...], task: str) -> Layout:
     """(rows, width) of a declared shape for ``task`` (module docstring: 1-d is one row, except
     for regression)."""
@@ -239,6 +279,32 @@ def _signature(out: Output, simplex_tol: float) -> str:
     return "embedding"
 
 
+def _signatures(outs: list[Output], simplex_tol: float) -> list[str]:
+    """:func:`_signature` of each output, the float vectors of one layout judged in one array."""
+    sigs: list[str] = []
+    vectors: dict[Layout, list[int]] = {}
+    for i, out in enumerate(outs):
+        rows, width = layout(out.shape, "auto")
+        if width == 1 or out.integer or _LOGITS_NAME.search(out.name):  # decided without values
+            sigs.append(_signature(out, simplex_tol))
+        else:
+            sigs.append("")
+            vectors.setdefault((rows, width), []).append(i)
+    for (rows, width), idx in vectors.items():
+        try:
+            arr = np.array([outs[i].flat for i in idx], dtype=np.float64)
+            arr = arr.reshape(len(idx), rows, width)
+        except (TypeError, ValueError, OverflowError):  # one bad output: judge each alone
+            for i in idx:
+                sigs[i] = _signature(outs[i], simplex_tol)
+            continue
+        finite = np.isfinite(arr).all(axis=(1, 2))
+        simplex = np.asarray(finite & on_simplex(arr, simplex_tol).all(axis=1), dtype=bool)
+        for i, yes in zip(idx, simplex.tolist(), strict=True):
+            sigs[i] = "classification" if yes else "embedding"
+    return sigs
+
+
 def is_label(out: Output) -> bool:
     """An integer output named like a label with one value per row: the class itself."""
     return (
@@ -261,8 +327,8 @@ def infer_task(
     if task != "auto":
         return task
     for outs in (prod, cand):
-        sample = itertools.islice((o for o in outs if o is not None), _INFER_SAMPLE)
-        votes = Counter(_signature(o, simplex_tol) for o in sample)
+        sample = list(itertools.islice((o for o in outs if o is not None), _INFER_SAMPLE))
+        votes = Counter(_signatures(sample, simplex_tol))
         votes.pop("unknown", None)
         if votes:
             return votes.most_common(1)[0][0]

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import Table, any_, bindparam, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -68,14 +69,10 @@ def insert_for(dialect: str, table: Any) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
-def _extreme(pairs: Sequence[Pair], pick: Callable[[Any], Any]) -> datetime:
-    """The earliest (``np.argmin``) or latest (``np.argmax``) ``ts`` of non-empty ``pairs``.
-
-    Compared as POSIX timestamps, which keep the order of distinct microseconds: much cheaper
-    than comparing aware datetimes one pair at a time.
-    """
-    stamps = np.array([p.ts.timestamp() for p in pairs], dtype=np.float64)
-    return pairs[int(pick(stamps))].ts
+def _stamps(pairs: Sequence[Pair]) -> NDArray[np.float64]:
+    """The pairs' ``ts`` as POSIX seconds, which keep the order of distinct microseconds: much
+    cheaper to compare than aware datetimes one pair at a time."""
+    return np.array([p.ts.timestamp() for p in pairs], dtype=np.float64)
 
 
 def _hour(ts: datetime) -> datetime:
@@ -139,14 +136,17 @@ class Ingest:
         for p in pairs:  # a request id repeated inside one batch counts once
             groups.setdefault(p.experiment, {}).setdefault(p.request_id, p)
         first = {name: next(iter(g.values())) for name, g in groups.items()}
-        earliest = {name: _extreme(list(g.values()), np.argmin) for name, g in groups.items()}
+        # Each experiment's pairs in request-id order, with their POSIX times (see _extreme).
+        ordered = {name: [g[rid] for rid in sorted(g)] for name, g in groups.items()}
+        stamps = {name: _stamps(b) for name, b in ordered.items()}
+        earliest = {name: b[int(np.argmin(stamps[name]))].ts for name, b in ordered.items()}
         for name, g in groups.items():  # versions from the first pair that names them
             first[name] = next((p for p in g.values() if p.prod.model_version), first[name])
         inserted = 0
         exps = await self._lock_experiments(conn, first, earliest)
         for name in sorted(groups):
             exp = exps[name]
-            batch = [groups[name][rid] for rid in sorted(groups[name])]
+            batch, times = ordered[name], stamps[name]
             cfg = self.config_for(name)
             if cfg.task == "auto" and exp.task:
                 cfg = dataclasses.replace(cfg, task=exp.task)
@@ -158,19 +158,15 @@ class Ingest:
                 if stored:
                     idx = [i for i, p in enumerate(batch) if p.request_id not in stored]
                     new_pairs, metrics = [batch[i] for i in idx], subset(metrics, idx)
+                    times = times[idx]
                 else:
                     new_pairs = batch
                 await self._insert_pairs(conn, exp.id, new_pairs, metrics)
-                hours = fold(
-                    new_pairs,
-                    metrics,
-                    experiment_start=started,
-                    config=dataclasses.replace(cfg),
-                )
+                hours = fold(new_pairs, metrics, experiment_start=started, config=cfg, stamps=times)
                 await self.merge_hours(conn, exp.id, hours)
             inserted += len(new_pairs)
             task = metrics.task if metrics.task in KNOWN_TASKS else None
-            last = _extreme(new_pairs, np.argmax) if new_pairs else None
+            last = new_pairs[int(np.argmax(times))].ts if new_pairs else None
             await conn.execute(
                 update(EXP)
                 .where(EXP.c.id == exp.id)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import jensenshannon
 
@@ -20,6 +20,7 @@ from comparator.normalize import (
     measure,
     read_output,
 )
+from comparator.outputs import _signature, _signatures, read_outputs
 from comparator.wire import Pair
 
 START = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
@@ -574,3 +575,55 @@ def test_overflowing_outputs_neither_raise_nor_poison_the_aggregates() -> None:
     (agg,) = _fold(big).values()
     assert agg.count(keys.EMB_N) == 1
     assert agg.moment(keys.EMB_COS).mean == pytest.approx(0.8, rel=1e-12)
+
+
+# -- the batch reader reads as the one-body reader ----------------------------------------------------
+
+_JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 5)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+_TENSOR = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["probabilities", "logits", "label", "emb", 7]),
+        "shape": st.sampled_from([[1, 3], [3], [2, 2], [1, 4], "3", [[1], 3], [-1, 3]]),
+        "data": st.one_of(
+            st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=0, max_size=4),
+            st.lists(st.integers(0, 3), min_size=1, max_size=4),
+            st.lists(st.lists(st.floats(0, 1), min_size=2, max_size=2), min_size=1, max_size=2),
+            _JSONISH,
+        ),
+    }
+)
+_BODY = st.one_of(
+    st.builds(lambda ts: {"outputs": ts}, st.lists(_TENSOR | _JSONISH, min_size=0, max_size=2)),
+    st.builds(lambda p: {"predictions": p}, _JSONISH),
+    _JSONISH,
+)
+
+
+def _v2(shape: Any, data: Any, name: Any = "probabilities") -> dict[str, Any]:
+    return {"outputs": [{"name": name, "shape": shape, "data": data}]}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_BODY, max_size=8))
+@example([_v2([1, 3], [0.1, 0.2, 0.7]), _v2([1, 3], [0.1, 0.2, 0.3, 0.4]), _v2([1, 3], [0.5, 0.5])])
+@example([_v2([3], [0.1, 2, 0.7], name=5), _v2([[1], 3], [0.1, 0.2, 0.7]), _v2([-1, 3], [0.1])])
+@example([_v2("3", [0.1, 0.2, 0.7]), _v2([1, 3], [1, 0, 0]), _v2([1, 2], [[0.4, 0.6]])])
+def test_read_outputs_reads_every_body_as_read_output(bodies: list[Any]) -> None:
+    assert read_outputs(bodies) == [read_output(b) for b in bodies]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_TENSOR, min_size=1, max_size=8))
+def test_task_signatures_of_a_sample_match_one_by_one(tensors: list[Any]) -> None:
+    outs = [o for o in read_outputs([{"outputs": [t]} for t in tensors]) if o is not None]
+    assert _signatures(outs, 1e-3) == [_signature(o, 1e-3) for o in outs]
