@@ -222,7 +222,7 @@ class DataPort:
         # A client may bring its own id (so a replay samples the same requests), but one that is
         # too long or already waiting for its pair would mix two requests up: mint a new one.
         if not rid or len(rid) > 200 or rid in pairing:
-            rid = self._prefix + format(next(self._counter), "x")
+            rid = f"{self._prefix}{next(self._counter):x}"
         rid_bytes = rid.encode("latin-1")
         drop = (
             self._req_drop if req.connection is None else drop_set(self._extra_drop, req.connection)
@@ -232,8 +232,8 @@ class DataPort:
         method = req.method
         body = req.body
         paired = False
-        path = req.path
-        if self._rules.matches(method, path):
+        # The path is decoded only for a method that may be teed.
+        if method in self._rules.methods and self._rules.matches(method, path := req.path):
             key_header = self._key_header
             key = rid
             if key_header is not None:

@@ -51,11 +51,35 @@ def _number(value: float) -> bytes:
     return repr(round(value, 3)).encode() if math.isfinite(value) else b"null"
 
 
+# Each outcome's opening bytes, built once: an enum's ``.value`` is a slow attribute.
+_OPEN_SIDE = {outcome: b'{"outcome":"' + outcome.value.encode() + b'"' for outcome in Outcome}
+
+# The last whole second formatted, and its text: pairs of one batch mostly share their second.
+_last_second: list[tuple[int, bytes]] = [(0, b"1970-01-01T00:00:00")]
+
+
+def _timestamp(ts: float) -> bytes:
+    """``ts`` in ISO 8601 UTC to the millisecond, with ``Z``, exactly as
+    ``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` writes it (rounded to
+    the microsecond half-even, then truncated), but formatting the date only once a second."""
+    frac, whole = math.modf(ts)
+    seconds, micros = int(whole), round(frac * 1e6)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    elif micros < 0:
+        seconds, micros = seconds - 1, micros + 1_000_000
+    cached_second, text = _last_second[0]
+    if seconds != cached_second:
+        text = datetime.fromtimestamp(seconds, UTC).isoformat()[:19].encode()
+        _last_second[0] = (seconds, text)
+    return b"%s.%03dZ" % (text, micros // 1000)
+
+
 def _side(side: Side, body: bytes | None, body_bytes: int | None) -> bytes:
     """One side's object; ``body`` already checked (or ``None``)."""
     if side.body is None and side.outcome is Outcome.OK:  # too large to keep: its size only
         body_bytes = side.body_bytes
-    out = [b'{"outcome":"', side.outcome.value.encode(), b'"']
+    out = [_OPEN_SIDE[side.outcome]]
     if side.status is not None:
         out += (b',"status":', b"%d" % side.status)
     if side.latency_ms is not None:
@@ -78,7 +102,6 @@ def encode_pair(pair: CompletedPair, *, experiment: str, max_body_bytes: int) ->
     Built from literal pieces rather than ``json.dumps`` of a dict: every string is escaped by
     the C encoder, numbers are written by ``repr``/``%d``, and the bodies were checked above.
     """
-    ts = datetime.fromtimestamp(pair.ts, UTC).isoformat(timespec="milliseconds")
     request_body, _ = _checked(pair.request_body, max_body_bytes)
     prod_checked = _checked(pair.prod.body, max_body_bytes)
     cand = pair.candidate.body
@@ -93,7 +116,7 @@ def encode_pair(pair: CompletedPair, *, experiment: str, max_body_bytes: int) ->
             b',"experiment":',
             _text(experiment),
             b',"ts":"',
-            ts.replace("+00:00", "Z").encode(),
+            _timestamp(pair.ts),
             b'","route":',
             _text(pair.route[:2000]),
             b',"request":{"sha256":',

@@ -130,6 +130,12 @@ class Connection(asyncio.Protocol):
         self._discarding = False  # refused mid-message: read and drop the rest, then close
         self._discard_left = 0
         self._eof = False
+        # A body on its way must be complete by ``_body_due``; what happens then is a 408, or
+        # just closing for a refused body that is being read and dropped. The timer is lazy:
+        # armed when a body starts and none is pending, it re-arms itself for the body of the
+        # moment, so a keep-alive connection does not create and cancel a timer per request.
+        self._body_due: float | None = None
+        self._body_close_only = False
         self._body_timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -165,7 +171,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        if self._body_timer is None:  # a head is (or may be) on its way
+        if self._body_due is None:  # a head is (or may be) on its way
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
@@ -258,7 +264,8 @@ class Connection(asyncio.Protocol):
             if has_body and self._parser.get_http_version() == "1.1" and self.transport:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if has_body:
-            self._body_timer = self._loop.call_later(limits.body_timeout_s, self._body_timeout)
+            self._body_close_only = False
+            self._start_body_clock()
 
     def on_body(self, body: bytes) -> None:
         if self._discarding:
@@ -275,9 +282,7 @@ class Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._body_due = None
         if self._discarding:
             if self._task is None:
                 self.close()
@@ -300,9 +305,8 @@ class Connection(asyncio.Protocol):
 
     def _enqueue(self, item: Request | _Refuse) -> None:
         self._queue.append(item)
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        # The idle timer is left running: while a request is being answered it finds the
+        # connection busy and stops, and _set_idle arms it again afterwards.
         if self._task is None:
             self._task = task = self._loop.create_task(self._run())
             tasks = self._server.tasks
@@ -346,9 +350,7 @@ class Connection(asyncio.Protocol):
         """A request the proxy will not forward: answer after what is queued, then close."""
         if refusal.status == 408:
             self._server.on_body_timeout()
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._body_due = None
         if self._task is not None:
             self._queue.append(refusal)
             if self.transport is not None:
@@ -365,12 +367,28 @@ class Connection(asyncio.Protocol):
         self._discarding = True
         self._discard_left = _DISCARD_MAX
         self.write(simple_response(refusal.status, refusal.text + "\n"))
-        if self._body_timer is None:
-            self._body_timer = self._loop.call_later(self._limits.body_timeout_s, self.close)
+        if self._body_due is None:  # refused at the head: give the body its time, then close
+            self._body_close_only = True
+            self._start_body_clock()
 
-    def _body_timeout(self) -> None:
+    def _start_body_clock(self) -> None:
+        self._body_due = self._loop.time() + self._limits.body_timeout_s
+        if self._body_timer is None:
+            self._body_timer = self._loop.call_at(self._body_due, self._body_check)
+
+    def _body_check(self) -> None:
         self._body_timer = None
-        self._refuse(_Refuse(408, "request body timed out"))
+        due = self._body_due
+        if due is None or self.closed:
+            return
+        if self._loop.time() < due:
+            self._body_timer = self._loop.call_at(due, self._body_check)
+            return
+        self._body_due = None
+        if self._body_close_only:
+            self.close()
+        else:
+            self._refuse(_Refuse(408, "request body timed out"))
 
     def _set_idle(self) -> None:
         """Start the keep-alive clock: a client has this long to send its next complete head."""
@@ -387,7 +405,7 @@ class Connection(asyncio.Protocol):
         self._idle_timer = None
         if self.closed or self._task is not None or self._queue:
             return
-        if self._body_timer is not None:  # a body is on its way: its own clock runs
+        if self._body_due is not None:  # a body is on its way: its own clock runs
             return
         deadline = self._idle_since + self._limits.keepalive_timeout_s
         if self._loop.time() >= deadline:

@@ -1,10 +1,11 @@
 """The tee: decide which requests go to the candidate, and send them without anyone waiting.
 
 :class:`TeeRules` is pure logic (route globs, methods, deterministic sampling). :class:`Tee` owns a
-bounded set of tasks that belong to the application — not to the request handler, whose task dies
-when the client disconnects — and :meth:`Tee.submit` is synchronous: it opens the pair, starts the
-candidate call and returns at once. Past ``max_inflight`` calls the tee is shed and counted; a body
-over ``max_tee_body_bytes`` is forwarded to production but never to the candidate, and counted.
+bounded set of candidate calls that belong to the application — not to the request handler, whose
+task dies when the client disconnects — and :meth:`Tee.submit` is synchronous: it opens the pair,
+schedules the candidate call and returns at once. Past ``max_inflight`` calls the tee is shed and
+counted; a body over ``max_tee_body_bytes`` is forwarded to production but never to the candidate,
+and counted.
 Each candidate call runs under one hard deadline covering connect, send and the whole response.
 """
 
@@ -14,6 +15,7 @@ import asyncio
 import hashlib
 import re
 import time
+from collections import deque
 from collections.abc import Iterable
 
 from comparator.wire import Outcome
@@ -21,7 +23,7 @@ from proxy.headers import candidate_lines
 from proxy.metrics import ProxyStats
 from proxy.outcomes import classify
 from proxy.pairing import PairingBuffer, Side
-from proxy.upstream import CandidateClient, encode_request
+from proxy.upstream import CandidateCall, CandidateClient, CandidateResponse, encode_request
 
 __all__ = ["Tee", "TeeRules"]
 
@@ -38,7 +40,7 @@ class TeeRules:
 
     def __init__(self, routes: Iterable[str], methods: Iterable[str], sample_rate: float) -> None:
         self._routes = [_glob_to_regex(r) for r in routes]
-        self._methods = frozenset(m.upper() for m in methods)
+        self.methods = frozenset(m.upper() for m in methods)
         self.sample_rate = sample_rate
         # Deterministic sampling: the first 8 bytes of BLAKE2b(key) as an integer, compared with a
         # threshold, so the same key is picked on every proxy and on every replay.
@@ -46,7 +48,7 @@ class TeeRules:
         self._route_cache: dict[str, bool] = {}
 
     def matches(self, method: str, path: str) -> bool:
-        if method not in self._methods:
+        if method not in self.methods:
             return False
         hit = self._route_cache.get(path)
         if hit is None:
@@ -64,8 +66,33 @@ class TeeRules:
         return int.from_bytes(digest, "big") < self._threshold
 
 
+class _Shadow(CandidateCall):
+    """One teed request's candidate call, as the tee tracks it until it reports or times out."""
+
+    __slots__ = ("_tee", "deadline", "request_id", "started")
+
+    def __init__(
+        self, tee: Tee, client: CandidateClient, request_id: str, data: bytes, method: str
+    ) -> None:
+        super().__init__(client, data, method)
+        self._tee = tee
+        self.request_id = request_id
+        self.started = 0.0
+        self.deadline = 0.0
+
+    def finished(self, resp: CandidateResponse | None, exc: Exception | None) -> None:
+        self._tee._finished(self, resp, exc)
+
+
 class Tee:
-    """Bounded, app-owned candidate calls feeding the pairing buffer."""
+    """Bounded, app-owned candidate calls feeding the pairing buffer.
+
+    A call is an object the tee holds, not a task: the request handler only opens the pair and
+    schedules the call's start, so a client that disconnects cancels nothing here. Every call
+    gets the same deadline offset, so calls in start order are also in deadline order: one timer,
+    armed for the oldest live call, times out every call past its deadline, rather than one timer
+    (or one ``asyncio.timeout``) per call.
+    """
 
     def __init__(
         self,
@@ -83,6 +110,7 @@ class Tee:
         self._client = client
         self._deadline_s = deadline_s
         self._deadline_ms = deadline_s * 1000.0
+        self._timeout_reason = classify(TimeoutError(), self._deadline_ms)[1]
         self._max_inflight = max_inflight
         self._max_body = max_body_bytes
         self._redact = frozenset(h.lower().encode() for h in redact)
@@ -90,13 +118,19 @@ class Tee:
         self._pairing = pairing
         self._stats = stats
         self._pair_ttl_s = pair_ttl_s
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._live: set[_Shadow] = set()
+        # Calls in start order (so in deadline order); finished ones leave when they reach the
+        # front. ``_timer`` is armed for the front's deadline whenever the queue is not empty.
+        self._by_deadline: deque[_Shadow] = deque()
+        self._to_start: list[_Shadow] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle: asyncio.Future[None] | None = None
         self._closing = False
 
     @property
     def inflight(self) -> int:
-        """Candidate calls not finished: running tasks plus connections draining a late answer."""
-        return len(self._tasks) + self._client.lingering
+        """Candidate calls not finished: live calls plus connections draining a late answer."""
+        return len(self._live) + self._client.lingering
 
     def submit(
         self,
@@ -110,6 +144,8 @@ class Tee:
         """Open a pair for this request and start the candidate call; never blocks.
 
         Returns ``True`` when a pair was opened, so the caller must report production's side.
+        The call itself starts on the event loop's next turn, after the handler has sent the
+        request to production: production's answer never waits behind the candidate's write.
         """
         stats = self._stats
         now = time.monotonic()
@@ -132,9 +168,11 @@ class Tee:
         data = encode_request(
             method, client.prefix + target, client.host_header, lines, body, always_length=True
         )
-        task = asyncio.get_running_loop().create_task(self._call(request_id, method, data))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        call = _Shadow(self, client, request_id, data, method)
+        self._live.add(call)
+        self._to_start.append(call)
+        if len(self._to_start) == 1:  # one callback starts every call submitted in this turn
+            asyncio.get_running_loop().call_soon(self._start)
         return True
 
     def _open(
@@ -147,13 +185,33 @@ class Tee:
             self._stats.dropped["buffer_full"] += 1
         return opened
 
-    async def _call(self, request_id: str, method: str, data: bytes) -> None:
-        start = time.perf_counter()
-        side: Side
-        try:
-            async with asyncio.timeout(self._deadline_s):
-                resp = await self._client.request_raw(data, method)
-            elapsed = time.perf_counter() - start
+    def _start(self) -> None:
+        calls, self._to_start = self._to_start, []
+        loop = asyncio.get_running_loop()
+        live, queue = self._live, self._by_deadline
+        deadline = loop.time() + self._deadline_s
+        for call in calls:
+            if call not in live:  # cancelled by a drain before it started
+                continue
+            call.started = time.perf_counter()
+            call.deadline = deadline
+            queue.append(call)
+            if self._timer is None:
+                self._timer = loop.call_at(deadline, self._expire)
+            try:
+                call.start()
+            except Exception as exc:  # the calls after this one must still start
+                if call in live:
+                    call.abandon()
+                    self._finished(call, None, exc)
+
+    def _finished(
+        self, call: _Shadow, resp: CandidateResponse | None, exc: Exception | None
+    ) -> None:
+        """The call reported: its answer, or the failure that ended it (never its deadline)."""
+        self._live.discard(call)
+        elapsed = time.perf_counter() - call.started
+        if resp is not None:
             self._stats.candidate_latency.observe(elapsed)
             side = Side(
                 Outcome.OK,
@@ -163,44 +221,61 @@ class Tee:
                 body=None if resp.truncated else resp.body,
                 body_bytes=resp.size,
             )
-        except BaseException as exc:  # every failure becomes data; fatal ones are re-raised
-            # Leave the in-flight set now, in the same step in which a timed-out connection starts
-            # lingering, so no one ever sees the call counted twice.
-            self._leave()
-            outcome, reason = classify(exc, self._deadline_ms)
-            elapsed = time.perf_counter() - start
-            if outcome is Outcome.TIMEOUT:
-                latency = self._deadline_ms
+        else:
+            outcome, reason = classify(exc or ConnectionError(), self._deadline_ms)
+            if outcome is Outcome.TIMEOUT:  # a timeout of the system's, not of the tee's deadline
+                side = Side(outcome, latency_ms=self._deadline_ms, error=reason)
             else:
-                latency = elapsed * 1000.0
                 self._stats.candidate_latency.observe(elapsed)
-            side = Side(outcome, latency_ms=latency, error=reason)
-            self._finish(request_id, side)
-            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-                raise
-            return
-        self._leave()
-        self._finish(request_id, side)
+                side = Side(outcome, latency_ms=elapsed * 1000.0, error=reason)
+        self._finish(call, side)
 
-    def _leave(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.discard(task)
+    def _expire(self) -> None:
+        """Time out every live call past its deadline; re-arm for the next one."""
+        self._timer = None
+        queue = self._by_deadline
+        now = asyncio.get_running_loop().time()
+        while queue:
+            call = queue[0]
+            if call in self._live:
+                if call.deadline > now:
+                    self._timer = asyncio.get_running_loop().call_at(call.deadline, self._expire)
+                    return
+                self._give_up(call, self._timeout_reason)
+            queue.popleft()
 
-    def _finish(self, request_id: str, side: Side) -> None:
+    def _give_up(self, call: _Shadow, reason: str) -> asyncio.Task[object] | None:
+        # Leave the live set in the same step in which the connection starts lingering, so no
+        # one ever sees the call counted twice (a lingering connection counts as in flight).
+        self._live.discard(call)
+        connecting = call.abandon()
+        self._finish(call, Side(Outcome.TIMEOUT, latency_ms=self._deadline_ms, error=reason))
+        return connecting
+
+    def _finish(self, call: _Shadow, side: Side) -> None:
         self._stats.outcomes[side.outcome] += 1
-        self._pairing.set_candidate(request_id, side)
+        self._pairing.set_candidate(call.request_id, side)
+        if not self._live and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     async def drain(self, grace_s: float) -> int:
         """Stop teeing, give in-flight calls ``grace_s``, cancel the rest; return how many were."""
         self._closing = True
-        if not self._tasks:
+        if not self._live:
             return 0
-        _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
-        for task in pending:
-            task.cancel("shadowtee proxy shutting down")
-        if pending:
-            await asyncio.wait(pending)
+        idle = self._idle = asyncio.get_running_loop().create_future()
+        await asyncio.wait([idle], timeout=grace_s)
+        idle.cancel()
+        self._idle = None
+        pending = list(self._live)
+        reason = classify(asyncio.CancelledError(), self._deadline_ms)[1]
+        connecting = [task for call in pending if (task := self._give_up(call, reason))]
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._by_deadline.clear()
+        if connecting:  # let cancelled connection attempts unwind before the pools close
+            await asyncio.wait(connecting)
         return len(pending)
 
     async def close(self) -> None:

@@ -11,17 +11,20 @@ slower than production). A response whose whole body is at most ``inline_bytes``
 complete, so the proxy can answer the client with one write.
 
 **The candidate's** answer is collected whole, but only ``keep_bytes`` of it are held; the rest is
-counted. When the tee's deadline passes, the call's *outcome* is a timeout at once, but the
-connection is not torn down: it lingers for up to ``linger_s`` so a late answer can drain and the
-connection be reused. Closing it would cost a new TCP handshake per teed request exactly when the
-candidate is slow. Lingering connections count towards the tee's in-flight bound, so a hung
-candidate fills the bound and further tees are shed instead of opening a connection per request.
+counted. Each call is a :class:`CandidateCall` that the connection calls back, so the tee needs
+no task or future per teed request. When the tee's deadline passes, the call's *outcome* is a
+timeout at once, but the connection is not torn down: it lingers for up to ``linger_s`` so a late
+answer can drain and the connection be reused. Closing it would cost a new TCP handshake per teed
+request exactly when the candidate is slow. Lingering connections count towards the tee's
+in-flight bound, so a hung candidate fills the bound and further tees are shed instead of opening
+a connection per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -30,6 +33,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 __all__ = [
+    "CandidateCall",
     "CandidateClient",
     "CandidateResponse",
     "ProductionClient",
@@ -39,6 +43,8 @@ __all__ = [
     "encode_request",
 ]
 
+log = logging.getLogger("shadowtee.proxy")
+
 _MAX_HEAD = 64 * 1024
 _DROP = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
 # Streaming back-pressure: stop reading from production above this many buffered body bytes.
@@ -46,6 +52,10 @@ _HIGH_WATER = 256 * 1024
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# The lengths of the response header names the parser acts on (see ``_Conn._start_body``).
+_FRAMING_NAME_LENGTHS = frozenset(
+    len(name) for name in ("content-length", "transfer-encoding", "connection", "x-model-version")
+)
 
 
 def encode_request(
@@ -115,6 +125,7 @@ class _Conn(asyncio.Protocol):
         self.last_rx = 0.0
         self._time = time.monotonic
         self.lingering: asyncio.TimerHandle | None = None
+        self.watchdog: asyncio.TimerHandle | None = None  # production's read timeout
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -290,6 +301,8 @@ class _Conn(asyncio.Protocol):
             name, sep, value = line.partition(b":")
             if not sep or not name or name != name.strip():
                 raise UpstreamProtocolError(f"malformed header line {line[:60]!r}")
+            if len(name) not in _FRAMING_NAME_LENGTHS:
+                continue  # not one of the four names below: no need to lower-case it
             key = name.lower()
             if key == b"content-length":
                 value = value.strip()
@@ -384,50 +397,153 @@ class _Pool:
 # --- the candidate ----------------------------------------------------------------------------
 
 
-class _Collector:
-    """Collect a candidate's answer, holding at most ``keep_bytes`` of its body."""
+class CandidateCall:
+    """One candidate request driven by the connection's callbacks: no task, no future.
 
-    __slots__ = ("chunks", "future", "keep", "limit", "size", "status", "truncated")
+    The tee starts thousands of these a second, so the exchange is a plain object that the
+    connection's parser calls back (it is the connection's sink) and that reports once, through
+    :meth:`finished`, with the response or the exception. :meth:`start` sends on an idle pooled
+    connection, or opens one (the only step that needs a task); a kept-alive connection that the
+    server had already closed is retried once on a fresh one, as :meth:`CandidateClient.request_raw`
+    does. :meth:`abandon` is how the caller gives up (its deadline, shutdown): nothing is reported
+    after it, and the connection lingers so a late answer can drain.
+    """
 
-    def __init__(self, future: asyncio.Future[CandidateResponse], keep: int, limit: int) -> None:
-        self.future = future
-        self.keep = keep
-        self.limit = limit
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.status = 0
-        self.truncated = False
+    __slots__ = (
+        "_chunks",
+        "_client",
+        "_conn",
+        "_connecting",
+        "_data",
+        "_head",
+        "_live",
+        "_reused",
+        "_size",
+        "_status",
+        "_truncated",
+    )
+
+    def __init__(self, client: CandidateClient, data: bytes, method: str) -> None:
+        self._client = client
+        self._data = data
+        self._head = method == "HEAD"
+        self._conn: _Conn | None = None
+        self._connecting: asyncio.Task[_Conn] | None = None
+        self._reused = False
+        self._live = True
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._status = 0
+        self._truncated = False
+
+    def finished(self, resp: CandidateResponse | None, exc: Exception | None) -> None:
+        """Called exactly once, unless abandoned first: the response, or what went wrong."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        conn = self._client._idle_conn()
+        if conn is None:
+            self._open()
+        else:
+            self._reused = True
+            self._send(conn)
+
+    def abandon(self) -> asyncio.Task[object] | None:
+        """The caller gave up: report nothing more; let the connection drain a late answer.
+
+        Returns the connection attempt it cancelled, if one was under way, so that a caller
+        shutting down can wait for it to unwind.
+        """
+        self._live = False
+        self._data = b""
+        connecting = self._connecting
+        if connecting is not None:
+            connecting.cancel()
+        elif self._conn is not None:
+            self._client._linger(self._conn)
+        return connecting
+
+    def _open(self) -> None:
+        self._reused = False
+        task = asyncio.get_running_loop().create_task(self._client._connect())
+        self._connecting = task
+        task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[_Conn]) -> None:
+        self._connecting = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            if self._live:
+                self._report(None, exc if isinstance(exc, Exception) else ConnectionError(exc))
+            return
+        conn = task.result()
+        if self._live:
+            self._send(conn)
+        else:  # opened after the caller gave up: keep it for the next call
+            self._client._release(conn)
+
+    def _send(self, conn: _Conn) -> None:
+        self._conn = conn
+        try:
+            conn.send(self._data, self._head, self)
+        except Exception as exc:
+            conn._sink = None  # this call hears of it here, not again when the connection closes
+            conn.abort()
+            self.fail(exc)
+
+    def _report(self, resp: CandidateResponse | None, exc: Exception | None) -> None:
+        self._live = False
+        self._conn = None
+        self._data = b""
+        self._chunks = []
+        try:
+            self.finished(resp, exc)
+        except Exception:  # the caller's bug must not break the connection it was called from
+            log.exception("candidate call: reporting the result failed")
+
+    # --- _Sink (called by the connection's parser) --------------------------------------------
 
     def head(self, conn: _Conn, status: int, reason: bytes, lines: list[bytes]) -> None:
-        if conn.length is not None and conn.length > self.limit:
+        if conn.length is not None and conn.length > self._client.max_body_bytes:
             raise UpstreamProtocolError("response body too large")
-        self.status = status
+        self._status = status
 
     def data(self, conn: _Conn, chunk: bytes) -> None:
-        # A body past ``keep`` is still read to its end (so the latency is the whole answer's and
-        # the connection can be reused) but not held: memory per call stays bounded.
-        self.size += len(chunk)
-        if self.size > self.limit:
+        # A body past ``keep_bytes`` is still read to its end (so the latency is the whole
+        # answer's and the connection can be reused) but not held: memory per call stays bounded.
+        self._size += len(chunk)
+        client = self._client
+        if self._size > client.max_body_bytes:
             raise UpstreamProtocolError("response body too large")
-        if self.truncated:
+        if self._truncated or not self._live:
             return
-        if self.size > self.keep:
-            self.truncated = True
-            self.chunks = []
+        if self._size > client.keep_bytes:
+            self._truncated = True
+            self._chunks = []
         else:
-            self.chunks.append(chunk)
+            self._chunks.append(chunk)
 
     def done(self, conn: _Conn) -> None:
-        if not self.future.done():
-            chunks = self.chunks
+        if self._live:
+            chunks = self._chunks
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            self.future.set_result(
-                CandidateResponse(self.status, conn.model_version, body, self.size, self.truncated)
+            resp = CandidateResponse(
+                self._status, conn.model_version, body, self._size, self._truncated
             )
+            self._report(resp, None)
 
     def fail(self, exc: Exception) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
+        if not self._live:
+            return
+        conn = self._conn
+        if self._reused and isinstance(exc, ConnectionError) and not (conn and conn.got_bytes):
+            # A keep-alive connection the server had already closed: retry once on a fresh one.
+            self._conn = None
+            self._open()
+            return
+        self._report(None, exc)
 
 
 class CandidateClient(_Pool):
@@ -462,24 +578,13 @@ class CandidateClient(_Pool):
 
     async def request_raw(self, data: bytes, method: str) -> CandidateResponse:
         """Send an already-encoded request (see :func:`encode_request`)."""
-        head = method == "HEAD"
-        reused = self._idle_conn()
-        if reused is not None:
-            try:
-                return await self._exchange(reused, data, head)
-            except ConnectionError:
-                # A keep-alive connection the server had already closed: retry once on a fresh one.
-                if reused.got_bytes:
-                    raise
-        return await self._exchange(await self._connect(), data, head)
-
-    async def _exchange(self, conn: _Conn, data: bytes, head: bool) -> CandidateResponse:
         future: asyncio.Future[CandidateResponse] = asyncio.get_running_loop().create_future()
-        conn.send(data, head, _Collector(future, self.keep_bytes, self.max_body_bytes))
+        call = _AwaitedCall(self, data, method, future)
+        call.start()
         try:
             return await future
         except asyncio.CancelledError:
-            self._linger(conn)
+            call.abandon()
             raise
 
     def _linger(self, conn: _Conn) -> None:
@@ -505,6 +610,30 @@ class CandidateClient(_Pool):
         super()._forget(conn)
 
 
+class _AwaitedCall(CandidateCall):
+    """A :class:`CandidateCall` whose result a coroutine awaits."""
+
+    __slots__ = ("_future",)
+
+    def __init__(
+        self,
+        client: CandidateClient,
+        data: bytes,
+        method: str,
+        future: asyncio.Future[CandidateResponse],
+    ) -> None:
+        super().__init__(client, data, method)
+        self._future = future
+
+    def finished(self, resp: CandidateResponse | None, exc: Exception | None) -> None:
+        if self._future.done():
+            return
+        if resp is not None:
+            self._future.set_result(resp)
+        else:
+            self._future.set_exception(exc or ConnectionError("candidate call failed"))
+
+
 # --- production -------------------------------------------------------------------------------
 
 
@@ -522,7 +651,6 @@ class ProductionResponse:
         "_error",
         "_inline",
         "_pending",
-        "_timer",
         "_waiter",
         "body",
         "chunked",
@@ -542,7 +670,6 @@ class ProductionResponse:
         self._pending = 0
         self._conn: _Conn | None = None
         self._error: Exception | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self.status = 0
         self.reason = b""
         self.lines: list[bytes] = []
@@ -588,13 +715,11 @@ class ProductionResponse:
             self.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             chunks.clear()
             self._pending = 0
-        self._cancel_timer()
         self._wake()
 
     def fail(self, exc: Exception) -> None:
         self._error = exc
         self._conn = None
-        self._cancel_timer()
         self._wake(exc)
 
     # --- the caller's side --------------------------------------------------------------------
@@ -606,11 +731,6 @@ class ProductionResponse:
                 waiter.set_result(None)
             else:
                 waiter.set_exception(exc)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     async def read_chunk(self) -> bytes:
         """The next piece of a streamed body; ``b""`` at its end. Raises what broke it off."""
@@ -637,7 +757,6 @@ class ProductionResponse:
 
     def abandon(self) -> None:
         """The caller stops reading (the client went away): the connection cannot be reused."""
-        self._cancel_timer()
         conn, self._conn = self._conn, None
         if conn is not None and not self.done_flag:
             conn.abort()
@@ -704,7 +823,8 @@ class ProductionClient(_Pool):
         resp._conn = conn
         conn.last_rx = loop.time()
         conn.send(data, head, resp)
-        resp._timer = loop.call_at(conn.last_rx + self._timeout_s, self._check_timeout, resp)
+        if conn.watchdog is None:
+            conn.watchdog = loop.call_at(conn.last_rx + self._timeout_s, self._check_timeout, conn)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -712,16 +832,20 @@ class ProductionClient(_Pool):
             raise
         return resp
 
-    def _check_timeout(self, resp: ProductionResponse) -> None:
-        """Fires ``timeout_s`` after the last byte; re-arms while bytes keep coming."""
-        resp._timer = None
-        conn = resp._conn
-        if conn is None or resp.done_flag:
+    def _check_timeout(self, conn: _Conn) -> None:
+        """Fires ``timeout_s`` after the last byte; re-arms while bytes keep coming.
+
+        One timer per connection, not per request: it is left running when a response ends, and
+        the next request on the connection only moves ``last_rx``. When it fires on a connection
+        with no response under way it simply stops; the next request arms it again.
+        """
+        conn.watchdog = None
+        if conn._sink is None or conn.closing:
             return
         loop = asyncio.get_running_loop()
         idle_until = conn.last_rx + self._timeout_s
         if loop.time() < idle_until:
-            resp._timer = loop.call_at(idle_until, self._check_timeout, resp)
+            conn.watchdog = loop.call_at(idle_until, self._check_timeout, conn)
             return
         conn._fail(UpstreamTimeout(f"no data for {self._timeout_s:g} s"))
 
@@ -730,6 +854,9 @@ class ProductionClient(_Pool):
         self._wake_one()
 
     def _forget(self, conn: _Conn) -> None:
+        if conn.watchdog is not None:
+            conn.watchdog.cancel()
+            conn.watchdog = None
         super()._forget(conn)
         self._wake_one()
 

@@ -221,3 +221,49 @@ async def test_slow_clients_are_cut_off(tmp_path: Path) -> None:
         assert await asyncio.wait_for(reader.read(), 10) == b""
         writer.close()
     assert app[SEEN] == []  # production never saw either
+
+
+async def test_production_timeout_holds_on_a_kept_alive_connection(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    release = asyncio.Event()
+    app = prod_app(release=release)
+    async with (
+        serve_app(app) as prod,
+        running_proxy(
+            prod=prod, candidate="http://127.0.0.1:9", prod_timeout_ms=200, spool_dir=str(tmp_path)
+        ) as proxy,
+    ):
+        for _ in range(2):  # answered in time: the production connection goes back to the pool
+            async with client.post(proxy.url + "/echo", data=b"{}") as resp:
+                assert resp.status == 200
+        async with client.post(proxy.url + "/v2/models/m/infer", data=b"{}") as resp:
+            assert resp.status == 504
+        release.set()
+    peers = {seen["peer"] for seen in app[SEEN]}
+    assert len(app[SEEN]) == 3 and len(peers) == 1  # all three on one production connection
+
+
+async def test_a_body_that_stalls_after_earlier_requests_is_still_cut_off(
+    tmp_path: Path,
+) -> None:
+    async with (
+        serve_app(prod_app()) as prod,
+        running_proxy(
+            prod=prod,
+            candidate="http://127.0.0.1:9",
+            client_body_timeout_s=0.2,
+            spool_dir=str(tmp_path),
+        ) as proxy,
+    ):
+        port = int(proxy.url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):  # whole bodies on a kept-alive connection
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200")
+            assert await asyncio.wait_for(reader.readexactly(2), 10) == b"{}"
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        reply = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert reply.startswith(b"HTTP/1.1 408") and b"Connection: close" in reply
+        writer.close()

@@ -325,3 +325,36 @@ async def test_nothing_is_retained_after_a_hung_candidate_times_out(
         outcomes = status["counters"]["candidate_outcomes"]
         assert outcomes["timeout"] + outcomes["shed"] == status["counters"]["teed"] == 30
         candidate.release.set()
+
+
+async def test_each_call_gets_its_own_deadline_whatever_finished_around_it(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    candidate = FakeCandidate(mode="ok")
+    comparator = FakeComparator()
+    async with (
+        serve_app(prod_app()) as prod,
+        serve_app(candidate.app()) as cand,
+        serve_app(comparator.app()) as comp,
+        running_proxy(
+            prod=prod,
+            candidate=cand,
+            comparator=comp,
+            shadow_timeout_ms=150,
+            spool_dir=str(tmp_path),
+        ) as proxy,
+    ):
+        # Answered, then hung, then answered: the hung call times out between two that did not.
+        for i, mode in enumerate(("ok", "hang", "ok")):
+            candidate.mode = mode
+            async with client.post(proxy.url + INFER, json={"i": i}) as resp:
+                assert resp.status == 200
+            await wait_for(lambda n=i + 1: len(candidate.requests) == n, "the candidate call")
+        await wait_for(lambda: len(comparator.pairs) == 3, "3 pairs")
+        by_body = {p.request.sha256: p.candidate.outcome for p in comparator.pairs}
+        assert sorted(o.value for o in by_body.values()) == ["ok", "ok", "timeout"]
+        status = await admin_status(client, proxy.admin)
+        assert status["counters"]["candidate_outcomes"]["timeout"] == 1
+        hung = next(p for p in comparator.pairs if p.candidate.outcome is Outcome.TIMEOUT)
+        assert hung.candidate.latency_ms == 150.0 and hung.prod.status == 200
+        candidate.release.set()
