@@ -92,15 +92,11 @@ async def _driver_call(call: Awaitable[T], what: str) -> T:
     (the failure the caller answers with 503), as SQLAlchemy would have wrapped them."""
     import sqlite3
 
-    try:
-        import asyncpg
-    except ImportError:  # pragma: no cover - a dependency
-        errors: tuple[type[Exception], ...] = (sqlite3.Error,)
-    else:
-        errors = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
+    import asyncpg
+
     try:
         return await call
-    except errors as exc:
+    except (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise StoreError(f"{what} refused: {exc}") from exc
 
 

@@ -22,6 +22,7 @@ a connection per request.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -397,7 +398,7 @@ class _Pool:
 # --- the candidate ----------------------------------------------------------------------------
 
 
-class CandidateCall:
+class CandidateCall(abc.ABC):
     """One candidate request driven by the connection's callbacks: no task, no future.
 
     The tee starts thousands of these a second, so the exchange is a plain object that the
@@ -436,9 +437,9 @@ class CandidateCall:
         self._status = 0
         self._truncated = False
 
+    @abc.abstractmethod
     def finished(self, resp: CandidateResponse | None, exc: Exception | None) -> None:
         """Called exactly once, unless abandoned first: the response, or what went wrong."""
-        raise NotImplementedError
 
     def start(self) -> None:
         conn = self._client._idle_conn()
