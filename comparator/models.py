@@ -106,13 +106,15 @@ class ExperimentRow(Base):
 
 
 class PairRow(Base):
-    """One stored pair. The primary key (experiment_id, request_id) is what makes ingest idempotent."""
+    """One stored pair. The primary key (experiment_id, request_id) is what makes ingest idempotent.
+
+    ``experiment_id`` has no foreign key (migration 0002): ingest locks or creates the experiment
+    in the same transaction as it loads the pairs, which a per-row check would only repeat.
+    """
 
     __tablename__ = "pairs"
 
-    experiment_id: Mapped[int] = mapped_column(
-        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
-    )
+    experiment_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     request_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     ts: Mapped[datetime] = mapped_column(UTCDateTime())
     route: Mapped[str] = mapped_column(Text)

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
 from sqlalchemy import inspect
 
 from comparator.models import Base
 from comparator.store import Store
-from tests.comparator.store_support import db_url_fixture  # noqa: F401 - fixture
+from comparator.wire import Pair
+from tests.comparator.store_support import (  # noqa: F401 - fixture
+    db_url_fixture,
+    make_pair,
+)
+from tests.conftest import _pg_exec
 
 TABLES = {
     "experiments",
@@ -26,7 +36,7 @@ async def test_upgrade_from_empty_reaches_head_and_is_idempotent(db_url: str) ->
         store = await Store.open(db_url)
         try:
             current, head = await store.migration_state()
-            assert current == head == "0001"
+            assert current == head == "0002"
             assert await store.ready()
             async with store.engine.connect() as conn:
                 tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
@@ -50,6 +60,66 @@ async def test_migrated_schema_matches_the_models(db_url: str) -> None:
     assert diff == []
 
 
+@pytest.fixture(name="empty_db_url", params=["sqlite", "postgresql"])
+def empty_db_url_fixture(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A database no test has migrated yet (``pg_url``'s is shared by the session)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/empty.db"
+        return
+    server = str(request.getfixturevalue("pg_url")).rsplit("/", 1)[0]
+    name = f"shadowtee_mig_{uuid.uuid4().hex[:12]}"
+    admin = f"{server}/postgres"
+    asyncio.run(_pg_exec(admin, f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{server}/{name}"
+    finally:
+        asyncio.run(_pg_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def test_0002_keeps_the_pairs_of_an_0001_database_and_drops_their_foreign_key(
+    empty_db_url: str,
+) -> None:
+    db_url = empty_db_url
+    from alembic import command
+
+    from comparator.database import _alembic_config, make_engine
+
+    def upgrade_to(connection: Any, revision: str) -> None:
+        cfg = _alembic_config()
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, revision)
+
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to, "0001")
+    finally:
+        await engine.dispose()
+    store = await Store.open(db_url, upgrade=False)
+    try:
+        assert (await store.migration_state())[0] == "0001"
+        exp = "migrated"
+        await store.ingest([Pair.model_validate(make_pair(i, exp)) for i in range(30)])
+        before = [(h, a.to_json()) for h, a in await store.hourly_aggregates(exp)]
+    finally:
+        await store.close()
+    store = await Store.open(db_url)  # upgrades to head
+    try:
+        assert await store.migration_state() == ("0002", "0002")
+        assert await store.count_pairs(exp) == 30
+        assert [(h, a.to_json()) for h, a in await store.hourly_aggregates(exp)] == before
+        async with store.engine.connect() as conn:
+            keys = await conn.run_sync(lambda c: inspect(c).get_foreign_keys("pairs"))
+            indexes = await conn.run_sync(lambda c: inspect(c).get_indexes("pairs"))
+        assert keys == []
+        assert [i["name"] for i in indexes] == ["ix_pairs_experiment_ts"]
+        # Ingest goes on as before: a retried batch stores nothing twice.
+        result = await store.ingest([Pair.model_validate(make_pair(i, exp)) for i in range(20, 40)])
+        assert (result.inserted, result.duplicates) == (10, 10)
+    finally:
+        await store.close()
+
+
 async def test_open_without_upgrade_is_not_ready_on_an_empty_database(tmp_path: object) -> None:
     store = await Store.open(f"sqlite:///{tmp_path}/empty.db", upgrade=False)
     try:
@@ -69,7 +139,7 @@ def test_db_upgrade_command_migrates_a_new_sqlite_file(tmp_path: object) -> None
             check=False,
         )
         assert out.returncode == 0, out.stderr
-        assert "revision 0001 (head 0001)" in out.stdout
+        assert "revision 0002 (head 0002)" in out.stdout
 
 
 def test_db_upgrade_command_fails_in_one_line_on_a_bad_url() -> None:
