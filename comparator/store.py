@@ -117,7 +117,7 @@ class Store:
         self.dialect = engine.dialect.name
         self._normalize_config = normalize_config
         self._ingest = Ingest(
-            self.dialect,
+            engine.dialect,
             self._config_for,
             store_bodies=store_bodies,
             raw_sample_rate=raw_sample_rate,
@@ -202,8 +202,10 @@ class Store:
         """Store a validated batch in one transaction; pairs already stored are skipped, uncounted."""
         if not pairs:
             return IngestResult(0, 0, 0)
+        # Measured before the write lock, so that one batch's CPU work overlaps another's SQL.
+        prepared = self._ingest.prepare(pairs)
         async with self._write() as conn:
-            return await self._ingest.batch(conn, pairs)
+            return await self._ingest.write(conn, prepared)
 
     async def _merge_hours(
         self, conn: AsyncConnection, experiment_id: int, hours: Mapping[datetime, Aggregate]

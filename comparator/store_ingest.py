@@ -2,12 +2,17 @@
 
 ::
 
-    lock the batch's experiments (SELECT … FOR UPDATE by name; insert on first sight, lock again)
-    SELECT the batch's request ids already stored                      (one statement)
-    measure the pairs (comparator.normalize.measure, vectorised)
-    bulk-load only the new pairs: COPY on PostgreSQL, executemany on SQLite
-    fold the new pairs into their hours (read-modify-write of the touched hour rows, FOR UPDATE)
-    update the experiments' counts
+    prepare (CPU, before any lock; Ingest.prepare)
+        group the batch by experiment, request ids in order, one pair per id
+        measure the pairs (comparator.normalize.measure, vectorised), fold them into hours,
+        build their rows — against what this store last saw of the experiment
+    write (one transaction; Ingest.write)
+        lock the batch's experiments (SELECT … FOR UPDATE by name; insert on first sight, lock again)
+        redo what the locked row shows was measured against stale facts (below)
+        SELECT the batch's request ids already stored                      (one statement)
+        bulk-load only the new pairs: COPY on PostgreSQL, executemany on SQLite
+        fold the new pairs into their hours (read-modify-write of the touched hour rows, FOR UPDATE)
+        update the experiments' counts
 
 Every writer of an experiment's pairs holds that experiment's row lock (on SQLite, the database's
 write lock taken by ``BEGIN IMMEDIATE``) from the lock until commit, so the ids read as stored are
@@ -15,7 +20,15 @@ exactly those a plain insert would collide with: a retried batch stores and coun
 and a concurrent batch that overlaps it waits instead of double-counting. Should a stored id slip
 through anyway, the insert fails on the primary key and the whole batch rolls back — never a silent
 double. The caller owns the transaction (``Store._write``); everything here runs on the connection
-it is given.
+it is given, the statements after the lock on the driver's own connection (SQLAlchemy's aiosqlite
+adapter costs about 0.8 ms a statement, the driver 0.1).
+
+What a batch is measured against — the experiment's id, its stored task (an inferred task holds for
+later batches) and its start (which places the warm-up) — can change between prepare and write when
+another process writes the same experiment (comparator replicas, ``--workers``). Under the lock the
+write compares them with the locked row and measures, folds or builds rows again where they differ,
+as it folds again the new pairs of a partly retried batch; the result is always what a single
+writer would have stored.
 """
 
 from __future__ import annotations
@@ -29,20 +42,30 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from comparator.aggregates import Aggregate
 from comparator.exceptions import StoreError
 from comparator.models import ExperimentRow, HourlyAggregateRow, PairRow
-from comparator.pair_rows import COLUMNS, pair_columns, pair_records, subset
+from comparator.pair_rows import COLUMNS, pair_columns, pair_records, sqlite_utc_text, subset
 from comparator.wire import Pair
 
 if TYPE_CHECKING:
     from comparator.normalize import BatchMetrics, NormalizeConfig
 
-__all__ = ["EXP", "HOURS", "KNOWN_TASKS", "PAIRS", "Ingest", "IngestResult", "insert_for"]
+__all__ = [
+    "EXP",
+    "HOURS",
+    "KNOWN_TASKS",
+    "PAIRS",
+    "Ingest",
+    "IngestResult",
+    "Prepared",
+    "insert_for",
+]
 
 KNOWN_TASKS = ("classification", "regression", "embedding", "ranking")
 T = TypeVar("T")
@@ -56,6 +79,43 @@ _SQLITE_STORED = (
 _PG_STORED = (
     "SELECT request_id FROM pairs WHERE experiment_id = $1 AND request_id = ANY($2::varchar[])"
 )
+_EXP_COLUMNS = "id, name, started_at, last_pair_at, prod_version, cand_version, task"
+_PG_LOCK = (
+    f"SELECT {_EXP_COLUMNS} FROM experiments WHERE name = ANY($1::varchar[]) "
+    "ORDER BY name FOR UPDATE"
+)
+_SQLITE_LOCK = (
+    f"SELECT {_EXP_COLUMNS} FROM experiments WHERE name IN (SELECT value FROM json_each(?)) "
+    "ORDER BY name"
+)
+_PG_HOURS = (
+    "SELECT hour, data FROM hourly_aggregates WHERE experiment_id = $1 "
+    "AND hour = ANY($2::timestamptz[]) ORDER BY hour FOR UPDATE"
+)
+_SQLITE_HOURS = (
+    "SELECT hour, data FROM hourly_aggregates WHERE experiment_id = ? "
+    "AND hour IN (SELECT value FROM json_each(?)) ORDER BY hour"
+)
+_PG_HOURS_INSERT = (
+    "INSERT INTO hourly_aggregates (experiment_id, hour, data, updated_at) "
+    "VALUES ($1, $2, $3::jsonb, $4)"
+)
+_SQLITE_HOURS_INSERT = (
+    "INSERT INTO hourly_aggregates (experiment_id, hour, data, updated_at) VALUES (?, ?, ?, ?)"
+)
+_PG_HOURS_UPDATE = (
+    "UPDATE hourly_aggregates SET data = $1::jsonb, updated_at = $2 "
+    "WHERE experiment_id = $3 AND hour = $4"
+)
+_SQLITE_HOURS_UPDATE = (
+    "UPDATE hourly_aggregates SET data = ?, updated_at = ? WHERE experiment_id = ? AND hour = ?"
+)
+_EXP_SET = (
+    "n_pairs = n_pairs + {}, started_at = {}, last_pair_at = {}, task = {}, "
+    "prod_version = {}, cand_version = {} WHERE id = {}"
+)
+_PG_EXP_UPDATE = "UPDATE experiments SET " + _EXP_SET.format(*(f"${i}" for i in range(1, 8)))
+_SQLITE_EXP_UPDATE = "UPDATE experiments SET " + _EXP_SET.format(*"???????")
 EXP = cast(Table, ExperimentRow.__table__)
 PAIRS = cast(Table, PairRow.__table__)
 HOURS = cast(Table, HourlyAggregateRow.__table__)
@@ -100,46 +160,197 @@ async def _driver_call(call: Awaitable[T], what: str) -> T:
         raise StoreError(f"{what} refused: {exc}") from exc
 
 
+def _json(value: Any) -> Any:
+    """A JSON column's value as read on the driver: text on SQLite, already decoded by the codec
+    SQLAlchemy sets up on asyncpg connections."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _from_sqlite(text: str) -> datetime:
+    """A UTC column's text on SQLite (naive UTC, see UTCDateTime) as an aware datetime."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _sqlite_utc(text: str | None) -> datetime | None:
+    return None if text is None else _from_sqlite(text)
+
+
 def _hour(ts: datetime) -> datetime:
     return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-@dataclass(frozen=True)
-class Ingest:
-    """The store's ingest settings; :meth:`batch` writes one batch on an open write transaction.
+@dataclass(frozen=True, slots=True)
+class _Exp:
+    """An experiment's row as locked by a write."""
 
-    ``config_for(experiment)`` gives the output reading rules; ``store_bodies`` keeps request and
-    response bodies; ``raw_sample_rate`` is the hash fraction of raw pairs kept past retention.
+    id: int
+    started_at: datetime
+    last_pair_at: datetime | None
+    prod_version: str | None
+    cand_version: str | None
+    task: str | None
+
+
+@dataclass(frozen=True)
+class _Assumed:
+    """What a batch was measured against, outside the lock: the experiment's id (None before it
+    is first stored), the reading rules and the start that places its warm-up."""
+
+    experiment_id: int | None
+    config: NormalizeConfig
+    started_at: datetime
+
+
+@dataclass
+class _Part:
+    """One experiment's share of a batch, measured ahead of the write (see :meth:`Ingest.prepare`).
+
+    ``pairs`` are in request-id order with their POSIX times; ``first`` names the versions.
+    ``metrics``, ``hours`` and ``records`` hold for ``assumed`` and every pair of ``pairs``.
     """
 
-    dialect: str
+    name: str
+    pairs: list[Pair]
+    times: NDArray[np.float64]
+    earliest: datetime
+    first: Pair
+    assumed: _Assumed
+    metrics: BatchMetrics
+    hours: dict[datetime, Aggregate]
+    records: list[tuple[Any, ...]] | None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated batch measured and converted to rows, ready for :meth:`Ingest.write`."""
+
+    received: int
+    parts: tuple[_Part, ...]
+
+
+@dataclass(frozen=True)
+class Ingest:
+    """The store's ingest settings; :meth:`prepare` measures a batch, :meth:`write` stores it on an
+    open write transaction.
+
+    ``sql_dialect`` is the engine's (its bind processors convert pair rows for the driver);
+    ``config_for(experiment)`` gives the output reading rules; ``store_bodies`` keeps request and
+    response bodies; ``raw_sample_rate`` is the hash fraction of raw pairs kept past retention.
+
+    The split is what lets a busy comparator overlap batches: everything that costs CPU per pair
+    (measuring, folding, building rows) runs in :meth:`prepare`, before the write lock, against
+    what this store last saw of the experiment. :meth:`write` holds the lock only for SQL, and
+    redoes a piece of the preparation only where the locked row says the assumption was wrong
+    (another writer started the experiment earlier or fixed its task first, a retried batch).
+    """
+
+    sql_dialect: Dialect
     config_for: Callable[[str], NormalizeConfig]
     store_bodies: bool = False
     raw_sample_rate: float = 0.0
+    # name -> (id, task, started_at) as last locked here: a hint, checked under the lock.
+    _seen: dict[str, tuple[int, str | None, datetime]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    @property
+    def dialect(self) -> str:
+        return str(self.sql_dialect.name)
 
     def _insert(self, table: Any) -> Any:
         return insert_for(self.dialect, table)
 
+    def _config(self, name: str, stored_task: str | None) -> NormalizeConfig:
+        """The reading rules of a batch: an inferred task, once stored, holds for later batches."""
+        cfg = self.config_for(name)
+        if cfg.task == "auto" and stored_task:
+            return dataclasses.replace(cfg, task=stored_task)
+        return cfg
+
+    def prepare(self, pairs: Sequence[Pair]) -> Prepared:
+        """Measure a validated, non-empty batch, fold it into hours and build its rows (CPU only)."""
+        groups: dict[str, dict[str, Pair]] = {}
+        for p in pairs:  # a request id repeated inside one batch counts once
+            groups.setdefault(p.experiment, {}).setdefault(p.request_id, p)
+        parts = []
+        for name in sorted(groups):
+            g = groups[name]
+            # Pairs in request-id order, with their POSIX times (see _stamps).
+            batch = [g[rid] for rid in sorted(g)]
+            times = _stamps(batch)
+            earliest = batch[int(np.argmin(times))].ts
+            # versions from the first pair that names them
+            first = next((p for p in g.values() if p.prod.model_version), next(iter(g.values())))
+            seen = self._seen.get(name)
+            if seen is None:
+                assumed = _Assumed(None, self._config(name, None), earliest)
+            else:
+                assumed = _Assumed(seen[0], self._config(name, seen[1]), min(seen[2], earliest))
+            part = _Part(
+                name, batch, times, earliest, first, assumed, *self._measure(batch, assumed, times)
+            )
+            parts.append(part)
+        return Prepared(len(pairs), tuple(parts))
+
+    def _measure(
+        self, batch: Sequence[Pair], assumed: _Assumed, times: NDArray[np.float64]
+    ) -> tuple[BatchMetrics, dict[datetime, Aggregate], list[tuple[Any, ...]] | None]:
+        from comparator.normalize import fold, measure
+
+        metrics = measure(batch, assumed.config)
+        hours = fold(
+            batch, metrics, experiment_start=assumed.started_at, config=assumed.config, stamps=times
+        )
+        records = None
+        if assumed.experiment_id is not None:
+            records = self._records(assumed.experiment_id, batch, metrics)
+        return metrics, hours, records
+
+    def _records(
+        self, experiment_id: int, batch: Sequence[Pair], metrics: BatchMetrics
+    ) -> list[tuple[Any, ...]]:
+        cols = pair_columns(
+            experiment_id,
+            batch,
+            metrics,
+            store_bodies=self.store_bodies,
+            sample_rate=self.raw_sample_rate,
+        )
+        return pair_records(cols, self.sql_dialect)
+
+    async def _locked_rows(self, conn: AsyncConnection, names: Sequence[str]) -> dict[str, _Exp]:
+        """``SELECT … FOR UPDATE`` of the named experiments (in name order: no deadlock), on the
+        driver's connection; on SQLite the write transaction holds the lock already."""
+        raw = await _driver_connection(conn)
+        if self.dialect == "postgresql":
+            rows = await _driver_call(raw.fetch(_PG_LOCK, list(names)), "experiment lock")
+            return {r[1]: _Exp(r[0], r[2], r[3], r[4], r[5], r[6]) for r in rows}
+        rows = await _driver_call(
+            raw.execute_fetchall(_SQLITE_LOCK, (json.dumps(list(names)),)), "experiment lock"
+        )
+        return {
+            r[1]: _Exp(r[0], _from_sqlite(r[2]), _sqlite_utc(r[3]), r[4], r[5], r[6]) for r in rows
+        }
+
     async def _lock_experiments(
-        self, conn: AsyncConnection, first: Mapping[str, Pair], earliest: Mapping[str, datetime]
-    ) -> dict[str, Any]:
-        """Lock every named row (in name order: no deadlock), inserting unseen experiments first."""
-        names = sorted(first)
-        q = select(EXP).where(EXP.c.name.in_(names)).order_by(EXP.c.name).with_for_update()
-        locked = {r.name: r for r in (await conn.execute(q)).all()}
+        self, conn: AsyncConnection, parts: Sequence[_Part]
+    ) -> dict[str, _Exp]:
+        """Lock every named row, inserting unseen experiments first."""
+        names = [part.name for part in parts]  # sorted by prepare
+        locked = await self._locked_rows(conn, names)
         if len(locked) == len(names):
             return locked
         now = datetime.now(UTC)
         rows = []
-        for name in names:
-            if name in locked:
+        for part in parts:
+            if part.name in locked:
                 continue
-            p = first[name]
-            cfg = self.config_for(name)
+            p = part.first
+            cfg = self.config_for(part.name)
             rows.append(
                 {
-                    "name": name,
-                    "started_at": earliest[name],
+                    "name": part.name,
+                    "started_at": part.earliest,
                     "last_pair_at": None,
                     "prod_version": p.prod.model_version,
                     "cand_version": p.candidate.model_version,
@@ -150,61 +361,60 @@ class Ingest:
                 }
             )
         await conn.execute(self._insert(EXP).on_conflict_do_nothing(index_elements=["name"]), rows)
-        return {r.name: r for r in (await conn.execute(q)).all()}
+        return await self._locked_rows(conn, names)
 
-    async def batch(self, conn: AsyncConnection, pairs: list[Pair]) -> IngestResult:
-        """Store a validated, non-empty batch on ``conn``; pairs already stored are skipped,
-        uncounted."""
-        from comparator.normalize import fold, measure
+    async def write(self, conn: AsyncConnection, prepared: Prepared) -> IngestResult:
+        """Store a prepared batch on ``conn``; pairs already stored are skipped, uncounted."""
+        from comparator.normalize import fold
 
-        groups: dict[str, dict[str, Pair]] = {}
-        for p in pairs:  # a request id repeated inside one batch counts once
-            groups.setdefault(p.experiment, {}).setdefault(p.request_id, p)
-        first = {name: next(iter(g.values())) for name, g in groups.items()}
-        # Each experiment's pairs in request-id order, with their POSIX times (see _extreme).
-        ordered = {name: [g[rid] for rid in sorted(g)] for name, g in groups.items()}
-        stamps = {name: _stamps(b) for name, b in ordered.items()}
-        earliest = {name: b[int(np.argmin(stamps[name]))].ts for name, b in ordered.items()}
-        for name, g in groups.items():  # versions from the first pair that names them
-            first[name] = next((p for p in g.values() if p.prod.model_version), first[name])
         inserted = 0
-        exps = await self._lock_experiments(conn, first, earliest)
-        for name in sorted(groups):
-            exp = exps[name]
-            batch, times = ordered[name], stamps[name]
-            cfg = self.config_for(name)
-            if cfg.task == "auto" and exp.task:
-                cfg = dataclasses.replace(cfg, task=exp.task)
+        exps = await self._lock_experiments(conn, prepared.parts)
+        for part in prepared.parts:
+            exp = exps[part.name]
+            started = min(exp.started_at, part.earliest)
+            actual = _Assumed(exp.id, self._config(part.name, exp.task), started)
+            batch, times, metrics = part.pairs, part.times, part.metrics
+            hours, records, assumed = part.hours, part.records, part.assumed
+            if actual.config != assumed.config:  # another writer fixed the task first
+                metrics, hours, records = self._measure(batch, actual, times)
+                assumed = actual
             stored = await self._stored_ids(conn, exp.id, [p.request_id for p in batch])
-            metrics = measure(batch, cfg)
-            started = min(exp.started_at, earliest[name])
             new_pairs: list[Pair] = []
             if len(stored) < len(batch):
                 if stored:
                     idx = [i for i, p in enumerate(batch) if p.request_id not in stored]
                     new_pairs, metrics = [batch[i] for i in idx], subset(metrics, idx)
-                    times = times[idx]
+                    times, records = times[idx], None
                 else:
                     new_pairs = batch
-                await self._insert_pairs(conn, exp.id, new_pairs, metrics)
-                hours = fold(new_pairs, metrics, experiment_start=started, config=cfg, stamps=times)
+                if stored or started != assumed.started_at:
+                    hours = fold(
+                        new_pairs,
+                        metrics,
+                        experiment_start=started,
+                        config=actual.config,
+                        stamps=times,
+                    )
+                if records is None or exp.id != assumed.experiment_id:
+                    records = self._records(exp.id, new_pairs, metrics)
+                await self._insert_pairs(conn, records)
                 await self.merge_hours(conn, exp.id, hours)
             inserted += len(new_pairs)
-            task = metrics.task if metrics.task in KNOWN_TASKS else None
+            task = exp.task or (metrics.task if metrics.task in KNOWN_TASKS else None)
             last = new_pairs[int(np.argmax(times))].ts if new_pairs else None
-            await conn.execute(
-                update(EXP)
-                .where(EXP.c.id == exp.id)
-                .values(
-                    n_pairs=EXP.c.n_pairs + len(new_pairs),
-                    started_at=started,
-                    last_pair_at=max(filter(None, (exp.last_pair_at, last)), default=None),
-                    task=exp.task or task,
-                    prod_version=exp.prod_version or first[name].prod.model_version,
-                    cand_version=exp.cand_version or first[name].candidate.model_version,
-                )
+            await self._update_experiment(
+                conn,
+                exp.id,
+                added=len(new_pairs),
+                started_at=started,
+                last_pair_at=max(filter(None, (exp.last_pair_at, last)), default=None),
+                task=task,
+                prod_version=exp.prod_version or part.first.prod.model_version,
+                cand_version=exp.cand_version or part.first.candidate.model_version,
             )
-        return IngestResult(len(pairs), inserted, len(pairs) - inserted, tuple(sorted(groups)))
+            self._seen[part.name] = (exp.id, task, started)
+        names = tuple(part.name for part in prepared.parts)
+        return IngestResult(prepared.received, inserted, prepared.received - inserted, names)
 
     async def _stored_ids(
         self, conn: AsyncConnection, experiment_id: int, request_ids: Sequence[str]
@@ -227,23 +437,13 @@ class Ingest:
             )
         return {r[0] for r in rows}
 
-    async def _insert_pairs(
-        self, conn: AsyncConnection, experiment_id: int, batch: Sequence[Pair], m: BatchMetrics
-    ) -> None:
-        """Bulk-load pairs known to be new: one COPY (PostgreSQL) or one executemany (SQLite).
+    async def _insert_pairs(self, conn: AsyncConnection, records: list[tuple[Any, ...]]) -> None:
+        """Bulk-load rows of pairs known to be new: one COPY (PostgreSQL) or one executemany
+        (SQLite), on the driver's connection inside the transaction SQLAlchemy holds on it.
 
         Both skip SQL compilation and per-row parameter handling, the bulk of the client-side cost
-        of a 500-pair batch; the rows are converted column-wise by :func:`pair_records`.
+        of a 500-pair batch; the rows were converted column-wise by :func:`pair_records`.
         """
-        cols = pair_columns(
-            experiment_id,
-            batch,
-            m,
-            store_bodies=self.store_bodies,
-            sample_rate=self.raw_sample_rate,
-        )
-        records = pair_records(cols, conn.dialect)
-        # On the driver's connection, inside the transaction SQLAlchemy has open on it.
         raw = await _driver_connection(conn)
         what = f"bulk load of {len(records)} pairs"
         if self.dialect == "postgresql":  # asyncpg's binary COPY
@@ -253,6 +453,14 @@ class Ingest:
         else:
             await _driver_call(raw.executemany(_SQLITE_INSERT, records), what)
 
+    def _stamp(self, values: Sequence[datetime | None]) -> list[Any]:
+        """Aware datetimes as the driver takes them for a UTC column (naive UTC text on SQLite)."""
+        if self.dialect == "postgresql":
+            return list(values)
+        present = [v for v in values if v is not None]
+        text = iter(sqlite_utc_text(present))
+        return [None if v is None else next(text) for v in values]
+
     async def merge_hours(
         self, conn: AsyncConnection, experiment_id: int, hours: Mapping[datetime, Aggregate]
     ) -> None:
@@ -260,51 +468,63 @@ class Ingest:
         merge in memory, one bulk update and, for hours not stored yet, one bulk insert.
 
         The caller holds the experiment's lock (see the module docstring), so no other writer can
-        insert one of those hours in between; if one did, the insert fails rather than lose counts.
+        insert one of those hours in between; if one did, the insert fails on the primary key
+        rather than lose counts. On the driver's connection: three statements per batch.
         """
         now = datetime.now(UTC)
         merged: dict[datetime, Aggregate] = {}
         for h, agg in hours.items():
             merged.setdefault(_hour(h), Aggregate()).merge(agg)
         keys = sorted(merged)
-        q = (
-            select(HOURS.c.hour, HOURS.c.data)
-            .where(HOURS.c.experiment_id == experiment_id, HOURS.c.hour.in_(keys))
-            .order_by(HOURS.c.hour)
-            .with_for_update()
-        )
-        stored = {r.hour: Aggregate.from_json(r.data) for r in (await conn.execute(q)).all()}
-        fresh = [h for h in keys if h not in stored]
+        bound = dict(zip(self._stamp(keys), keys, strict=True))
+        raw = await _driver_connection(conn)
+        if self.dialect == "postgresql":
+            rows = await _driver_call(
+                raw.fetch(_PG_HOURS, experiment_id, list(bound)), "hourly aggregates read"
+            )
+            stored = {r[0]: Aggregate.from_json(_json(r[1])) for r in rows}
+        else:
+            rows = await _driver_call(
+                raw.execute_fetchall(_SQLITE_HOURS, (experiment_id, json.dumps(list(bound)))),
+                "hourly aggregates read",
+            )
+            stored = {bound[r[0]]: Aggregate.from_json(_json(r[1])) for r in rows}
+        (stamp_now,) = self._stamp([now])
+        fresh = [
+            (experiment_id, b, json.dumps(merged[h].to_json()), stamp_now)
+            for b, h in bound.items()
+            if h not in stored
+        ]
+        changed = [
+            (json.dumps(stored[h].merge(merged[h]).to_json()), stamp_now, experiment_id, b)
+            for b, h in bound.items()
+            if h in stored
+        ]
+        pg = self.dialect == "postgresql"
         if fresh:
-            await conn.execute(
-                insert(HOURS),
-                [
-                    {
-                        "experiment_id": experiment_id,
-                        "hour": h,
-                        "data": merged[h].to_json(),
-                        "updated_at": now,
-                    }
-                    for h in fresh
-                ],
-            )
-        if stored:
-            stmt = (
-                update(HOURS)
-                .where(
-                    HOURS.c.experiment_id == bindparam("e_id"), HOURS.c.hour == bindparam("e_hour")
-                )
-                .values(data=bindparam("e_data"), updated_at=bindparam("e_now"))
-            )
-            await conn.execute(
-                stmt,
-                [
-                    {
-                        "e_id": experiment_id,
-                        "e_hour": h,
-                        "e_data": agg.merge(merged[h]).to_json(),
-                        "e_now": now,
-                    }
-                    for h, agg in sorted(stored.items())
-                ],
-            )
+            sql = _PG_HOURS_INSERT if pg else _SQLITE_HOURS_INSERT
+            await _driver_call(raw.executemany(sql, fresh), "hourly aggregates insert")
+        if changed:
+            sql = _PG_HOURS_UPDATE if pg else _SQLITE_HOURS_UPDATE
+            await _driver_call(raw.executemany(sql, changed), "hourly aggregates update")
+
+    async def _update_experiment(
+        self,
+        conn: AsyncConnection,
+        experiment_id: int,
+        *,
+        added: int,
+        started_at: datetime,
+        last_pair_at: datetime | None,
+        task: str | None,
+        prod_version: str | None,
+        cand_version: str | None,
+    ) -> None:
+        """The experiment's count, span, task and versions after a batch (one statement)."""
+        started, last = self._stamp([started_at, last_pair_at])
+        args = (added, started, last, task, prod_version, cand_version, experiment_id)
+        raw = await _driver_connection(conn)
+        if self.dialect == "postgresql":
+            await _driver_call(raw.execute(_PG_EXP_UPDATE, *args), "experiment update")
+        else:
+            await _driver_call(raw.execute(_SQLITE_EXP_UPDATE, args), "experiment update")

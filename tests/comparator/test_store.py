@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -223,3 +223,73 @@ async def test_purge_deletes_old_raw_pairs_but_keeps_aggregates(db_url: str, exp
 async def test_open_reports_an_unreachable_database_as_store_error() -> None:
     with pytest.raises(StoreError, match=r"127\.0\.0\.1:1"):
         await Store.open("postgresql://postgres@127.0.0.1:1/nothing")
+
+
+async def test_writers_with_stale_hints_fold_what_one_writer_folds(db_url: str, exp: str) -> None:
+    """Two stores on one database (two comparator workers): each measures a batch before its lock
+    from what it last saw of the experiment, which the other may have changed since."""
+
+    def batch(name: str, start: datetime, n: int, first: int) -> list[Pair]:
+        return pairs_of(
+            [make_pair(first + i, name, ts=start + timedelta(minutes=i)) for i in range(n)]
+        )
+
+    at = datetime(2026, 11, 22, tzinfo=UTC)
+    plan = [  # (writer, start, pairs, first id)
+        ("a", at.replace(hour=12), 6, 0),
+        ("b", at.replace(hour=12, minute=10), 5, 100),
+        ("a", at.replace(hour=10), 5, 200),  # the experiment now starts two hours earlier
+        ("b", at.replace(hour=10, minute=40), 5, 300),  # b still thinks it starts at 12:00
+        ("b", at.replace(hour=10), 8, 200),  # a retry of a's batch with 3 new pairs
+    ]
+    a, b, alone = [await Store.open(db_url) for _ in range(3)]
+    try:
+        for who, start, n, first in plan:
+            await {"a": a, "b": b}[who].ingest(batch(exp, start, n, first))
+            await alone.ingest(batch(exp + "-alone", start, n, first))
+        got = [(h, agg.to_json()) for h, agg in await a.hourly_aggregates(exp)]
+        want = [(h, agg.to_json()) for h, agg in await alone.hourly_aggregates(exp + "-alone")]
+        assert got == want
+        # the warm-up is counted from the true start: 10:40 is past it, so its latencies count
+        ten = dict(await alone.hourly_aggregates(exp + "-alone"))[at.replace(hour=10)]
+        assert sum(ten.hists[keys.latency("prod")].values()) == 5
+        info = await b.get_experiment(exp)
+        assert info is not None and info.n_pairs == 24
+        assert info.started_at == at.replace(hour=10)
+    finally:
+        for s in (a, b, alone):
+            await s.close()
+
+
+async def test_a_writer_that_missed_the_task_another_fixed_measures_with_that_task(
+    db_url: str, exp: str
+) -> None:
+    def unreadable(i: int, name: str) -> dict[str, Any]:
+        d = make_pair(i, name, cand_outcome="timeout")
+        d["prod"]["body"] = None  # no output on either side: the task stays unknown
+        return d
+
+    plan: list[tuple[str, list[Any]]] = [
+        ("b", [lambda n, i=i: unreadable(i, n) for i in range(5)]),
+        ("a", [lambda n, i=i: make_pair(i, n) for i in range(5, 10)]),  # fixes classification
+        # Off the simplex: a batch alone would be read as embeddings; this experiment is
+        # classification now, so these are invalid classifier outputs.
+        ("b", [lambda n, i=i: make_pair(i, n, prod_probs=[0.5, 0.9, 0.3],
+                                        cand_probs=[0.4, 0.8, 0.2]) for i in range(10, 15)]),
+    ]  # fmt: skip
+    a, b, alone = [await Store.open(db_url) for _ in range(3)]
+    try:
+        for who, makers in plan:
+            await {"a": a, "b": b}[who].ingest(pairs_of([m(exp) for m in makers]))
+            await alone.ingest(pairs_of([m(exp + "-alone") for m in makers]))
+        got = [(h, agg.to_json()) for h, agg in await a.hourly_aggregates(exp)]
+        want = [(h, agg.to_json()) for h, agg in await alone.hourly_aggregates(exp + "-alone")]
+        assert got == want
+        assert (
+            totals(await a.hourly_aggregates(exp)).count(keys.paired(keys.INVALID, True, True)) == 5
+        )
+        info = await b.get_experiment(exp)
+        assert info is not None and info.task == "classification"
+    finally:
+        for s in (a, b, alone):
+            await s.close()
