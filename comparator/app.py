@@ -19,8 +19,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,17 @@ from comparator.metrics import ComparatorMetrics
 from comparator.settings import ComparatorSettings
 from comparator.store import ExperimentInfo, Store
 
-__all__ = ["GC_THRESHOLDS", "LOOKS", "METRICS", "SETTINGS", "STORE", "create_app", "run", "tune_gc"]
+__all__ = [
+    "GC_THRESHOLDS",
+    "LOOKS",
+    "METRICS",
+    "SETTINGS",
+    "STORE",
+    "Role",
+    "create_app",
+    "run",
+    "tune_gc",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +58,22 @@ STORE = web.AppKey("store", Store)
 _POLICY = web.AppKey("policy", dict)  # {"policy": Policy} once loaded
 LOOKS = web.AppKey("looks", LookBook)
 _LOOKER = web.AppKey("looker", Looker)
+
+
+@dataclass(frozen=True)
+class Role:
+    """What one comparator process does besides serving the API (see comparator.workers).
+
+    ``background``: the memory sampler, the periodic looks and retention (one process of many);
+    without it the verdict gauges follow the looks another process saves. ``metrics_dir``: the
+    prometheus_client multiprocess directory that ``/metrics`` sums, when there are several.
+    """
+
+    background: bool = True
+    metrics_dir: str | None = None
+
+
+_ROLE = web.AppKey("role", Role)
 
 _REASON = {
     401: "unauthorized",
@@ -199,7 +227,15 @@ async def verdict(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    registry = request.app[METRICS].registry
+    metrics_dir = request.app[_ROLE].metrics_dir
+    if metrics_dir is not None:  # --workers: every worker's counters, and this one's gauges
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
+        registry.register(request.app[LOOKS])
+    body = generate_latest(registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -239,7 +275,7 @@ async def _sampler_ctx(app: web.Application) -> AsyncIterator[None]:
     from comparator.sampler import MemorySampler
 
     s = app[SETTINGS]
-    if not s.scrape:
+    if not s.scrape or not app[_ROLE].background:
         yield
         return
     sampler = MemorySampler(
@@ -268,7 +304,7 @@ async def _retention_loop(store: Store, days: float) -> None:
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
     days = app[SETTINGS].retention_days
-    if days <= 0:
+    if days <= 0 or not app[_ROLE].background:
         yield
         return
     task = asyncio.get_running_loop().create_task(_retention_loop(app[STORE], days))
@@ -296,7 +332,8 @@ async def _looks_ctx(app: web.Application) -> AsyncIterator[None]:
     app[_LOOKER] = looker
     task = None
     if s.verdict_interval_s > 0:
-        task = asyncio.get_running_loop().create_task(looker.run(s.verdict_interval_s))
+        looks = looker.run(s.verdict_interval_s, follow=not app[_ROLE].background)
+        task = asyncio.get_running_loop().create_task(looks)
     yield
     if task is not None:
         task.cancel()
@@ -306,12 +343,16 @@ async def _looks_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(
-    settings: ComparatorSettings, registry: CollectorRegistry | None = None
+    settings: ComparatorSettings,
+    registry: CollectorRegistry | None = None,
+    *,
+    role: Role | None = None,
 ) -> web.Application:
     """The comparator application; the store opens (and migrates) when the app starts."""
     # The ingest handler enforces max_body_bytes itself; this only keeps aiohttp out of the way.
     app = web.Application(client_max_size=settings.max_body_bytes + 1)
     app[SETTINGS] = settings
+    app[_ROLE] = role or Role()
     app[METRICS] = ComparatorMetrics.create(registry)
     app[_POLICY] = {}
     app[LOOKS] = LookBook()
@@ -352,15 +393,33 @@ async def _tune_gc_on_startup(_app: web.Application) -> None:
     tune_gc()
 
 
-def run(settings: ComparatorSettings) -> None:
-    """Serve until SIGTERM/SIGINT (uvloop when available), then close in reverse order."""
+def run(
+    settings: ComparatorSettings,
+    *,
+    sock: socket.socket | None = None,
+    background: bool = True,
+    metrics_dir: str | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT (uvloop when available), then close in reverse order.
+
+    With ``settings.workers`` > 1 this process starts the workers and waits (comparator.workers);
+    a worker serves on the ``sock`` it was handed. Returns the exit status.
+    """
     from comparator.settings import parse_host_port
 
+    if sock is None and settings.workers > 1:
+        from comparator.workers import serve
+
+        return serve(settings)
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
-    host, port = parse_host_port(settings.listen)
-    app = create_app(settings)
+    app = create_app(settings, role=Role(background=background, metrics_dir=metrics_dir))
     app.on_startup.append(_tune_gc_on_startup)  # after the store and the other contexts start
-    web.run_app(app, host=host, port=port, print=None, shutdown_timeout=10)
+    if sock is not None:
+        web.run_app(app, sock=sock, print=None, shutdown_timeout=10)
+    else:
+        host, port = parse_host_port(settings.listen)
+        web.run_app(app, host=host, port=port, print=None, shutdown_timeout=10)
+    return 0

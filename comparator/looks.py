@@ -107,13 +107,7 @@ class Looker:
         previous = self._book.last.get(experiment)
         verdict = await judge(self._store, experiment, self._policy, at)
         if at is None:
-            now = datetime.now(UTC)
-            rows = await self._store.hourly_aggregates(
-                experiment, start=now - DISAGREEMENT_WINDOW, end=now + timedelta(hours=1)
-            )
-            self._book.last[experiment] = LastLook(
-                str(verdict.decision), float(verdict.score), _disagreement(rows)
-            )
+            await self._show(experiment, str(verdict.decision), float(verdict.score))
         if self._webhook is not None and verdict.decision_changed:
             from comparator.webhook import notify_decision
 
@@ -127,16 +121,34 @@ class Looker:
             )
         return verdict
 
-    async def look_all(self) -> None:
+    async def refresh(self, experiment: str) -> None:
+        """Fill the gauges from the experiment's last saved look, taking none: what a worker
+        that does not take the periodic looks (``comparator.workers``) serves on a scrape."""
+        payload = await self._store.latest_verdict(experiment)
+        if payload is not None:
+            await self._show(experiment, str(payload["decision"]), float(payload["score"]))
+
+    async def _show(self, experiment: str, decision: str, score: float) -> None:
+        now = datetime.now(UTC)
+        rows = await self._store.hourly_aggregates(
+            experiment, start=now - DISAGREEMENT_WINDOW, end=now + timedelta(hours=1)
+        )
+        self._book.last[experiment] = LastLook(decision, score, _disagreement(rows))
+
+    async def look_all(self, *, follow: bool = False) -> None:
+        """:meth:`look` at every experiment (:meth:`refresh` when ``follow``)."""
+        step = self.refresh if follow else self.look
         for info in await self._store.list_experiments():
             try:
-                await self.look(info.name)
+                await step(info.name)
             except Exception:  # one bad experiment must not stop the others' looks
                 log.exception("look at %s failed", info.name)
 
-    async def run(self, interval_s: float) -> None:
+    async def run(self, interval_s: float, *, follow: bool = False) -> None:
+        """:meth:`look_all` every ``interval_s``; with ``follow``, only the gauges of the looks
+        another process takes."""
         while True:
-            await self.look_all()
+            await self.look_all(follow=follow)
             await asyncio.sleep(interval_s)
 
     async def close(self) -> None:

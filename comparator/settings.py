@@ -57,6 +57,8 @@ class ComparatorSettings(BaseSettings):
     )
 
     listen: str = "127.0.0.1:8090"
+    # Processes serving the API on one socket (comparator.workers); one per spare core.
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
     db: str = "sqlite:///shadowtee.db"
     policy: str | None = None  # verdict policy file; None = the documented default policy
     # Memory sampler: side -> /metrics URL, sides "prod" and "candidate" (or "cand").

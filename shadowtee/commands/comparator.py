@@ -16,6 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--listen", metavar="HOST:PORT", help="where to listen (default 127.0.0.1:8090)"
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes serving the API on one socket: ingest grows with cores (default 1)",
+    )
+    parser.add_argument(
         "--db",
         metavar="URL",
         help="sqlite:///PATH or postgresql://… (default sqlite:///shadowtee.db)",
@@ -80,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides: dict[str, Any] = {
         "listen": args.listen,
+        "workers": args.workers,
         "db": args.db,
         "policy": args.policy,
         "verdict_interval_s": args.verdict_interval_s,
@@ -102,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"shadowtee comparator: --policy: {exc}", file=sys.stderr)
             return 2
     try:
-        run_app(settings)
+        return run_app(settings)
     except StoreError as exc:
         print(f"shadowtee comparator: {exc}", file=sys.stderr)
         return 2
@@ -112,4 +119,3 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    return 0

@@ -76,6 +76,7 @@ async def test_comparator_serves_ingest_and_exits_0_on_sigterm(tmp_path: Path) -
         (["--db", "mysql://h/d"], {}, "--db"),
         (["--scrape", "gpu=http://127.0.0.1:1/metrics"], {}, "--scrape"),
         (["--scrape", "prod"], {}, "--scrape"),
+        (["--workers", "0"], {}, "--workers"),
         (
             [],
             {"SHADOWTEE_COMPARATOR__MAX_BODY_BYTES": "ten"},

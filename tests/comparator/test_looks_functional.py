@@ -106,3 +106,31 @@ def test_a_webhook_without_a_secret_is_refused_at_start(tmp_path: Path) -> None:
 
     with pytest.raises(ValidationError, match="webhook_secret"):
         ComparatorSettings(db=f"sqlite:///{tmp_path}/c.db", webhook_url="http://127.0.0.1:9/hook")
+
+
+async def test_a_worker_without_the_looks_shows_the_gauges_of_the_looks_another_saved(
+    tmp_path: Path,
+) -> None:
+    from comparator.app import Role
+
+    receiver = Receiver()
+    async with running(receiver.app()) as hook:
+        settings = _settings(tmp_path, f"{hook}/hook", 0.05)
+        looker = create_app(settings, registry=CollectorRegistry())
+        follower = create_app(settings, registry=CollectorRegistry(), role=Role(background=False))
+        async with running(follower) as f_url, aiohttp.ClientSession() as http:
+            await _post_pairs(http, f_url, "bad", bad=True)
+            await asyncio.sleep(0.3)  # several intervals: the follower itself takes no look
+            assert receiver.events == []
+            metrics = await (await http.get(f"{f_url}/metrics")).text()
+            assert "shadowtee_comparator_verdict{" not in metrics
+            async with running(looker):  # the one that looks, saves, and fires the webhook
+                await asyncio.wait_for(receiver.arrived.wait(), timeout=20)
+            for _ in range(100):  # the follower catches up within a few intervals
+                metrics = await (await http.get(f"{f_url}/metrics")).text()
+                if 'experiment="bad"} 1.0' in metrics:
+                    break
+                await asyncio.sleep(0.05)
+    assert [e["decision"] for e in receiver.events] == ["REJECT"]
+    assert 'shadowtee_comparator_verdict{decision="REJECT",experiment="bad"} 1.0' in metrics
+    assert 'shadowtee_comparator_verdict_score{experiment="bad"}' in metrics
