@@ -1,12 +1,16 @@
 """Ingest throughput of the comparator store (pairs/s at batch 500) on SQLite and PostgreSQL.
 
 Measures what ``POST /v1/pairs`` does after parsing: ``Store.ingest`` of validated pairs — one
-transaction per batch, normalisation, bulk load of the new pairs, hourly fold — and, with
-``--http``, the whole HTTP path (JSON encode, request, parse, validate, store) from one client.
-Pairs carry OIP v2 classification outputs (10 classes), like the demo's digits models.
+transaction per batch, normalisation, bulk load of the new pairs, hourly fold — from one process
+and, with ``--writers N``, from N processes on one database and experiment together (what N
+comparator replicas or ``--workers N`` do); with ``--http``, the whole HTTP path (request, parse,
+validate, store) from one client, and with ``--http-workers N`` through ``shadowtee comparator
+--workers N`` from 2N clients. Pairs carry OIP v2 classification outputs (10 classes), like the
+demo's digits models.
 
-    .venv/bin/python bench/ingest_bench.py --db sqlite:///tmp/bench.db \
-        --db postgresql://postgres@127.0.0.1:5432/postgres --batches 40 --http
+    .venv/bin/python bench/ingest_bench.py --db sqlite:////tmp/bench.db \
+        --db postgresql://postgres@127.0.0.1:5432/postgres --batches 20 --repeat 3 \
+        --writers 2,3 --http --http-workers 2 --summary
 
 Each run uses a fresh experiment name, so the database may be reused; the numbers are printed.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -104,6 +109,66 @@ async def bench_store(url: str, batches: int, size: int) -> tuple[float, float]:
     return size * len(times) / sum(times), size / retry
 
 
+def _writer(
+    url: str, exp: str, index: int, batches: int, size: int, barrier: Any, results: Any
+) -> None:
+    """One writer process of :func:`bench_writers`: its own store, its own request ids."""
+    from comparator.ingest import validate_json_body
+
+    async def main() -> None:
+        store = await Store.open(url)
+        try:
+            rng = random.Random(100 + index)
+            start = (index + 1) * 1_000_000
+            bodies = [
+                json.dumps({"pairs": make_pairs(exp, start + b * size, size, rng)}).encode()
+                for b in range(batches)
+            ]
+            await store.ingest(validate_json_body(bodies[0]))  # warm-up, as in bench_store
+            ready = [validate_json_body(body) for body in bodies[1:]]
+            del bodies
+            # What is validated waits out of the collector's reach: in the server only the batch
+            # in flight is alive (see bench_store).
+            tune_gc()
+            barrier.wait(timeout=120)
+            t = time.perf_counter()
+            for batch in ready:
+                await store.ingest(batch)
+            results.put((t, time.perf_counter(), size * len(ready)))
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+async def bench_writers(url: str, writers: int, batches: int, size: int) -> float:
+    """Pairs/s that ``writers`` processes sustain together, each with its own ``Store`` on one
+    database and experiment, as comparator replicas (or ``--workers``) do: wall time from a common
+    start to the last writer's end."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    exp = f"bench-w-{uuid.uuid4().hex[:8]}"
+
+    await (await Store.open(url)).close()  # migrated once, before the writers open it
+    barrier, results = ctx.Barrier(writers), ctx.Queue()
+    procs = [
+        ctx.Process(target=_writer, args=(url, exp, i, batches, size, barrier, results))
+        for i in range(writers)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        done = await asyncio.to_thread(lambda: [results.get(timeout=600) for _ in procs])
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+    start, end = min(d[0] for d in done), max(d[1] for d in done)
+    return sum(d[2] for d in done) / (end - start)
+
+
 async def bench_http(url: str, batches: int, size: int) -> float:
     from aiohttp import web
     from prometheus_client import CollectorRegistry
@@ -129,6 +194,58 @@ async def bench_http(url: str, batches: int, size: int) -> float:
         return await _post_all(base, bodies, size)
     finally:
         await runner.cleanup()
+
+
+async def bench_http_workers(url: str, workers: int, batches: int, size: int) -> float:
+    """Pairs/s through ``shadowtee comparator --workers N`` (a subprocess), ``2N`` clients posting
+    at once, each on a connection of its own: the kernel spreads the connections over the workers.
+    """
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    from shadowtee.supervise import free_port
+
+    exp = f"bench-hw-{uuid.uuid4().hex[:8]}"
+    rng = random.Random(4)
+    bodies = [
+        json.dumps({"pairs": make_pairs(exp, b * size, size, rng)}).encode() for b in range(batches)
+    ]
+    port = free_port()
+    argv = [sys.executable, "-m", "shadowtee", "--log-level", "WARNING", "comparator",
+            "--workers", str(workers), "--listen", f"127.0.0.1:{port}", "--db", url,
+            "--verdict-interval-s", "0"]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Content-Type": "application/json"}
+    try:
+        async with aiohttp.ClientSession(base_url=base) as http:
+            for _ in range(600):  # up to a minute for the workers to start
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get("/health/ready") as r:
+                        if r.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+            async with http.post("/v1/pairs", data=bodies[0], headers=headers) as r:
+                assert r.status == 200, await r.text()  # first sight of the experiment
+        queue = iter(bodies[1:])
+
+        async def client() -> None:
+            conn = aiohttp.TCPConnector(limit=1)
+            async with aiohttp.ClientSession(base_url=base, connector=conn) as http:
+                for body in queue:
+                    async with http.post("/v1/pairs", data=body, headers=headers) as r:
+                        assert r.status == 200, await r.text()
+
+        t = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(2 * workers)))
+        return size * (len(bodies) - 1) / (time.perf_counter() - t)
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), timeout=60)
 
 
 async def _post_all(base: str, bodies: list[bytes], size: int) -> float:
@@ -207,6 +324,16 @@ async def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per database; the median is shown")
     ap.add_argument("--http", action="store_true", help="also measure through POST /v1/pairs")
     ap.add_argument(
+        "--http-workers",
+        default="",
+        help="with --http, also through `shadowtee comparator --workers N`, e.g. 2",
+    )
+    ap.add_argument(
+        "--writers",
+        default="",
+        help="also measure N writer processes on one database together, e.g. 2 or 2,3",
+    )
+    ap.add_argument(
         "--summary", action="store_true", help="also time the summary at 1e5, 1e6, 1e7 pairs"
     )
     args = ap.parse_args()
@@ -227,11 +354,28 @@ async def main() -> None:
             f"{best:,.0f} best ({args.repeat} runs x {args.batches - 1} batches; runs "
             f"{', '.join(f'{r[0]:,.0f}' for r in runs)}); retried batch {retry:,.0f} pairs/s"
         )
+        for n in [int(w) for w in args.writers.split(",") if w]:
+            wrate = [
+                await bench_writers(url, n, args.batches, args.batch_size)
+                for _ in range(args.repeat)
+            ]
+            print(
+                f"{kind:11s} {n} writers     batch {args.batch_size}: "
+                f"{statistics.median(wrate):9,.0f} pairs/s median, {max(wrate):,.0f} best "
+                f"({args.repeat} runs x {n} x {args.batches - 1} batches; runs "
+                f"{', '.join(f'{r:,.0f}' for r in wrate)})"
+            )
         if args.http:
             h = await bench_http(url, args.batches, args.batch_size)
             print(
                 f"{kind:11s} POST /v1/pairs batch {args.batch_size}: {h:9,.0f} pairs/s (one client)"
             )
+            for n in [int(w) for w in args.http_workers.split(",") if w]:
+                h = await bench_http_workers(url, n, args.batches, args.batch_size)
+                print(
+                    f"{kind:11s} POST /v1/pairs batch {args.batch_size}: {h:9,.0f} pairs/s "
+                    f"({n} workers, {2 * n} clients)"
+                )
         if args.summary:
             for total in (10**5, 10**6, 10**7):
                 secs, n = await bench_summary(url, total)
