@@ -76,6 +76,16 @@ def make_pairs(exp: str, start: int, n: int, rng: random.Random) -> list[dict[st
     return out
 
 
+def encoded_batches(
+    exp: str, start: int, batches: int, size: int, rng: random.Random
+) -> list[bytes]:
+    """``batches`` ingest bodies of ``size`` pairs, ids from ``start`` on, as JSON bytes."""
+    return [
+        json.dumps({"pairs": make_pairs(exp, start + b * size, size, rng)}).encode()
+        for b in range(batches)
+    ]
+
+
 async def bench_store(url: str, batches: int, size: int) -> tuple[float, float]:
     """(pairs/s of fresh batches, pairs/s of a retried one) through ``Store.ingest``.
 
@@ -88,9 +98,7 @@ async def bench_store(url: str, batches: int, size: int) -> tuple[float, float]:
     store = await Store.open(url)
     exp = f"bench-{uuid.uuid4().hex[:8]}"
     rng = random.Random(1)
-    bodies = [
-        json.dumps({"pairs": make_pairs(exp, b * size, size, rng)}).encode() for b in range(batches)
-    ]
+    bodies = encoded_batches(exp, 0, batches, size, rng)
     times = []
     try:
         # warm-up: first-sight insert of the experiment, caches
@@ -120,10 +128,7 @@ def _writer(
         try:
             rng = random.Random(100 + index)
             start = (index + 1) * 1_000_000
-            bodies = [
-                json.dumps({"pairs": make_pairs(exp, start + b * size, size, rng)}).encode()
-                for b in range(batches)
-            ]
+            bodies = encoded_batches(exp, start, batches, size, rng)
             await store.ingest(validate_json_body(bodies[0]))  # warm-up, as in bench_store
             ready = [validate_json_body(body) for body in bodies[1:]]
             del bodies
@@ -179,9 +184,7 @@ async def bench_http(url: str, batches: int, size: int) -> float:
     exp = f"bench-{uuid.uuid4().hex[:8]}"
     rng = random.Random(2)
     # Encoded up front: the proxy that sends them is another process, not part of the cost.
-    bodies = [
-        json.dumps({"pairs": make_pairs(exp, b * size, size, rng)}).encode() for b in range(batches)
-    ]
+    bodies = encoded_batches(exp, 0, batches, size, rng)
     # No periodic looks: the first one judges every experiment in the database at start-up, and
     # a reused benchmark database holds many, so it would be timed in place of the ingest.
     settings = ComparatorSettings(db=url, verdict_interval_s=0)
@@ -209,9 +212,7 @@ async def bench_http_workers(url: str, workers: int, batches: int, size: int) ->
 
     exp = f"bench-hw-{uuid.uuid4().hex[:8]}"
     rng = random.Random(4)
-    bodies = [
-        json.dumps({"pairs": make_pairs(exp, b * size, size, rng)}).encode() for b in range(batches)
-    ]
+    bodies = encoded_batches(exp, 0, batches, size, rng)
     port = free_port()
     argv = [sys.executable, "-m", "shadowtee", "--log-level", "WARNING", "comparator",
             "--workers", str(workers), "--listen", f"127.0.0.1:{port}", "--db", url,

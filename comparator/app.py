@@ -394,16 +394,12 @@ async def _tune_gc_on_startup(_app: web.Application) -> None:
 
 
 def run(
-    settings: ComparatorSettings,
-    *,
-    sock: socket.socket | None = None,
-    background: bool = True,
-    metrics_dir: str | None = None,
+    settings: ComparatorSettings, *, sock: socket.socket | None = None, role: Role | None = None
 ) -> int:
     """Serve until SIGTERM/SIGINT (uvloop when available), then close in reverse order.
 
     With ``settings.workers`` > 1 this process starts the workers and waits (comparator.workers);
-    a worker serves on the ``sock`` it was handed. Returns the exit status.
+    a worker serves on the ``sock`` it was handed, in its ``role``. Returns the exit status.
     """
     from comparator.settings import parse_host_port
 
@@ -415,7 +411,7 @@ def run(
         import uvloop
 
         uvloop.install()
-    app = create_app(settings, role=Role(background=background, metrics_dir=metrics_dir))
+    app = create_app(settings, role=role)
     app.on_startup.append(_tune_gc_on_startup)  # after the store and the other contexts start
     if sock is not None:
         web.run_app(app, sock=sock, print=None, shutdown_timeout=10)

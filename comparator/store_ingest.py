@@ -38,7 +38,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -72,50 +72,49 @@ T = TypeVar("T")
 _SQLITE_INSERT = (
     f"INSERT INTO pairs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
-_SQLITE_STORED = (
-    "SELECT request_id FROM pairs WHERE experiment_id = ? "
-    "AND request_id IN (SELECT value FROM json_each(?))"
-)
-_PG_STORED = (
-    "SELECT request_id FROM pairs WHERE experiment_id = $1 AND request_id = ANY($2::varchar[])"
-)
+
+
+class _Sql(NamedTuple):
+    """One statement in each driver's dialect: asyncpg's ``$n`` and arrays, sqlite3's ``?`` and
+    JSON arrays read by ``json_each`` (see :meth:`Ingest._array`)."""
+
+    postgresql: str
+    sqlite: str
+
+
 _EXP_COLUMNS = "id, name, started_at, last_pair_at, prod_version, cand_version, task"
-_PG_LOCK = (
+_LOCK = _Sql(
     f"SELECT {_EXP_COLUMNS} FROM experiments WHERE name = ANY($1::varchar[]) "
-    "ORDER BY name FOR UPDATE"
-)
-_SQLITE_LOCK = (
+    "ORDER BY name FOR UPDATE",
     f"SELECT {_EXP_COLUMNS} FROM experiments WHERE name IN (SELECT value FROM json_each(?)) "
-    "ORDER BY name"
+    "ORDER BY name",
 )
-_PG_HOURS = (
+_STORED = _Sql(
+    "SELECT request_id FROM pairs WHERE experiment_id = $1 AND request_id = ANY($2::varchar[])",
+    "SELECT request_id FROM pairs WHERE experiment_id = ? "
+    "AND request_id IN (SELECT value FROM json_each(?))",
+)
+_HOURS = _Sql(
     "SELECT hour, data FROM hourly_aggregates WHERE experiment_id = $1 "
-    "AND hour = ANY($2::timestamptz[]) ORDER BY hour FOR UPDATE"
-)
-_SQLITE_HOURS = (
+    "AND hour = ANY($2::timestamptz[]) ORDER BY hour FOR UPDATE",
     "SELECT hour, data FROM hourly_aggregates WHERE experiment_id = ? "
-    "AND hour IN (SELECT value FROM json_each(?)) ORDER BY hour"
+    "AND hour IN (SELECT value FROM json_each(?)) ORDER BY hour",
 )
-_PG_HOURS_INSERT = (
+_HOURS_INSERT = _Sql(
     "INSERT INTO hourly_aggregates (experiment_id, hour, data, updated_at) "
-    "VALUES ($1, $2, $3::jsonb, $4)"
+    "VALUES ($1, $2, $3::jsonb, $4)",
+    "INSERT INTO hourly_aggregates (experiment_id, hour, data, updated_at) VALUES (?, ?, ?, ?)",
 )
-_SQLITE_HOURS_INSERT = (
-    "INSERT INTO hourly_aggregates (experiment_id, hour, data, updated_at) VALUES (?, ?, ?, ?)"
-)
-_PG_HOURS_UPDATE = (
+_HOURS_UPDATE = _Sql(
     "UPDATE hourly_aggregates SET data = $1::jsonb, updated_at = $2 "
-    "WHERE experiment_id = $3 AND hour = $4"
-)
-_SQLITE_HOURS_UPDATE = (
-    "UPDATE hourly_aggregates SET data = ?, updated_at = ? WHERE experiment_id = ? AND hour = ?"
+    "WHERE experiment_id = $3 AND hour = $4",
+    "UPDATE hourly_aggregates SET data = ?, updated_at = ? WHERE experiment_id = ? AND hour = ?",
 )
 _EXP_SET = (
-    "n_pairs = n_pairs + {}, started_at = {}, last_pair_at = {}, task = {}, "
-    "prod_version = {}, cand_version = {} WHERE id = {}"
+    "UPDATE experiments SET n_pairs = n_pairs + {}, started_at = {}, last_pair_at = {}, "
+    "task = {}, prod_version = {}, cand_version = {} WHERE id = {}"
 )
-_PG_EXP_UPDATE = "UPDATE experiments SET " + _EXP_SET.format(*(f"${i}" for i in range(1, 8)))
-_SQLITE_EXP_UPDATE = "UPDATE experiments SET " + _EXP_SET.format(*"???????")
+_EXP_UPDATE = _Sql(_EXP_SET.format(*(f"${i}" for i in range(1, 8))), _EXP_SET.format(*"???????"))
 EXP = cast(Table, ExperimentRow.__table__)
 PAIRS = cast(Table, PairRow.__table__)
 HOURS = cast(Table, HourlyAggregateRow.__table__)
@@ -164,15 +163,6 @@ def _json(value: Any) -> Any:
     """A JSON column's value as read on the driver: text on SQLite, already decoded by the codec
     SQLAlchemy sets up on asyncpg connections."""
     return json.loads(value) if isinstance(value, str | bytes) else value
-
-
-def _from_sqlite(text: str) -> datetime:
-    """A UTC column's text on SQLite (naive UTC, see UTCDateTime) as an aware datetime."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def _sqlite_utc(text: str | None) -> datetime | None:
-    return None if text is None else _from_sqlite(text)
 
 
 def _hour(ts: datetime) -> datetime:
@@ -319,18 +309,11 @@ class Ingest:
         return pair_records(cols, self.sql_dialect)
 
     async def _locked_rows(self, conn: AsyncConnection, names: Sequence[str]) -> dict[str, _Exp]:
-        """``SELECT … FOR UPDATE`` of the named experiments (in name order: no deadlock), on the
-        driver's connection; on SQLite the write transaction holds the lock already."""
-        raw = await _driver_connection(conn)
-        if self.dialect == "postgresql":
-            rows = await _driver_call(raw.fetch(_PG_LOCK, list(names)), "experiment lock")
-            return {r[1]: _Exp(r[0], r[2], r[3], r[4], r[5], r[6]) for r in rows}
-        rows = await _driver_call(
-            raw.execute_fetchall(_SQLITE_LOCK, (json.dumps(list(names)),)), "experiment lock"
-        )
-        return {
-            r[1]: _Exp(r[0], _from_sqlite(r[2]), _sqlite_utc(r[3]), r[4], r[5], r[6]) for r in rows
-        }
+        """``SELECT … FOR UPDATE`` of the named experiments (in name order: no deadlock); on
+        SQLite the write transaction holds the lock already."""
+        rows = await self._fetch(conn, _LOCK, self._array(names), what="experiment lock")
+        read = self._read_stamp
+        return {r[1]: _Exp(r[0], read(r[2]), read(r[3]), r[4], r[5], r[6]) for r in rows}
 
     async def _lock_experiments(
         self, conn: AsyncConnection, parts: Sequence[_Part]
@@ -427,15 +410,10 @@ class Ingest:
         transaction: the values are plain strings, and SQLAlchemy's aiosqlite adapter spends four
         thread hand-offs on a query that aiosqlite runs in one.
         """
-        raw = await _driver_connection(conn)
-        ids = list(request_ids)
-        if self.dialect == "postgresql":
-            rows = await _driver_call(raw.fetch(_PG_STORED, experiment_id, ids), "id lookup")
-        else:
-            rows = await _driver_call(
-                raw.execute_fetchall(_SQLITE_STORED, (experiment_id, json.dumps(ids))), "id lookup"
-            )
-        return {r[0] for r in rows}
+        ids = self._array(request_ids)
+        return {
+            r[0] for r in await self._fetch(conn, _STORED, experiment_id, ids, what="id lookup")
+        }
 
     async def _insert_pairs(self, conn: AsyncConnection, records: list[tuple[Any, ...]]) -> None:
         """Bulk-load rows of pairs known to be new: one COPY (PostgreSQL) or one executemany
@@ -461,6 +439,30 @@ class Ingest:
         text = iter(sqlite_utc_text(present))
         return [None if v is None else next(text) for v in values]
 
+    def _read_stamp(self, value: Any) -> Any:
+        """A UTC column as the driver returns it, as an aware datetime (see :meth:`_stamp`)."""
+        if self.dialect == "postgresql" or value is None:
+            return value
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+    def _array(self, values: Sequence[Any]) -> Any:
+        """A list bound as one parameter: an array on PostgreSQL, JSON text on SQLite."""
+        return list(values) if self.dialect == "postgresql" else json.dumps(list(values))
+
+    async def _fetch(self, conn: AsyncConnection, sql: _Sql, *args: Any, what: str) -> list[Any]:
+        """Rows of ``sql`` on the driver's connection, inside the open transaction."""
+        raw = await _driver_connection(conn)
+        if self.dialect == "postgresql":
+            return list(await _driver_call(raw.fetch(sql.postgresql, *args), what))
+        return list(await _driver_call(raw.execute_fetchall(sql.sqlite, args), what))
+
+    async def _executemany(
+        self, conn: AsyncConnection, sql: _Sql, rows: Sequence[tuple[Any, ...]], what: str
+    ) -> None:
+        raw = await _driver_connection(conn)
+        text = sql.postgresql if self.dialect == "postgresql" else sql.sqlite
+        await _driver_call(raw.executemany(text, rows), what)
+
     async def merge_hours(
         self, conn: AsyncConnection, experiment_id: int, hours: Mapping[datetime, Aggregate]
     ) -> None:
@@ -476,19 +478,12 @@ class Ingest:
         for h, agg in hours.items():
             merged.setdefault(_hour(h), Aggregate()).merge(agg)
         keys = sorted(merged)
+        # Each hour as bound and as read back (the same datetime on PostgreSQL, text on SQLite).
         bound = dict(zip(self._stamp(keys), keys, strict=True))
-        raw = await _driver_connection(conn)
-        if self.dialect == "postgresql":
-            rows = await _driver_call(
-                raw.fetch(_PG_HOURS, experiment_id, list(bound)), "hourly aggregates read"
-            )
-            stored = {r[0]: Aggregate.from_json(_json(r[1])) for r in rows}
-        else:
-            rows = await _driver_call(
-                raw.execute_fetchall(_SQLITE_HOURS, (experiment_id, json.dumps(list(bound)))),
-                "hourly aggregates read",
-            )
-            stored = {bound[r[0]]: Aggregate.from_json(_json(r[1])) for r in rows}
+        rows = await self._fetch(
+            conn, _HOURS, experiment_id, self._array(list(bound)), what="hourly aggregates read"
+        )
+        stored = {bound[r[0]]: Aggregate.from_json(_json(r[1])) for r in rows}
         (stamp_now,) = self._stamp([now])
         fresh = [
             (experiment_id, b, json.dumps(merged[h].to_json()), stamp_now)
@@ -500,13 +495,10 @@ class Ingest:
             for b, h in bound.items()
             if h in stored
         ]
-        pg = self.dialect == "postgresql"
         if fresh:
-            sql = _PG_HOURS_INSERT if pg else _SQLITE_HOURS_INSERT
-            await _driver_call(raw.executemany(sql, fresh), "hourly aggregates insert")
+            await self._executemany(conn, _HOURS_INSERT, fresh, "hourly aggregates insert")
         if changed:
-            sql = _PG_HOURS_UPDATE if pg else _SQLITE_HOURS_UPDATE
-            await _driver_call(raw.executemany(sql, changed), "hourly aggregates update")
+            await self._executemany(conn, _HOURS_UPDATE, changed, "hourly aggregates update")
 
     async def _update_experiment(
         self,
@@ -522,9 +514,5 @@ class Ingest:
     ) -> None:
         """The experiment's count, span, task and versions after a batch (one statement)."""
         started, last = self._stamp([started_at, last_pair_at])
-        args = (added, started, last, task, prod_version, cand_version, experiment_id)
-        raw = await _driver_connection(conn)
-        if self.dialect == "postgresql":
-            await _driver_call(raw.execute(_PG_EXP_UPDATE, *args), "experiment update")
-        else:
-            await _driver_call(raw.execute(_SQLITE_EXP_UPDATE, args), "experiment update")
+        row = (added, started, last, task, prod_version, cand_version, experiment_id)
+        await self._executemany(conn, _EXP_UPDATE, [row], "experiment update")

@@ -62,18 +62,18 @@ async def _migrate(url: str) -> None:
 def _listen(address: str) -> socket.socket:
     host, port = parse_host_port(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host.strip("[]"), port), family=family, backlog=1024)
+    return socket.create_server((host, port), family=family, backlog=1024)
 
 
 def _worker(
     settings: ComparatorSettings, index: int, sock: socket.socket, metrics_dir: str, level: int
 ) -> None:
-    from comparator.app import run
+    from comparator.app import Role, run
 
     logging.basicConfig(
         level=level, format=f"%(asctime)s worker {index} %(levelname)s %(name)s: %(message)s"
     )
-    run(settings, sock=sock, background=index == 0, metrics_dir=metrics_dir)
+    run(settings, sock=sock, role=Role(background=index == 0, metrics_dir=metrics_dir))
 
 
 def serve(settings: ComparatorSettings) -> int:
