@@ -142,8 +142,17 @@ def _stamps(pairs: Sequence[Pair]) -> NDArray[np.float64]:
 
 
 async def _driver_connection(conn: AsyncConnection) -> Any:
-    """The driver's own connection (aiosqlite or asyncpg) under ``conn``, in its transaction."""
-    return (await conn.get_raw_connection()).driver_connection
+    """The driver's own connection (aiosqlite or asyncpg) under ``conn``, in its transaction.
+
+    SQLite's transaction is open from ``conn.begin()`` (``BEGIN IMMEDIATE``, see
+    comparator.database). SQLAlchemy's asyncpg adapter sends its BEGIN only with the first
+    statement it executes itself: until then a statement sent on the driver would run, and
+    commit, on its own — no lock held, no batch atomic — so one is sent through the adapter first.
+    """
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    if conn.dialect.name == "postgresql" and not driver.is_in_transaction():
+        await conn.exec_driver_sql("SELECT 1")
+    return driver
 
 
 async def _driver_call(call: Awaitable[T], what: str) -> T:

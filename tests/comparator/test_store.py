@@ -293,3 +293,21 @@ async def test_a_writer_that_missed_the_task_another_fixed_measures_with_that_ta
     finally:
         for s in (a, b, alone):
             await s.close()
+
+
+async def test_a_batch_that_fails_after_its_bulk_load_leaves_nothing_behind(
+    store: Store, exp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.ingest(pairs_of([make_pair(i, exp) for i in range(5)]))  # the experiment exists
+    before = [(h, a.to_json()) for h, a in await store.hourly_aggregates(exp)]
+
+    async def refused(*_: Any) -> None:
+        raise StoreError("hourly aggregates update refused")
+
+    monkeypatch.setattr(Ingest, "merge_hours", refused)
+    with pytest.raises(StoreError, match="hourly aggregates"):
+        await store.ingest(pairs_of([make_pair(i, exp) for i in range(5, 12)]))
+    assert await store.count_pairs(exp) == 5  # the loaded pairs were rolled back with the batch
+    assert [(h, a.to_json()) for h, a in await store.hourly_aggregates(exp)] == before
+    info = await store.get_experiment(exp)
+    assert info is not None and info.n_pairs == 5
