@@ -9,17 +9,19 @@
     write (one transaction; Ingest.write)
         lock the batch's experiments (SELECT … FOR UPDATE by name; insert on first sight, lock again)
         redo what the locked row shows was measured against stale facts (below)
-        SELECT the batch's request ids already stored                      (one statement)
-        bulk-load only the new pairs: COPY on PostgreSQL, executemany on SQLite
+        bulk-load the pairs after a savepoint: COPY on PostgreSQL, executemany on SQLite;
+            if one is stored already (a retried batch), roll back to the savepoint and store
+            only the missing ones (INSERT … ON CONFLICT DO NOTHING RETURNING; on SQLite a
+            lookup of the stored ids, then the insert)
         fold the new pairs into their hours (read-modify-write of the touched hour rows, FOR UPDATE)
         update the experiments' counts
 
 Every writer of an experiment's pairs holds that experiment's row lock (on SQLite, the database's
-write lock taken by ``BEGIN IMMEDIATE``) from the lock until commit, so the ids read as stored are
-exactly those a plain insert would collide with: a retried batch stores and counts nothing twice,
-and a concurrent batch that overlaps it waits instead of double-counting. Should a stored id slip
-through anyway, the insert fails on the primary key and the whole batch rolls back — never a silent
-double. The caller owns the transaction (``Store._write``); everything here runs on the connection
+write lock taken by ``BEGIN IMMEDIATE``) from the lock until commit, so the pairs the primary key
+finds stored are exactly those stored before: a retried batch stores and counts nothing twice,
+and a concurrent batch that overlaps it waits instead of double-counting. Should the missing ones
+be misjudged anyway, their insert fails on the primary key and the whole batch rolls back — never
+a silent double. The caller owns the transaction (``Store._write``); everything here runs on the connection
 it is given, the statements after the lock on the driver's own connection (SQLAlchemy's aiosqlite
 adapter costs about 0.8 ms a statement, the driver 0.1).
 
@@ -72,6 +74,7 @@ T = TypeVar("T")
 _SQLITE_INSERT = (
     f"INSERT INTO pairs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
+_REQUEST_ID = COLUMNS.index("request_id")
 
 
 class _Sql(NamedTuple):
@@ -118,6 +121,15 @@ _EXP_UPDATE = _Sql(_EXP_SET.format(*(f"${i}" for i in range(1, 8))), _EXP_SET.fo
 EXP = cast(Table, ExperimentRow.__table__)
 PAIRS = cast(Table, PairRow.__table__)
 HOURS = cast(Table, HourlyAggregateRow.__table__)
+_PG_DIALECT: Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+_PG_ARRAYS = ", ".join(
+    f"${i}::{c.type.compile(dialect=_PG_DIALECT)}[]" for i, c in enumerate(PAIRS.columns, start=1)
+)
+_INSERT_MISSING = _Sql(
+    f"INSERT INTO pairs ({', '.join(COLUMNS)}) SELECT * FROM unnest({_PG_ARRAYS}) "
+    "ON CONFLICT DO NOTHING RETURNING request_id",
+    _SQLITE_INSERT,
+)
 
 
 @dataclass(frozen=True)
@@ -370,16 +382,16 @@ class Ingest:
             if actual.config != assumed.config:  # another writer fixed the task first
                 metrics, hours, records = self._measure(batch, actual, times)
                 assumed = actual
-            stored = await self._stored_ids(conn, exp.id, [p.request_id for p in batch])
-            new_pairs: list[Pair] = []
-            if len(stored) < len(batch):
-                if stored:
-                    idx = [i for i, p in enumerate(batch) if p.request_id not in stored]
-                    new_pairs, metrics = [batch[i] for i in idx], subset(metrics, idx)
-                    times, records = times[idx], None
-                else:
-                    new_pairs = batch
-                if stored or started != assumed.started_at:
+            if records is None or exp.id != assumed.experiment_id:
+                records = self._records(exp.id, batch, metrics)
+            new_ids = await self._insert_pairs(conn, exp.id, records)
+            new_pairs = batch
+            if new_ids is not None:  # some were stored already: fold only the new ones
+                idx = [i for i, p in enumerate(batch) if p.request_id in new_ids]
+                new_pairs, metrics = [batch[i] for i in idx], subset(metrics, idx)
+                times = times[idx]
+            if new_pairs:
+                if new_ids is not None or started != assumed.started_at:
                     hours = fold(
                         new_pairs,
                         metrics,
@@ -387,9 +399,6 @@ class Ingest:
                         config=actual.config,
                         stamps=times,
                     )
-                if records is None or exp.id != assumed.experiment_id:
-                    records = self._records(exp.id, new_pairs, metrics)
-                await self._insert_pairs(conn, records)
                 await self.merge_hours(conn, exp.id, hours)
             inserted += len(new_pairs)
             task = exp.task or (metrics.task if metrics.task in KNOWN_TASKS else None)
@@ -424,21 +433,70 @@ class Ingest:
             r[0] for r in await self._fetch(conn, _STORED, experiment_id, ids, what="id lookup")
         }
 
-    async def _insert_pairs(self, conn: AsyncConnection, records: list[tuple[Any, ...]]) -> None:
-        """Bulk-load rows of pairs known to be new: one COPY (PostgreSQL) or one executemany
-        (SQLite), on the driver's connection inside the transaction SQLAlchemy holds on it.
+    async def _insert_pairs(
+        self, conn: AsyncConnection, experiment_id: int, records: list[tuple[Any, ...]]
+    ) -> set[str] | None:
+        """Store the rows of pairs not stored yet: None when every one was new, else the request
+        ids of those that were (the rest were stored already, a retried batch).
 
-        Both skip SQL compilation and per-row parameter handling, the bulk of the client-side cost
-        of a 500-pair batch; the rows were converted column-wise by :func:`pair_records`.
+        The common case, a batch of new pairs, is one bulk load: COPY (PostgreSQL) or one
+        executemany (SQLite), on the driver's connection inside the transaction SQLAlchemy holds
+        on it, after a savepoint. Both skip SQL compilation and per-row parameter handling, the
+        bulk of the client-side cost of a 500-pair batch (the rows were converted column-wise by
+        :func:`pair_rows`). A row already stored fails the load on the primary key; the load is
+        rolled back to the savepoint and done again as :meth:`_insert_missing`.
+
+        There is no lookup of stored ids ahead of the load: under the experiment's lock nothing
+        else can store one of its pairs, so the primary key is the exact check, and the cheapest.
+        A lookup on PostgreSQL costs more than the load, and its plan follows the table's
+        statistics: for an experiment newer than the last ANALYZE it scans every pair of the
+        experiment, per batch.
         """
+        import sqlite3
+
+        import asyncpg
+
         raw = await _driver_connection(conn)
         what = f"bulk load of {len(records)} pairs"
-        if self.dialect == "postgresql":  # asyncpg's binary COPY
-            await _driver_call(
-                raw.copy_records_to_table(PAIRS.name, records=records, columns=COLUMNS), what
-            )
-        else:
-            await _driver_call(raw.executemany(_SQLITE_INSERT, records), what)
+        # Never released: a savepoint ends with its transaction, and a RELEASE is a round trip.
+        await _driver_call(raw.execute("SAVEPOINT pairs_load"), what)
+        try:
+            if self.dialect == "postgresql":  # asyncpg's binary COPY
+                await raw.copy_records_to_table(PAIRS.name, records=records, columns=COLUMNS)
+            else:
+                await raw.executemany(_SQLITE_INSERT, records)
+            return None
+        except (sqlite3.IntegrityError, asyncpg.UniqueViolationError) as exc:
+            if getattr(exc, "sqlite_errorname", "SQLITE_CONSTRAINT_PRIMARYKEY") != (
+                "SQLITE_CONSTRAINT_PRIMARYKEY"
+            ):
+                raise StoreError(f"{what} refused: {exc}") from exc
+        except (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"{what} refused: {exc}") from exc
+        await _driver_call(raw.execute("ROLLBACK TO SAVEPOINT pairs_load"), what)
+        return await self._insert_missing(conn, experiment_id, records)
+
+    async def _insert_missing(
+        self, conn: AsyncConnection, experiment_id: int, records: list[tuple[Any, ...]]
+    ) -> set[str]:
+        """Store the rows whose pairs are not stored yet; the request ids of those stored.
+
+        PostgreSQL: one ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING RETURNING``, each
+        column one array parameter, which the primary key checks row by row whatever the
+        statistics. SQLite: the stored ids looked up (its planner takes the primary key for an
+        equality on both of its columns), then one executemany of the rest.
+        """
+        what = f"insert of {len(records)} pairs, some stored already"
+        request_ids = [r[_REQUEST_ID] for r in records]
+        if self.dialect == "postgresql":
+            columns = [list(c) for c in zip(*records, strict=True)]
+            rows = await self._fetch(conn, _INSERT_MISSING, *columns, what=what)
+            return {r[0] for r in rows}
+        stored = await self._stored_ids(conn, experiment_id, request_ids)
+        missing = [r for r in records if r[_REQUEST_ID] not in stored]
+        if missing:
+            await self._executemany(conn, _INSERT_MISSING, missing, what)
+        return {r[_REQUEST_ID] for r in missing}
 
     def _stamp(self, values: Sequence[datetime | None]) -> list[Any]:
         """Aware datetimes as the driver takes them for a UTC column (naive UTC text on SQLite)."""

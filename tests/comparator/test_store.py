@@ -110,9 +110,30 @@ async def test_overlapping_batch_folds_only_the_new_pairs(store: Store, exp: str
     assert got.cats == want.cats
 
 
-async def test_a_stored_pair_the_lookup_missed_fails_the_whole_batch(
+async def test_a_batch_of_new_pairs_is_one_bulk_load_with_no_lookup(
     store: Store, exp: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    await store.ingest(pairs_of([make_pair(i, exp) for i in range(5)]))
+
+    async def refuse(*_: Any) -> Any:
+        raise AssertionError("a batch of new pairs took the duplicates path")
+
+    monkeypatch.setattr(Ingest, "_stored_ids", refuse)
+    monkeypatch.setattr(Ingest, "_insert_missing", refuse)
+    result = await store.ingest(pairs_of([make_pair(i, exp) for i in range(5, 12)]))
+    assert (result.inserted, result.duplicates) == (7, 0)
+    assert await store.count_pairs(exp) == 12
+    # A stored one among them is found by the primary key, and only then is the slow path taken.
+    with pytest.raises(AssertionError, match="duplicates path"):
+        await store.ingest(pairs_of([make_pair(i, exp) for i in range(11, 14)]))
+    assert await store.count_pairs(exp) == 12
+
+
+async def test_a_stored_pair_the_sqlite_lookup_missed_fails_the_whole_batch(
+    store: Store, exp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if store.dialect != "sqlite":
+        pytest.skip("PostgreSQL stores the missing pairs with ON CONFLICT DO NOTHING: no lookup")
     await store.ingest(pairs_of([make_pair(i, exp) for i in range(5)]))
     before = [(h, a.to_json()) for h, a in await store.hourly_aggregates(exp)]
 
@@ -121,7 +142,7 @@ async def test_a_stored_pair_the_lookup_missed_fails_the_whole_batch(
 
     monkeypatch.setattr(Ingest, "_stored_ids", nothing_stored)
     # The driver's own error, raised as the store failure the ingest handler answers with 503.
-    with pytest.raises(StoreError, match="bulk load of 5 pairs refused"):
+    with pytest.raises(StoreError, match="insert of 5 pairs, some stored already refused"):
         await store.ingest(pairs_of([make_pair(i, exp) for i in range(3, 8)]))
     assert await store.count_pairs(exp) == 5
     assert [(h, a.to_json()) for h, a in await store.hourly_aggregates(exp)] == before
