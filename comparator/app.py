@@ -75,6 +75,16 @@ class Role:
 
 _ROLE = web.AppKey("role", Role)
 
+
+@dataclass
+class _InFlight:
+    """Ingest requests this process is handling now (see :func:`post_pairs`)."""
+
+    n: int = 0
+
+
+_IN_FLIGHT = web.AppKey("in_flight", _InFlight)
+
 _REASON = {
     401: "unauthorized",
     413: "too_large",
@@ -124,6 +134,22 @@ def _parse_time(request: web.Request, name: str) -> datetime | None:
 
 
 async def post_pairs(request: web.Request) -> web.Response:
+    """Store one batch. With ``--workers``, a worker that has another batch in hand when it
+    answers closes the connection, so that the sender's next batch goes to whichever worker
+    accepts it first, an idle one: a sender's keep-alive connection would otherwise stay on one
+    worker however busy, and a few busy senders can land on the same one."""
+    in_flight = request.app[_IN_FLIGHT]
+    in_flight.n += 1
+    try:
+        response = await _store_batch(request)
+    finally:
+        in_flight.n -= 1
+    if in_flight.n and request.app[SETTINGS].workers > 1:
+        response.force_close()
+    return response
+
+
+async def _store_batch(request: web.Request) -> web.Response:
     settings, metrics, store = request.app[SETTINGS], request.app[METRICS], request.app[STORE]
     try:
         pairs = await read_pairs(
@@ -207,11 +233,9 @@ async def summary(request: web.Request) -> web.Response:
 async def verdict(request: web.Request) -> web.Response:
     at = _parse_time(request, "at")
     name = await _experiment_or_404(request)
-    try:
-        from comparator.policy import load_policy
-        from comparator.verdict import judge
-    except ImportError as exc:
-        return _error(503, f"the verdict engine is not available in this build: {exc}")
+    from comparator.policy import load_policy
+    from comparator.verdict import judge
+
     if _LOOKER in request.app:
         result = await request.app[_LOOKER].look(name, at)
         return web.json_response(result.to_json())
@@ -353,6 +377,7 @@ def create_app(
     app = web.Application(client_max_size=settings.max_body_bytes + 1)
     app[SETTINGS] = settings
     app[_ROLE] = role or Role()
+    app[_IN_FLIGHT] = _InFlight()
     app[METRICS] = ComparatorMetrics.create(registry)
     app[_POLICY] = {}
     app[LOOKS] = LookBook()

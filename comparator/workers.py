@@ -9,8 +9,10 @@ on PostgreSQL, but on one machine and on SQLite too.
 ::
 
     parent   migrate the database once; bind HOST:PORT; start the workers; wait
-    worker i serve the whole comparator API on the shared socket (the kernel hands each new
-             connection to one of them)
+    worker i serve the whole comparator API on the shared socket (each new connection goes
+             to the worker that accepts it first; one that answers a batch while it has
+             another in hand closes that connection, so a busy worker sheds its senders'
+             next batches to an idle one)
     worker 0 also the memory sampler, the periodic looks and retention, which N copies would
              repeat (N memory samples a scrape, N saved looks an interval)
 

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from comparator.aggregates import ddsketch_key, ddsketch_value
-from comparator.app import STORE, create_app
+from comparator.app import _IN_FLIGHT, STORE, create_app
 from comparator.settings import ComparatorSettings
 from comparator.store import Store
 from tests.comparator.store_support import (  # noqa: F401 - fixtures
@@ -254,10 +254,40 @@ async def test_verdict_endpoint_answers_with_a_decision_or_503(api: Any, exp: st
     await post(http, [make_pair(i, exp) for i in range(10)])
     async with http.get(f"/v1/experiments/{exp}/verdict") as r:
         body = await r.json()
-        if r.status == 503:  # the verdict engine is not in this build yet
-            assert "verdict" in body["error"]
-        else:
-            assert r.status == 200
-            assert body["decision"] in ("PROMOTE", "REJECT", "KEEP_OBSERVING")
+        assert r.status == 200
+        assert body["decision"] in ("PROMOTE", "REJECT", "KEEP_OBSERVING")
     async with http.get("/v1/experiments/nope/verdict") as r:
         assert r.status == 404
+
+
+@pytest.mark.parametrize(("workers", "closes"), [(1, False), (2, True)])
+async def test_with_workers_a_batch_answered_while_another_is_in_hand_closes_its_connection(
+    db_url: str, exp: str, workers: int, closes: bool
+) -> None:
+    app = create_app(ComparatorSettings(db=db_url, workers=workers), CollectorRegistry())
+    gate = asyncio.Event()
+    body = json.dumps({"pairs": [make_pair(i, exp) for i in range(3)]}).encode()
+
+    async def slowly() -> AsyncIterator[bytes]:  # the first batch stays in hand until the gate
+        yield body[:10]
+        await gate.wait()
+        yield body[10:]
+
+    headers = {"Content-Type": "application/json"}
+    async with running(app) as base, aiohttp.ClientSession(base_url=base) as http:
+        first = asyncio.create_task(http.post("/v1/pairs", data=slowly(), headers=headers))
+        for _ in range(200):  # until the server holds the first batch's request
+            if app[_IN_FLIGHT].n:
+                break
+            await asyncio.sleep(0.01)
+        assert app[_IN_FLIGHT].n == 1
+        second = {"pairs": [make_pair(i, exp) for i in range(3, 6)]}
+        async with http.post("/v1/pairs", json=second) as r:
+            assert r.status == 200
+            assert (r.headers.get("Connection", "").lower() == "close") is closes
+        gate.set()
+        async with await first as r:
+            assert r.status == 200
+            assert r.headers.get("Connection", "").lower() != "close"  # it was the only one
+            assert (await r.json())["inserted"] == 3
+    assert app[_IN_FLIGHT].n == 0
