@@ -2,8 +2,10 @@
 
 Run ``python scripts/make_models.py [--out models]``. Everything comes from scikit-learn's bundled
 ``load_digits`` data (no download) and fixed seeds, and the ONNX files are written with fixed
-producer fields, so running the script twice on the same machine and library versions gives the same bytes (``--check`` verifies that the
-files on disk are exactly what the script would write, without touching them)::
+producer fields, so running the script twice with the same library versions gives the same bytes
+(``--check`` verifies that the files on disk are exactly what the script would write, without
+touching them). On x86-64 the training runs on OpenBLAS's AVX2 kernels (``_pin_blas_kernels``),
+so AVX2 and AVX-512 machines write the same bytes::
 
     models/digits/
       aliases.json            {"production": "1", "candidate": "2"}   (moved by ``shadowtee promote``)
@@ -24,12 +26,33 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+
+def _pin_blas_kernels() -> None:
+    """Train with OpenBLAS's AVX2 (Haswell) kernels wherever the CPU has AVX2.
+
+    OpenBLAS picks its kernels by CPU when it loads, and its AVX-512 kernels round differently:
+    the same seeds gave other weights, and other bytes, on an AVX-512 machine. Pinned, x86-64
+    machines with AVX2 or AVX-512 write the same files. Must run before numpy is imported.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            avx2 = any(line.startswith("flags") and " avx2" in line for line in f)
+    except OSError:  # not Linux: left to OpenBLAS
+        return
+    if avx2:
+        os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
+
+
+_pin_blas_kernels()
+
+# ruff: noqa: E402 - the libraries below load OpenBLAS, after the kernels are pinned
 import numpy as np
 import onnx
 import onnxruntime as ort
