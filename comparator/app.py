@@ -153,7 +153,10 @@ async def _store_batch(request: web.Request) -> web.Response:
     settings, metrics, store = request.app[SETTINGS], request.app[METRICS], request.app[STORE]
     try:
         pairs = await read_pairs(
-            request, token=settings.token, max_body_bytes=settings.max_body_bytes
+            request,
+            token=settings.token,
+            max_body_bytes=settings.max_body_bytes,
+            before_parsing=store.between_writes,
         )
     except IngestError as exc:
         metrics.rejected[_REASON.get(exc.status, "invalid")].inc()
@@ -289,6 +292,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         normalize_config=partial(s.normalize_config, policy_warmup_minutes=warmup),  # type: ignore[arg-type]
         store_bodies=s.store_request_bodies,
         raw_sample_rate=s.raw_sample_rate,
+        writes_first=s.workers > 1,  # the workers share every experiment's lock
     )
     app[STORE] = store
     yield

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -142,11 +143,18 @@ def validate_json_body(body: bytes) -> list[Pair]:
 
 
 async def read_pairs(
-    request: web.Request, *, token: SecretStr | None, max_body_bytes: int
+    request: web.Request,
+    *,
+    token: SecretStr | None,
+    max_body_bytes: int,
+    before_parsing: Callable[[], Awaitable[None]] | None = None,
 ) -> list[Pair]:
-    """Authenticate, read, parse and validate one ingest request."""
+    """Authenticate, read, parse and validate one ingest request; ``before_parsing`` is awaited
+    between reading the body and the CPU work of parsing it (``Store.between_writes``)."""
     check_token(request.headers.get("Authorization"), token)
     body = await read_body(request, max_body_bytes)
+    if before_parsing is not None:
+        await before_parsing()
     ctype = request.headers.get("Content-Type", "")
     if ctype.split(";", 1)[0].strip().lower() in JSON_TYPES:
         return validate_json_body(body)

@@ -291,3 +291,25 @@ async def test_with_workers_a_batch_answered_while_another_is_in_hand_closes_its
             assert r.headers.get("Connection", "").lower() != "close"  # it was the only one
             assert (await r.json())["inserted"] == 3
     assert app[_IN_FLIGHT].n == 0
+
+
+async def test_with_workers_a_batch_is_not_validated_while_another_is_being_written(
+    db_url: str, exp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import comparator.ingest
+
+    app = create_app(ComparatorSettings(db=db_url, workers=2), CollectorRegistry())
+    writing_when_validated: list[int] = []
+    validate = comparator.ingest.validate_json_body
+
+    def spy(body: bytes) -> Any:
+        writing_when_validated.append(app[STORE]._writing)
+        return validate(body)
+
+    monkeypatch.setattr(comparator.ingest, "validate_json_body", spy)
+    batches = [[make_pair(20 * k + i, exp) for i in range(20)] for k in range(6)]
+    async with running(app) as base, aiohttp.ClientSession(base_url=base) as http:
+        answers = await asyncio.gather(*(post(http, b) for b in batches))
+    assert [status for status, _ in answers] == [200] * 6
+    assert sum(body["inserted"] for _, body in answers) == 120
+    assert writing_when_validated == [0] * 6

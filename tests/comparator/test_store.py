@@ -332,3 +332,28 @@ async def test_a_batch_that_fails_after_its_bulk_load_leaves_nothing_behind(
     assert [(h, a.to_json()) for h, a in await store.hourly_aggregates(exp)] == before
     info = await store.get_experiment(exp)
     assert info is not None and info.n_pairs == 5
+
+
+@pytest.mark.parametrize("writes_first", [True, False])
+async def test_with_writes_first_no_batch_is_measured_while_another_is_being_written(
+    db_url: str, exp: str, monkeypatch: pytest.MonkeyPatch, writes_first: bool
+) -> None:
+    store = await Store.open(db_url, writes_first=writes_first)
+    writing_when_measured: list[int] = []
+    prepare = Ingest.prepare
+
+    def spy(self: Ingest, pairs: Any) -> Any:
+        writing_when_measured.append(store._writing)
+        return prepare(self, pairs)
+
+    monkeypatch.setattr(Ingest, "prepare", spy)
+    batches = [pairs_of([make_pair(20 * k + i, exp) for i in range(20)]) for k in range(6)]
+    try:
+        results = await asyncio.gather(*(store.ingest(b) for b in batches))
+        assert sum(r.inserted for r in results) == 120
+        assert await store.count_pairs(exp) == 120
+    finally:
+        await store.close()
+    # writes_first: each batch waited for the writes in flight to commit before its CPU work
+    # began. Without it a batch is measured while the ones before it are written.
+    assert (writing_when_measured == [0] * 6) is writes_first
