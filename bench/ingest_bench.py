@@ -28,8 +28,9 @@ import random
 import statistics
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 
@@ -38,6 +39,7 @@ from comparator.app import GC_THRESHOLDS, tune_gc
 from comparator.store import EXP, Store
 from comparator.wire import Pair
 
+T = TypeVar("T")
 T0 = datetime(2026, 11, 22, 0, 0, tzinfo=UTC)
 
 
@@ -318,6 +320,11 @@ async def bench_summary(
         await store.close()
 
 
+async def _repeat(times: int, bench: Callable[..., Awaitable[T]], *args: Any) -> list[T]:
+    """``times`` runs of ``bench(*args)``, one after the other."""
+    return [await bench(*args) for _ in range(times)]
+
+
 def _runs(rates: list[float]) -> str:
     """``22,806 pairs/s median, 24,356 best (runs 22,806, 24,356, 21,735)``."""
     return (
@@ -356,7 +363,7 @@ async def main() -> None:
         f"cpus {os.cpu_count()}, gc thresholds {GC_THRESHOLDS} (as the comparator server)"
     )
     for url in args.db:
-        runs = [await bench_store(url, args.batches, args.batch_size) for _ in range(args.repeat)]
+        runs = await _repeat(args.repeat, bench_store, url, args.batches, args.batch_size)
         rate = statistics.median(r[0] for r in runs)
         best = max(r[0] for r in runs)
         retry = statistics.median(r[1] for r in runs)
@@ -367,24 +374,18 @@ async def main() -> None:
             f"{', '.join(f'{r[0]:,.0f}' for r in runs)}); retried batch {retry:,.0f} pairs/s"
         )
         for n in [int(w) for w in args.writers.split(",") if w]:
-            wrate = [
-                await bench_writers(url, n, args.batches, args.batch_size)
-                for _ in range(args.repeat)
-            ]
+            wrate = await _repeat(args.repeat, bench_writers, url, n, args.batches, args.batch_size)
             print(
                 f"{kind:11s} {n} writers     batch {args.batch_size}: {_runs(wrate)} "
                 f"({args.repeat} runs x {n} x {args.batches - 1} batches)"
             )
         if args.http:
-            hrate = [
-                await bench_http(url, args.batches, args.batch_size) for _ in range(args.repeat)
-            ]
+            hrate = await _repeat(args.repeat, bench_http, url, args.batches, args.batch_size)
             print(f"{kind:11s} POST /v1/pairs batch {args.batch_size}: {_runs(hrate)} (one client)")
             for n in [int(w) for w in args.http_workers.split(",") if w]:
-                hrate = [
-                    await bench_http_workers(url, n, args.batches, args.batch_size)
-                    for _ in range(args.repeat)
-                ]
+                hrate = await _repeat(
+                    args.repeat, bench_http_workers, url, n, args.batches, args.batch_size
+                )
                 print(
                     f"{kind:11s} POST /v1/pairs batch {args.batch_size}: {_runs(hrate)} "
                     f"({n} workers, {2 * n} clients)"

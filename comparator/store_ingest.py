@@ -21,9 +21,9 @@ write lock taken by ``BEGIN IMMEDIATE``) from the lock until commit, so the pair
 finds stored are exactly those stored before: a retried batch stores and counts nothing twice,
 and a concurrent batch that overlaps it waits instead of double-counting. Should the missing ones
 be misjudged anyway, their insert fails on the primary key and the whole batch rolls back — never
-a silent double. The caller owns the transaction (``Store._write``); everything here runs on the connection
-it is given, the statements after the lock on the driver's own connection (SQLAlchemy's aiosqlite
-adapter costs about 0.8 ms a statement, the driver 0.1).
+a silent double. The caller owns the transaction (``Store._write``); everything here runs on the
+connection it is given, the statements after the lock on the driver's own connection
+(SQLAlchemy's aiosqlite adapter costs about 0.8 ms a statement, the driver 0.1).
 
 What a batch is measured against — the experiment's id, its stored task (an inferred task holds for
 later batches) and its start (which places the warm-up) — can change between prepare and write when
@@ -443,7 +443,7 @@ class Ingest:
         executemany (SQLite), on the driver's connection inside the transaction SQLAlchemy holds
         on it, after a savepoint. Both skip SQL compilation and per-row parameter handling, the
         bulk of the client-side cost of a 500-pair batch (the rows were converted column-wise by
-        :func:`pair_rows`). A row already stored fails the load on the primary key; the load is
+        :func:`pair_records`). A row already stored fails the load on the primary key; the load is
         rolled back to the savepoint and done again as :meth:`_insert_missing`.
 
         There is no lookup of stored ids ahead of the load: under the experiment's lock nothing
@@ -466,10 +466,10 @@ class Ingest:
             else:
                 await raw.executemany(_SQLITE_INSERT, records)
             return None
-        except (sqlite3.IntegrityError, asyncpg.UniqueViolationError) as exc:
-            if getattr(exc, "sqlite_errorname", "SQLITE_CONSTRAINT_PRIMARYKEY") != (
-                "SQLITE_CONSTRAINT_PRIMARYKEY"
-            ):
+        except asyncpg.UniqueViolationError:
+            pass  # the primary key, its only unique index
+        except sqlite3.IntegrityError as exc:
+            if exc.sqlite_errorname != "SQLITE_CONSTRAINT_PRIMARYKEY":
                 raise StoreError(f"{what} refused: {exc}") from exc
         except (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"{what} refused: {exc}") from exc
@@ -487,12 +487,11 @@ class Ingest:
         equality on both of its columns), then one executemany of the rest.
         """
         what = f"insert of {len(records)} pairs, some stored already"
-        request_ids = [r[_REQUEST_ID] for r in records]
         if self.dialect == "postgresql":
             columns = [list(c) for c in zip(*records, strict=True)]
             rows = await self._fetch(conn, _INSERT_MISSING, *columns, what=what)
             return {r[0] for r in rows}
-        stored = await self._stored_ids(conn, experiment_id, request_ids)
+        stored = await self._stored_ids(conn, experiment_id, [r[_REQUEST_ID] for r in records])
         missing = [r for r in records if r[_REQUEST_ID] not in stored]
         if missing:
             await self._executemany(conn, _INSERT_MISSING, missing, what)
