@@ -80,7 +80,7 @@ class ComparatorSettings(BaseSettings):
     retention_days: Annotated[float, Field(ge=0)] = 0.0
     # Periodic looks: every experiment is judged (and saved) this often; 0 disables the loop.
     verdict_interval_s: Annotated[float, Field(ge=0, le=86400)] = 300.0
-    # Webhook posted on every change of decision, signed with HMAC-SHA256 of the body.
+    # Webhook posted on every change of decision, signed with HMAC-SHA256 of "<unix time>.<body>".
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     # Hash fraction of raw pairs kept past retention for drill-down.
@@ -90,6 +90,13 @@ class ComparatorSettings(BaseSettings):
     @classmethod
     def _listen(cls, value: str) -> str:
         parse_host_port(value)
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty: decision events are signed with it")
         return value
 
     @field_validator("db")

@@ -1,9 +1,16 @@
 """Tell automation when a verdict's decision changes: a signed JSON POST, retried with backoff.
 
-The body is the JSON of the event; the receiver authenticates it with the shared secret::
+The body is the JSON of the event; the receiver authenticates it with the shared secret, in the
+scheme Stripe uses::
 
-    X-Shadowtee-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>
+    X-Shadowtee-Signature: t=<unix seconds when signed>,v1=<hex HMAC-SHA256(secret, "<t>." + raw body)>
     X-Shadowtee-Delivery:  <uuid, the same on every retry of one event, for de-duplication>
+
+The timestamp is signed with the body, so a captured request cannot be replayed later: a receiver
+recomputes the HMAC over ``t``, a dot and the raw body, compares it in constant time, and refuses a
+``t`` more than a few minutes from its own clock (:func:`verify`, ``tolerance_s`` 300 by default).
+Every attempt is signed afresh. A header may carry several ``v1=`` values (a secret being rotated);
+one match is enough.
 
 A 2xx ends the delivery. A 5xx, 408, 429 or a connection error is retried after ``backoff_s``,
 doubling each time, up to ``attempts`` tries; any other 4xx is final (retrying cannot fix it).
@@ -16,6 +23,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +32,7 @@ import aiohttp
 
 __all__ = [
     "SIGNATURE_HEADER",
+    "TOLERANCE_S",
     "Delivery",
     "WebhookConfig",
     "notify_decision",
@@ -36,6 +45,7 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Shadowtee-Signature"
 DELIVERY_HEADER = "X-Shadowtee-Delivery"
+TOLERANCE_S = 300.0
 _RETRYABLE = {408, 429}
 
 
@@ -50,6 +60,8 @@ class WebhookConfig:
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"webhook url: must be http(s)://…, got {self.url!r}")
+        if not self.secret:
+            raise ValueError("webhook secret: must not be empty (events must be signed)")
         if self.attempts < 1:
             raise ValueError("webhook attempts: must be ≥ 1")
 
@@ -62,14 +74,47 @@ class Delivery:
     delivery_id: str
 
 
-def sign(body: bytes, secret: bytes) -> str:
-    """The signature header value for ``body``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def _mac(secret: bytes, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret, b"%d." % timestamp + body, hashlib.sha256).hexdigest()
 
 
-def verify(body: bytes, secret: bytes, header: str | None) -> bool:
-    """Constant-time check of a received signature header (for receivers and tests)."""
-    return header is not None and hmac.compare_digest(sign(body, secret), header)
+def sign(body: bytes, secret: bytes, timestamp: int | None = None) -> str:
+    """The signature header value for ``body`` signed at ``timestamp`` (default: now)."""
+    t = int(time.time()) if timestamp is None else timestamp
+    return f"t={t},v1={_mac(secret, t, body)}"
+
+
+def verify(
+    body: bytes,
+    secret: bytes,
+    header: str | None,
+    *,
+    tolerance_s: float = TOLERANCE_S,
+    now: float | None = None,
+) -> bool:
+    """Check a received signature header: the HMAC of ``t.body`` matches (constant time) and
+    ``t`` is within ``tolerance_s`` of ``now`` (default: this machine's clock)."""
+    if not header or not secret:
+        return False
+    timestamp: int | None = None
+    macs: list[str] = []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep:
+            return False
+        if key == "t":
+            if timestamp is not None or not value.isdigit() or len(value) > 12:
+                return False
+            timestamp = int(value)
+        elif key == "v1":
+            macs.append(value)
+    if timestamp is None or not macs:
+        return False
+    if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
+        return False
+    expected = _mac(secret, timestamp, body)
+    # every candidate is compared, so the time taken does not tell which one matched
+    return sum(hmac.compare_digest(expected, m) for m in macs) > 0
 
 
 async def post_event(
@@ -78,14 +123,14 @@ async def post_event(
     """POST ``event`` as signed JSON, retrying transient failures; never raises for HTTP errors."""
     body = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
     delivery_id = str(uuid.uuid4())
-    headers = {
-        "Content-Type": "application/json",
-        SIGNATURE_HEADER: sign(body, config.secret),
-        DELIVERY_HEADER: delivery_id,
-    }
     timeout = aiohttp.ClientTimeout(total=config.timeout_s)
     status: int | None = None
     for attempt in range(1, config.attempts + 1):
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(body, config.secret),  # a fresh timestamp on every attempt
+            DELIVERY_HEADER: delivery_id,
+        }
         try:
             async with session.post(
                 config.url, data=body, headers=headers, timeout=timeout

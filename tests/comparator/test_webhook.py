@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -23,6 +27,7 @@ from comparator.webhook import (
 )
 
 SECRET = b"s3cret"
+SHADOWTEE = str(Path(sys.executable).with_name("shadowtee"))
 
 
 class Receiver:
@@ -74,11 +79,64 @@ def _verdict(changed: bool) -> Verdict:
     )
 
 
-def test_signature_is_hmac_sha256_hex() -> None:
-    expected = hmac.new(b"k", b"{}", hashlib.sha256).hexdigest()
-    assert sign(b"{}", b"k") == f"sha256={expected}"
-    assert verify(b"{}", b"k", sign(b"{}", b"k")) and not verify(b"{}", b"other", sign(b"{}", b"k"))
+def test_signature_is_hmac_sha256_of_the_timestamp_and_the_body() -> None:
+    expected = hmac.new(b"k", b"1700000000.{}", hashlib.sha256).hexdigest()
+    assert sign(b"{}", b"k", 1_700_000_000) == f"t=1700000000,v1={expected}"
+    header = sign(b"{}", b"k")
+    assert verify(b"{}", b"k", header)
+    assert not verify(b"{}", b"other", header)
+    assert not verify(b"{ }", b"k", header)
     assert not verify(b"{}", b"k", None)
+    assert not verify(b"{}", b"k", "sha256=" + hmac.new(b"k", b"{}", hashlib.sha256).hexdigest())
+
+
+def test_a_replayed_or_future_signature_is_refused() -> None:
+    header = sign(b"{}", b"k", 1_700_000_000)
+    assert verify(b"{}", b"k", header, now=1_700_000_000 + 299)
+    assert not verify(b"{}", b"k", header, now=1_700_000_000 + 301)  # replayed 5 min later
+    assert not verify(b"{}", b"k", header, now=1_700_000_000 - 301)  # dated in the future
+    assert verify(b"{}", b"k", header, now=1_700_000_000 + 3000, tolerance_s=3600)
+
+
+def test_the_timestamp_cannot_be_moved_without_the_secret() -> None:
+    mac = sign(b"{}", b"k", 1_700_000_000).split("v1=")[1]
+    assert not verify(b"{}", b"k", f"t=1700009999,v1={mac}", now=1_700_009_999)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["", "t=,v1=ab", "v1=ab", "t=1700000000", "t=1700000000,t=1700000000,v1=ab", "garbage",
+     "t=-5,v1=ab", "t=17e8,v1=ab"],
+)  # fmt: skip
+def test_malformed_signature_headers_are_refused(header: str) -> None:
+    assert not verify(b"{}", b"k", header, now=1_700_000_000)
+
+
+def test_a_rotated_secret_verifies_with_either_value() -> None:
+    old, new = sign(b"{}", b"old", 1_700_000_000), sign(b"{}", b"new", 1_700_000_000)
+    both = old + ",v1=" + new.split("v1=")[1]
+    assert verify(b"{}", b"new", both, now=1_700_000_000)
+    assert verify(b"{}", b"old", both, now=1_700_000_000)
+
+
+def test_an_empty_secret_signs_nothing() -> None:
+    with pytest.raises(ValueError, match="webhook secret"):
+        WebhookConfig("http://127.0.0.1:9/hook", b"")
+    assert not verify(b"{}", b"", sign(b"{}", b""))
+
+
+@pytest.mark.parametrize("secret", ["", "   "])
+def test_the_comparator_refuses_an_empty_webhook_secret_at_start(secret: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWTEE_")}
+    env["SHADOWTEE_COMPARATOR__WEBHOOK_SECRET"] = secret
+    done = subprocess.run(
+        [SHADOWTEE, "comparator", "--listen", "127.0.0.1:0", "--db", "sqlite:///unused.db",
+         "--webhook-url", "http://127.0.0.1:9/hook"],
+        capture_output=True, text=True, timeout=30, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "webhook-secret" in lines[0] and "empty" in lines[0], lines
 
 
 async def test_decision_change_is_posted_signed_and_retried_after_a_failure(serve) -> None:
