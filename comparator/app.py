@@ -6,8 +6,13 @@
     POST /v1/experiments/{name}/drops       a proxy's cumulative dropped-pair counts; idempotent
     GET  /v1/experiments                    every experiment with its versions and pair count
     GET  /v1/experiments/{name}/summary     ?from=&to= (ISO 8601): from hourly aggregates only
-    GET  /v1/experiments/{name}/verdict     ?at= : comparator.verdict.judge with the loaded policy
+    GET  /v1/experiments/{name}/verdict     ?at= (not in the future): computed, never stored
     GET  /metrics  /health/live  /health/ready (database reachable and migrated)
+
+With a token configured, every route but ``/metrics`` and ``/health/*`` needs
+``Authorization: Bearer <token>`` (reads too: a verdict or a summary is not for anyone who can
+reach the port). Only the periodic look (:mod:`comparator.looks`) and ``shadowtee verdict`` store
+verdicts, so no caller can plant a decision for ``shadowtee promote`` to act on.
 
 Resources live in cleanup contexts in order — the store (migrated on start), then the memory
 sampler and the retention task — and close in reverse.
@@ -21,7 +26,7 @@ import gc
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +36,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from comparator.exceptions import IngestError, StoreError
+from comparator.exceptions import IngestError, StoreError, UnknownExperiment
 from comparator.ingest import check_token, read_body, read_pairs
 from comparator.looks import LookBook, Looker
 from comparator.metrics import ComparatorMetrics
@@ -93,6 +98,8 @@ _REASON = {
     415: "unsupported",
 }
 RETENTION_INTERVAL_S = 3600.0
+# Routes anyone who reaches the port may read: the scrape target and the probes.
+PUBLIC_PATHS = frozenset({"/metrics", "/health/live", "/health/ready"})
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -234,14 +241,19 @@ async def summary(request: web.Request) -> web.Response:
 
 
 async def verdict(request: web.Request) -> web.Response:
+    """The verdict as of ``at`` (default: now), computed and never stored: a stored look would
+    join the running intersection and could be what ``shadowtee promote`` acts on, and that is
+    for the comparator's own periodic look (and the CLI) alone. A future ``at`` is refused."""
     at = _parse_time(request, "at")
+    now = datetime.now(UTC)
+    if at is not None and at > now:
+        return _error(
+            400, f"at: {at.isoformat()} is in the future (now {now.isoformat(timespec='seconds')})"
+        )
     name = await _experiment_or_404(request)
     from comparator.policy import load_policy
     from comparator.verdict import judge
 
-    if _LOOKER in request.app:
-        result = await request.app[_LOOKER].look(name, at)
-        return web.json_response(result.to_json())
     cache = request.app[_POLICY]
     if "policy" not in cache:
         path = request.app[SETTINGS].policy
@@ -249,7 +261,10 @@ async def verdict(request: web.Request) -> web.Response:
             cache["policy"] = load_policy(Path(path) if path else None)
         except ValueError as exc:  # PolicyError names the file and the key
             return _error(500, f"policy: {exc}")
-    result = await judge(request.app[STORE], name, cache["policy"], at)
+    try:
+        result = await judge(request.app[STORE], name, cache["policy"], at, save=False)
+    except UnknownExperiment:
+        return _error(404, "no such experiment")
     return web.json_response(result.to_json())
 
 
@@ -274,6 +289,25 @@ async def ready(request: web.Request) -> web.Response:
     if await request.app[STORE].ready():
         return web.json_response({"status": "ready"})
     return _error(503, "database unreachable or not migrated")
+
+
+@web.middleware
+async def _require_token(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """With a token configured, refuse (401) every request outside :data:`PUBLIC_PATHS` that
+    does not carry it; the ingest handlers check it again themselves."""
+    token = request.app[SETTINGS].token
+    if token is not None and request.path not in PUBLIC_PATHS:
+        try:
+            check_token(request.headers.get("Authorization"), token)
+        except IngestError as exc:
+            if request.path == "/v1/pairs":
+                request.app[METRICS].rejected["unauthorized"].inc()
+            response = _error(exc.status, str(exc))
+            response.headers["WWW-Authenticate"] = 'Bearer realm="shadowtee"'
+            return response
+    return await handler(request)
 
 
 # -- resources ----------------------------------------------------------------------------------
@@ -378,7 +412,7 @@ def create_app(
 ) -> web.Application:
     """The comparator application; the store opens (and migrates) when the app starts."""
     # The ingest handler enforces max_body_bytes itself; this only keeps aiohttp out of the way.
-    app = web.Application(client_max_size=settings.max_body_bytes + 1)
+    app = web.Application(client_max_size=settings.max_body_bytes + 1, middlewares=[_require_token])
     app[SETTINGS] = settings
     app[_ROLE] = role or Role()
     app[_IN_FLIGHT] = _InFlight()

@@ -6,6 +6,8 @@ The registry is a directory of models, each with an alias file the serving side 
 
 :func:`promote` points ``production`` at the candidate's version. It refuses unless the stored
 verdict is PROMOTE, or ``force`` is given (which is logged at WARNING with the decision it overrode).
+Stored verdicts come only from the comparator's periodic look and ``shadowtee verdict`` (the HTTP
+verdict route stores nothing); one dated after now was not taken by either and is refused too.
 The file is replaced atomically (write a temporary file in the same directory, fsync, ``os.replace``),
 so a reader sees either the old or the new aliases, never half a file.
 """
@@ -17,12 +19,16 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 __all__ = ["Promotion", "RegistryError", "promote", "promote_experiment", "read_aliases"]
 
 log = logging.getLogger(__name__)
+
+# Clock skew allowed between the machine that stored a verdict and the one promoting.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 class RegistryError(ValueError):
@@ -82,17 +88,23 @@ def promote(
     decision: str | None,
     force: bool = False,
     expected_candidate: str | None = None,
+    judged_at: datetime | None = None,
+    now: datetime | None = None,
 ) -> Promotion:
     """Point ``production`` at the candidate's version when ``decision`` is PROMOTE (or ``force``).
 
     ``expected_candidate`` is the version the verdict judged; a registry whose candidate alias has
-    moved since is refused (the verdict was about another model) unless forced.
+    moved since is refused (the verdict was about another model) unless forced. ``judged_at``,
+    the time the verdict looked at, may not be later than ``now`` (default: the clock) by more
+    than :data:`CLOCK_SKEW`.
     """
     aliases = read_aliases(registry, model)
     previous, candidate = aliases["production"], aliases["candidate"]
     problems = []
     if decision != "PROMOTE":
         problems.append(f"the stored verdict is {decision or 'missing'}, not PROMOTE")
+    elif judged_at is not None and judged_at > (now or datetime.now(UTC)) + CLOCK_SKEW:
+        problems.append(f"the stored verdict is dated {judged_at.isoformat()}, in the future")
     if expected_candidate is not None and expected_candidate != candidate:
         problems.append(
             f"the verdict judged version {expected_candidate}, the candidate alias is {candidate}"
@@ -125,6 +137,20 @@ async def promote_experiment(
         raise UnknownExperiment(f"no experiment named {experiment!r}")
     latest = await store.latest_verdict(experiment)
     decision = None if latest is None else latest.get("decision")
+    judged_at = None
+    if latest is not None:
+        try:
+            judged_at = datetime.fromisoformat(str(latest.get("at")))
+        except ValueError:
+            decision = None  # a stored verdict without a readable time is not one to act on
+        else:
+            if judged_at.tzinfo is None:
+                judged_at = judged_at.replace(tzinfo=UTC)
     return promote(
-        registry, model, decision=decision, force=force, expected_candidate=info.cand_version
+        registry,
+        model,
+        decision=decision,
+        force=force,
+        expected_candidate=info.cand_version,
+        judged_at=judged_at,
     )

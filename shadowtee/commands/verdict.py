@@ -28,14 +28,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--policy", type=Path, metavar="FILE", help="policy TOML (default: built in)"
     )
     parser.add_argument(
-        "--at", metavar="ISO8601", help="judge as of this time (default: now); not saved if past"
+        "--at",
+        metavar="ISO8601",
+        help="judge as of this time, not in the future (default: now); not saved if before the "
+        "last stored look",
     )
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     parser.add_argument("--no-save", action="store_true", help="do not store this look")
 
 
-def parse_at(value: str | None) -> datetime | None:
-    """ISO 8601 (``Z`` allowed); a time without offset is UTC."""
+def parse_at(value: str | None, now: datetime | None = None) -> datetime | None:
+    """ISO 8601 (``Z`` allowed); a time without offset is UTC. A time after ``now`` (default: the
+    clock) is refused: a stored look from the future would stand as the experiment's decision
+    and keep every later look from being stored."""
     from shadowtee.config import ConfigError
 
     if value is None:
@@ -44,7 +49,10 @@ def parse_at(value: str | None) -> datetime | None:
         ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ConfigError(f"--at: not an ISO 8601 time: {value!r}") from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+    if ts > (now or datetime.now(UTC)):
+        raise ConfigError(f"--at: {value} is in the future")
+    return ts
 
 
 def exit_code(decision: Any) -> int:

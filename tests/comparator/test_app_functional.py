@@ -313,3 +313,34 @@ async def test_with_workers_a_batch_is_not_validated_while_another_is_being_writ
     assert [status for status, _ in answers] == [200] * 6
     assert sum(body["inserted"] for _, body in answers) == 120
     assert writing_when_validated == [0] * 6
+
+
+async def test_every_read_needs_the_token_and_the_probes_do_not(api: Any, exp: str) -> None:
+    base, http, _ = api
+    await post(http, [make_pair(1, exp)])
+    async with aiohttp.ClientSession(base_url=base) as anon:
+        for path in ("/v1/experiments", f"/v1/experiments/{exp}/summary",
+                     f"/v1/experiments/{exp}/verdict", "/v1/experiments/nope/verdict"):  # fmt: skip
+            async with anon.get(path, headers={"Authorization": "Bearer wrong"}) as r:
+                assert r.status == 401, path
+            async with anon.get(path) as r:
+                assert r.status == 401, path
+        for path in ("/health/live", "/health/ready", "/metrics"):
+            async with anon.get(path) as r:
+                assert r.status == 200, path
+        async with anon.get("/metrics") as r:
+            assert "shadowtee_comparator_batches_rejected" in await r.text()
+
+
+async def test_the_verdict_route_stores_nothing_and_refuses_a_future_at(api: Any, exp: str) -> None:
+    _, http, store = api
+    await post(http, [make_pair(i, exp) for i in range(10)])
+    future = (T0 + timedelta(days=365 * 80)).isoformat()
+    async with http.get(f"/v1/experiments/{exp}/verdict", params={"at": future}) as r:
+        assert r.status == 400
+        assert (await r.json())["error"].startswith("at: ")
+    for params in ({}, {"at": (T0 + timedelta(hours=1)).isoformat()}):
+        async with http.get(f"/v1/experiments/{exp}/verdict", params=params) as r:
+            assert r.status == 200
+    assert await store.latest_verdict(exp) is None
+    assert await store.load_verdict_state(exp) is None

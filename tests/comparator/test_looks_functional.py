@@ -68,9 +68,11 @@ async def test_a_changed_decision_is_posted_once_signed_and_shown_on_metrics(
 ) -> None:
     receiver = Receiver()
     async with running(receiver.app()) as hook:
-        app = create_app(_settings(tmp_path, f"{hook}/hook", 0), registry=CollectorRegistry())
+        # GET …/verdict stores nothing (comparator.app): the periodic look takes the saved one.
+        app = create_app(_settings(tmp_path, f"{hook}/hook", 0.05), registry=CollectorRegistry())
         async with running(app) as url, aiohttp.ClientSession() as http:
             await _post_pairs(http, url, "bad", bad=True)
+            await asyncio.wait_for(receiver.arrived.wait(), timeout=20)
             for _ in range(2):
                 r = await http.get(f"{url}/v1/experiments/bad/verdict")
                 assert (await r.json())["decision"] == "REJECT"

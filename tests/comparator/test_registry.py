@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -46,6 +46,24 @@ def test_promote_refuses_without_a_promote_verdict(registry: Path, decision: str
 def test_promote_refuses_when_the_candidate_alias_moved(registry: Path) -> None:
     with pytest.raises(RegistryError, match="judged version 3"):
         promote(registry, "digits", decision="PROMOTE", expected_candidate="3")
+
+
+def test_promote_refuses_a_verdict_dated_in_the_future(registry: Path) -> None:
+    now = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    with pytest.raises(RegistryError, match=r"dated 2099-01-01.*in the future"):
+        promote(
+            registry,
+            "digits",
+            decision="PROMOTE",
+            judged_at=datetime(2099, 1, 1, tzinfo=UTC),
+            now=now,
+        )
+    assert read_aliases(registry, "digits")["production"] == "1"
+    # a few seconds of clock skew between machines is not the future
+    p = promote(
+        registry, "digits", decision="PROMOTE", judged_at=now + timedelta(seconds=30), now=now
+    )
+    assert p.promoted == "2" and not p.forced
 
 
 def test_force_promotes_and_logs(registry: Path, caplog: pytest.LogCaptureFixture) -> None:
