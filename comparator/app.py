@@ -159,7 +159,7 @@ async def post_pairs(request: web.Request) -> web.Response:
 async def _store_batch(request: web.Request) -> web.Response:
     settings, metrics, store = request.app[SETTINGS], request.app[METRICS], request.app[STORE]
     try:
-        pairs = await read_pairs(
+        screened = await read_pairs(
             request,
             token=settings.token,
             max_body_bytes=settings.max_body_bytes,
@@ -167,10 +167,13 @@ async def _store_batch(request: web.Request) -> web.Response:
         )
     except IngestError as exc:
         metrics.rejected[_REASON.get(exc.status, "invalid")].inc()
-        return _error(exc.status, str(exc))
+        # The limit travels with every answer, so a proxy cuts its batches below it.
+        limit = {"X-Max-Body-Bytes": str(settings.max_body_bytes)}
+        return web.json_response({"error": str(exc)}, status=exc.status, headers=limit)
+    pairs = screened.pairs
     started = time.perf_counter()
     try:
-        result = await store.ingest(pairs)
+        result = await store.ingest(pairs, screened.refused, screened.indexes)
     except (SQLAlchemyError, OSError, StoreError) as exc:
         metrics.rejected["store"].inc()
         log.error("storing a batch of %d pairs failed: %s", len(pairs), exc)
@@ -184,13 +187,22 @@ async def _store_batch(request: web.Request) -> web.Response:
     metrics.pairs_received.inc(result.received)
     metrics.pairs_inserted.inc(result.inserted)
     metrics.pairs_duplicate.inc(result.duplicates)
+    for refused in result.quarantined:
+        metrics.quarantined[refused.reason].inc()
+    # Each refused pair by its index in the batch and its reason; the rest are stored.
     return web.json_response(
         {
             "received": result.received,
             "inserted": result.inserted,
             "duplicates": result.duplicates,
+            "quarantined": len(result.quarantined),
+            "refused": [
+                {"index": r.index, "reason": r.reason, "detail": r.detail}
+                for r in result.quarantined
+            ],
             "experiments": list(result.experiments),
-        }
+        },
+        headers={"X-Max-Body-Bytes": str(settings.max_body_bytes)},
     )
 
 

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-__all__ = ["REJECT_REASONS", "ComparatorMetrics"]
+__all__ = ["QUARANTINE_REASONS", "REJECT_REASONS", "ComparatorMetrics"]
 
 REJECT_REASONS = ("unauthorized", "too_large", "unparseable", "invalid", "unsupported", "store")
+# comparator.ingest.QUARANTINE_REASONS, kept here so the metrics import nothing of ingest.
+QUARANTINE_REASONS = ("invalid", "unstorable_text", "too_old", "future")
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class ComparatorMetrics:
     pairs_inserted: Counter
     pairs_duplicate: Counter
     rejected: dict[str, Counter]
+    quarantined: dict[str, Counter]
     ingest_seconds: Histogram
     scrapes: dict[str, Counter]
     scrape_errors: dict[str, Counter]
@@ -33,6 +36,12 @@ class ComparatorMetrics:
         p = "shadowtee_comparator_"
         rejected = Counter(
             p + "batches_rejected", "Ingest batches refused, by reason", ["reason"], registry=reg
+        )
+        quarantined = Counter(
+            p + "pairs_quarantined",
+            "Pairs refused one by one and kept in the quarantine, by reason",
+            ["reason"],
+            registry=reg,
         )
         scrapes = Counter(
             p + "scrapes", "Memory scrapes that succeeded, by side", ["side"], registry=reg
@@ -53,6 +62,7 @@ class ComparatorMetrics:
                 p + "pairs_duplicate", "Pairs already stored (retried batches)", registry=reg
             ),
             rejected={r: rejected.labels(reason=r) for r in REJECT_REASONS},
+            quarantined={r: quarantined.labels(reason=r) for r in QUARANTINE_REASONS},
             ingest_seconds=Histogram(p + "ingest_seconds", "Time to store one batch", registry=reg),
             scrapes={s: scrapes.labels(side=s) for s in sides},
             scrape_errors={s: errors.labels(side=s) for s in sides},

@@ -9,6 +9,7 @@ Tables, one concept each::
     ├── memory_samples RSS / GPU bytes per side, scraped from the model servers
     ├── verdicts       the history of verdicts (payload as JSON)
     └── verdict_state  the latest decision and the confidence-sequence state the verdict carries on
+    quarantine         pairs the comparator refused one by one, with the reason (never a whole batch)
 
 Times are stored in UTC. On SQLite, which has no time-zone type, :class:`UTCDateTime` stores naive
 UTC and hands back aware datetimes, so both databases return the same values.
@@ -45,6 +46,7 @@ __all__ = [
     "JsonType",
     "MemorySampleRow",
     "PairRow",
+    "QuarantineRow",
     "UTCDateTime",
     "VerdictRow",
     "VerdictStateRow",
@@ -195,3 +197,25 @@ class VerdictStateRow(Base):
     decision: Mapped[str] = mapped_column(String(32))
     state: Mapped[dict[str, Any]] = mapped_column(JsonType)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class QuarantineRow(Base):
+    """One pair the comparator refused, kept with its reason for inspection (migration 0003).
+
+    ``experiment`` and ``request_id`` are the pair's own names as far as they could be read (text
+    made safe for every store, cut to the column), ``item`` the pair as JSON with every non-ASCII
+    character escaped (so a NUL is the six characters ``\\u0000``), cut at 64 KiB. No key to
+    ``experiments``: a refused pair may name an experiment that was never stored.
+    """
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    experiment: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    item: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_quarantine_experiment_received_at", "experiment", "received_at"),)

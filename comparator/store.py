@@ -11,7 +11,7 @@ for why a retried or overlapping batch never counts twice); everything else is h
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +30,7 @@ from comparator.store_ingest import EXP, HOURS, PAIRS, Ingest, IngestResult, ins
 from comparator.wire import Pair
 
 if TYPE_CHECKING:
+    from comparator.ingest import Refused
     from comparator.normalize import NormalizeConfig
 
 __all__ = [
@@ -207,14 +208,23 @@ class Store:
         return self._normalize_config(name) if self._normalize_config else NormalizeConfig()
 
     # -- ingest -------------------------------------------------------------------------------
-    async def ingest(self, pairs: list[Pair]) -> IngestResult:
-        """Store a validated batch in one transaction; pairs already stored are skipped, uncounted."""
-        if not pairs:
+    async def ingest(
+        self,
+        pairs: list[Pair],
+        refused: Sequence[Refused] = (),
+        indexes: Sequence[int] | None = None,
+    ) -> IngestResult:
+        """Store a validated batch in one transaction; pairs already stored are skipped, uncounted.
+
+        ``refused`` (comparator.ingest.screen_body) and the pairs outside the time window go to
+        the quarantine in the same transaction; ``indexes`` are the pairs' places in the batch.
+        """
+        if not pairs and not refused:
             return IngestResult(0, 0, 0)
         # Measured before the write lock, so that this batch's CPU work overlaps other
         # batches' SQL (with writes_first, only other processes' batches: see between_writes).
         await self.between_writes()
-        prepared = self._ingest.prepare(pairs)
+        prepared = self._ingest.prepare(pairs, refused, indexes)
         self._writing += 1
         try:
             async with self._write() as conn:

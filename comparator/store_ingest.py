@@ -31,6 +31,14 @@ another process writes the same experiment (comparator replicas, ``--workers``).
 write compares them with the locked row and measures, folds or builds rows again where they differ,
 as it folds again the new pairs of a partly retried batch; the result is always what a single
 writer would have stored.
+
+The window: a pair dated more than ``max_backdate`` before the experiment's first pair as stored
+(the first batch of an experiment sets it) or more than ``max_ahead`` after
+the comparator's clock is refused into the quarantine (reasons ``too_old``, ``future``) with the
+pairs the caller refused (comparator.ingest.Refused), in the same transaction. So no pair can move
+an experiment's start back by more than ``max_backdate`` (2 h: far less than the 24 h a verdict
+waits for) or stand for traffic not seen yet. Checked in :meth:`Ingest.prepare` against what this
+store last saw of the experiment, and again under the lock against its stored start.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import numpy as np
@@ -51,7 +59,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from comparator.aggregates import Aggregate
 from comparator.exceptions import StoreError
-from comparator.models import ExperimentRow, HourlyAggregateRow, PairRow
+from comparator.ingest import Refused
+from comparator.models import ExperimentRow, HourlyAggregateRow, PairRow, QuarantineRow
 from comparator.pair_rows import COLUMNS, pair_columns, pair_records, sqlite_utc_text, subset
 from comparator.wire import Pair
 
@@ -62,7 +71,10 @@ __all__ = [
     "EXP",
     "HOURS",
     "KNOWN_TASKS",
+    "MAX_AHEAD",
+    "MAX_BACKDATE",
     "PAIRS",
+    "QUARANTINE",
     "Ingest",
     "IngestResult",
     "Prepared",
@@ -121,6 +133,10 @@ _EXP_UPDATE = _Sql(_EXP_SET.format(*(f"${i}" for i in range(1, 8))), _EXP_SET.fo
 EXP = cast(Table, ExperimentRow.__table__)
 PAIRS = cast(Table, PairRow.__table__)
 HOURS = cast(Table, HourlyAggregateRow.__table__)
+QUARANTINE = cast(Table, QuarantineRow.__table__)
+MAX_BACKDATE = timedelta(hours=2)
+MAX_AHEAD = timedelta(minutes=5)
+_ITEM_CHARS = 64 * 1024
 _PG_DIALECT: Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
 _PG_ARRAYS = ", ".join(
     f"${i}::{c.type.compile(dialect=_PG_DIALECT)}[]" for i, c in enumerate(PAIRS.columns, start=1)
@@ -140,6 +156,7 @@ class IngestResult:
     inserted: int
     duplicates: int
     experiments: tuple[str, ...] = ()
+    quarantined: tuple[Refused, ...] = ()
 
 
 def insert_for(dialect: str, table: Any) -> Any:
@@ -184,6 +201,11 @@ def _json(value: Any) -> Any:
     """A JSON column's value as read on the driver: text on SQLite, already decoded by the codec
     SQLAlchemy sets up on asyncpg connections."""
     return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _safe(text: str) -> str:
+    """``text`` as valid UTF-8 without NUL, which every store takes."""
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 def _hour(ts: datetime) -> datetime:
@@ -237,6 +259,8 @@ class Prepared:
 
     received: int
     parts: tuple[_Part, ...]
+    refused: tuple[Refused, ...] = ()
+    index: dict[int, int] = dataclasses.field(default_factory=dict)  # id(pair) -> batch index
 
 
 @dataclass(frozen=True)
@@ -259,6 +283,9 @@ class Ingest:
     config_for: Callable[[str], NormalizeConfig]
     store_bodies: bool = False
     raw_sample_rate: float = 0.0
+    max_backdate: timedelta = MAX_BACKDATE
+    max_ahead: timedelta = MAX_AHEAD
+    clock: Callable[[], datetime] = dataclasses.field(default=lambda: datetime.now(UTC))
     # name -> (id, task, started_at) as last locked here: a hint, checked under the lock.
     _seen: dict[str, tuple[int, str | None, datetime]] = dataclasses.field(
         default_factory=dict, compare=False, repr=False
@@ -278,21 +305,36 @@ class Ingest:
             return dataclasses.replace(cfg, task=stored_task)
         return cfg
 
-    def prepare(self, pairs: Sequence[Pair]) -> Prepared:
-        """Measure a validated, non-empty batch, fold it into hours and build its rows (CPU only)."""
+    def prepare(
+        self,
+        pairs: Sequence[Pair],
+        refused: Sequence[Refused] = (),
+        indexes: Sequence[int] | None = None,
+    ) -> Prepared:
+        """Measure a validated batch, fold it into hours and build its rows (CPU only).
+
+        ``refused`` are the batch's pairs the caller refused, ``indexes`` the batch index of each
+        of ``pairs`` (default: their position); pairs outside the window join ``refused``.
+        """
+        index = {id(p): i for p, i in zip(pairs, indexes or range(len(pairs)), strict=True)}
+        out = list(refused)
         groups: dict[str, dict[str, Pair]] = {}
         for p in pairs:  # a request id repeated inside one batch counts once
             groups.setdefault(p.experiment, {}).setdefault(p.request_id, p)
+        now = self.clock()
         parts = []
         for name in sorted(groups):
             g = groups[name]
+            seen = self._seen.get(name)
+            g = self._in_window(g, seen[2] if seen else None, now, index, out)
+            if not g:
+                continue
             # Pairs in request-id order, with their POSIX times (see _stamps).
             batch = [g[rid] for rid in sorted(g)]
             times = _stamps(batch)
             earliest = batch[int(np.argmin(times))].ts
             # versions from the first pair that names them
             first = next((p for p in g.values() if p.prod.model_version), next(iter(g.values())))
-            seen = self._seen.get(name)
             if seen is None:
                 assumed = _Assumed(None, self._config(name, None), earliest)
             else:
@@ -301,7 +343,44 @@ class Ingest:
                 name, batch, times, earliest, first, assumed, *self._measure(batch, assumed, times)
             )
             parts.append(part)
-        return Prepared(len(pairs), tuple(parts))
+        return Prepared(len(pairs) + len(refused), tuple(parts), tuple(out), index)
+
+    def _in_window(
+        self,
+        group: dict[str, Pair],
+        started: datetime | None,
+        now: datetime,
+        index: Mapping[int, int],
+        refused: list[Refused],
+    ) -> dict[str, Pair]:
+        """The pairs of ``group`` inside the window (module docstring); the others to ``refused``.
+
+        ``started`` is the experiment's first pair as known, ``None`` for one not stored yet (then
+        only the future is refused: the first batch sets the start, and a replay may span days).
+        """
+        ahead = now + self.max_ahead
+        floor = started - self.max_backdate if started is not None else None
+        if floor is None:  # the first batch of an experiment sets its start (any span: replays)
+            if all(p.ts <= ahead for p in group.values()):
+                return group
+            floor = min(p.ts for p in group.values())
+        if all(floor <= p.ts <= ahead for p in group.values()):
+            return group
+        kept = {}
+        for rid, p in group.items():
+            if p.ts > ahead:
+                reason, why = "future", f"more than {self.max_ahead} after the comparator's clock"
+            elif p.ts < floor:
+                reason = "too_old"
+                why = f"more than {self.max_backdate} before the experiment's first pair"
+            else:
+                kept[rid] = p
+                continue
+            detail = f"ts {p.ts.isoformat()}: {why}"
+            refused.append(
+                Refused(index[id(p)], reason, detail, p.model_dump(mode="json"), p.experiment, rid)
+            )
+        return kept
 
     def _measure(
         self, batch: Sequence[Pair], assumed: _Assumed, times: NDArray[np.float64]
@@ -372,13 +451,27 @@ class Ingest:
         from comparator.normalize import fold
 
         inserted = 0
-        exps = await self._lock_experiments(conn, prepared.parts)
+        refused = list(prepared.refused)
+        exps = await self._lock_experiments(conn, prepared.parts) if prepared.parts else {}
         for part in prepared.parts:
             exp = exps[part.name]
-            started = min(exp.started_at, part.earliest)
-            actual = _Assumed(exp.id, self._config(part.name, exp.task), started)
             batch, times, metrics = part.pairs, part.times, part.metrics
             hours, records, assumed = part.hours, part.records, part.assumed
+            floor = exp.started_at - self.max_backdate
+            if part.earliest < floor:  # another writer stored the experiment's first pairs
+                group = {p.request_id: p for p in batch}
+                kept = self._in_window(group, exp.started_at, self.clock(), prepared.index, refused)
+                batch = list(kept.values())
+                if not batch:
+                    continue
+                times = _stamps(batch)
+                part = dataclasses.replace(
+                    part, pairs=batch, times=times, earliest=batch[int(np.argmin(times))].ts
+                )
+                records = None
+                metrics, hours, _ = self._measure(batch, assumed, times)
+            started = min(exp.started_at, part.earliest)
+            actual = _Assumed(exp.id, self._config(part.name, exp.task), started)
             if actual.config != assumed.config:  # another writer fixed the task first
                 metrics, hours, records = self._measure(batch, actual, times)
                 assumed = actual
@@ -414,8 +507,28 @@ class Ingest:
                 cand_version=exp.cand_version or part.first.candidate.model_version,
             )
             self._seen[part.name] = (exp.id, task, started)
+        if refused:
+            await self._quarantine(conn, refused)
         names = tuple(part.name for part in prepared.parts)
-        return IngestResult(prepared.received, inserted, prepared.received - inserted, names)
+        refused.sort(key=lambda r: r.index)
+        duplicates = prepared.received - inserted - len(refused)
+        return IngestResult(prepared.received, inserted, duplicates, names, tuple(refused))
+
+    async def _quarantine(self, conn: AsyncConnection, refused: Sequence[Refused]) -> None:
+        """Keep the refused pairs with their reasons (see comparator.models.QuarantineRow)."""
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "experiment": r.experiment,
+                "request_id": r.request_id,
+                "reason": r.reason,
+                "detail": _safe(r.detail),
+                "item": json.dumps(r.item, ensure_ascii=True, default=repr)[:_ITEM_CHARS],
+                "received_at": now,
+            }
+            for r in refused
+        ]
+        await conn.execute(QUARANTINE.insert(), rows)
 
     async def _stored_ids(
         self, conn: AsyncConnection, experiment_id: int, request_ids: Sequence[str]

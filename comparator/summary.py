@@ -12,10 +12,13 @@ import math
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import func, select
+
 from comparator.aggregates import Aggregate, ddsketch_value, keys
 from comparator.store import Store
+from comparator.store_ingest import QUARANTINE
 
-__all__ = ["QUANTILES", "latency_summary", "outcome_counts", "summarize"]
+__all__ = ["QUANTILES", "latency_summary", "outcome_counts", "quarantine_counts", "summarize"]
 
 QUANTILES = (0.5, 0.95, 0.99)
 SIDES = ("prod", "cand", "twin")
@@ -103,6 +106,18 @@ def _block(agg: Aggregate) -> dict[str, Any]:
     }
 
 
+async def quarantine_counts(store: Store, name: str) -> dict[str, Any]:
+    """Pairs of ``name`` the comparator refused into the quarantine (ever), by reason."""
+    q = (
+        select(QUARANTINE.c.reason, func.count())
+        .where(QUARANTINE.c.experiment == name)
+        .group_by(QUARANTINE.c.reason)
+    )
+    async with store.engine.connect() as conn:
+        by_reason = {str(r): int(n) for r, n in (await conn.execute(q)).all()}
+    return {"total": sum(by_reason.values()), "by_reason": dict(sorted(by_reason.items()))}
+
+
 async def summarize(
     store: Store, name: str, start: datetime | None = None, end: datetime | None = None
 ) -> dict[str, Any]:
@@ -123,5 +138,6 @@ async def summarize(
         **_block(total),
         "divergence": _divergence(total),
         "memory": memory,
+        "quarantine": await quarantine_counts(store, name),
         "hours": [{"hour": h.isoformat(), **_block(agg)} for h, agg in hours],
     }

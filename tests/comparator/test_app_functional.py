@@ -78,15 +78,15 @@ async def test_retried_batch_stores_nothing_twice(api: Any, exp: str) -> None:
     assert await store.count_pairs(exp) == 20
 
 
-async def test_batch_with_one_malformed_pair_stores_nothing(api: Any, exp: str) -> None:
+async def test_batch_with_one_malformed_pair_stores_the_others(api: Any, exp: str) -> None:
     _, http, store = api
     batch = [make_pair(i, exp) for i in range(6)]
     batch[4]["candidate"]["latency_ms"] = "slow"
     status, body = await post(http, batch)
-    assert status == 422
-    assert body["error"].startswith("pairs[4].candidate.latency_ms: ")
-    assert await store.get_experiment(exp) is None
-    assert await store.count_pairs(exp) == 0
+    assert (status, body["inserted"], body["quarantined"]) == (200, 5, 1)
+    assert body["refused"][0]["index"] == 4
+    assert body["refused"][0]["detail"].startswith("pairs[4].candidate.latency_ms: ")
+    assert await store.count_pairs(exp) == 5
 
 
 async def test_unparseable_json_is_400(api: Any) -> None:

@@ -342,9 +342,9 @@ async def test_with_writes_first_no_batch_is_measured_while_another_is_being_wri
     writing_when_measured: list[int] = []
     prepare = Ingest.prepare
 
-    def spy(self: Ingest, pairs: Any) -> Any:
+    def spy(self: Ingest, pairs: Any, *args: Any) -> Any:
         writing_when_measured.append(store._writing)
-        return prepare(self, pairs)
+        return prepare(self, pairs, *args)
 
     monkeypatch.setattr(Ingest, "prepare", spy)
     batches = [pairs_of([make_pair(20 * k + i, exp) for i in range(20)]) for k in range(6)]
