@@ -5,14 +5,21 @@
     ProxyError                 base of everything the proxy raises on purpose
     └── SpoolError             the on-disk spool could not be read or written
 
-Failures of the candidate (or of production) are *not* exceptions past :mod:`proxy.outcomes`:
-``classify()`` maps ``OSError``/``TimeoutError`` from :mod:`proxy.upstream` to an :class:`~comparator.wire.Outcome`
-and a short reason, and the pair records them.
+    ConnectionError (OSError)
+    └── UpstreamProtocolError  production or the candidate sent something that is not a
+                               well-formed, unambiguous HTTP/1.1 response
+    TimeoutError (OSError)
+    └── UpstreamTimeout        production sent nothing for longer than its read timeout
+
+The upstream errors derive from the builtin ``OSError`` family so that every failure of an
+upstream call, ours or the socket's, is one ``except OSError``. They are not exceptions past
+:mod:`proxy.outcomes`: ``classify()`` maps them (and the socket's own errors) to an
+:class:`~comparator.wire.Outcome` and a short reason, and the pair records them.
 """
 
 from __future__ import annotations
 
-__all__ = ["ProxyError", "SpoolError"]
+__all__ = ["ProxyError", "SpoolError", "UpstreamProtocolError", "UpstreamTimeout"]
 
 
 class ProxyError(Exception):
@@ -21,3 +28,11 @@ class ProxyError(Exception):
 
 class SpoolError(ProxyError):
     """The spool directory is unusable (permissions, disk full, corrupt file)."""
+
+
+class UpstreamProtocolError(ConnectionError):
+    """The upstream sent something that is not a well-formed HTTP/1.1 response."""
+
+
+class UpstreamTimeout(TimeoutError):
+    """The upstream sent nothing for longer than the read timeout."""

@@ -1,6 +1,6 @@
 """Map what can go wrong on an upstream call to an :class:`Outcome` and a one-line reason.
 
-This is the only place that knows the exceptions of the upstream clients (:mod:`proxy.upstream`);
+This is the only place that knows the exceptions of the upstream clients (:mod:`proxy.exceptions`);
 everything downstream (the pair, the metrics, the comparator) sees
 ``ok | error | timeout | shed | skipped``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from comparator.wire import Outcome
-from proxy.upstream import UpstreamProtocolError
+from proxy.exceptions import UpstreamProtocolError
 
 __all__ = ["Outcome", "classify"]
 

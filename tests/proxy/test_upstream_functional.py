@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from proxy.upstream import CandidateClient, UpstreamProtocolError
+from proxy.exceptions import UpstreamProtocolError
+from proxy.http.candidate import CandidateClient
+from tests.proxy.candidate_helpers import request
 
 Reply = Callable[[bytes], bytes | None]  # request head -> response bytes (None: never answer)
 
@@ -106,7 +108,7 @@ async def test_response_framings(raw: bytes, status: int, body: bytes, version: 
     async with raw_server(fixed(raw)) as (url, accepted):
         client = CandidateClient(url, linger_s=1.0)
         for _ in range(3):
-            resp = await asyncio.wait_for(client.request("POST", "/p", [("X-A", "1")], b"{}"), 5)
+            resp = await asyncio.wait_for(request(client, "POST", "/p", [("X-A", "1")], b"{}"), 5)
             assert (resp.status, resp.body, resp.model_version) == (status, body, version)
         assert len(accepted) == 1  # keep-alive: one connection for all three
         await client.close()
@@ -117,7 +119,7 @@ async def test_body_until_close_is_read_and_the_connection_not_reused() -> None:
     async with raw_server(fixed(raw), close_after=True) as (url, accepted):
         client = CandidateClient(url, linger_s=1.0)
         for _ in range(2):
-            resp = await asyncio.wait_for(client.request("POST", "/p", [], b""), 5)
+            resp = await asyncio.wait_for(request(client, "POST", "/p", [], b""), 5)
             assert resp.body == b"until-eof"
         assert len(accepted) == 2
         await client.close()
@@ -127,7 +129,7 @@ async def test_garbage_is_a_protocol_error() -> None:
     async with raw_server(fixed(b"SSH-2.0-OpenSSH\r\n\r\n")) as (url, _):
         client = CandidateClient(url, linger_s=1.0)
         with pytest.raises(UpstreamProtocolError):
-            await asyncio.wait_for(client.request("POST", "/p", [], b""), 5)
+            await asyncio.wait_for(request(client, "POST", "/p", [], b""), 5)
         await client.close()
 
 
@@ -136,7 +138,7 @@ async def test_a_late_answer_drains_and_the_connection_is_reused() -> None:
     raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     async with raw_server(fixed(raw), arrived=arrived, gate=gate) as (url, accepted):
         client = CandidateClient(url, linger_s=30.0)
-        task = asyncio.ensure_future(client.request("POST", "/p", [], b""))
+        task = asyncio.ensure_future(request(client, "POST", "/p", [], b""))
         await asyncio.wait_for(arrived.wait(), 5)
         task.cancel()  # the deadline passed while the candidate still works on it
         with pytest.raises(asyncio.CancelledError):
@@ -148,7 +150,7 @@ async def test_a_late_answer_drains_and_the_connection_is_reused() -> None:
                 break
             await asyncio.sleep(0.01)
         assert client.lingering == 0
-        resp = await asyncio.wait_for(client.request("POST", "/p", [], b""), 5)
+        resp = await asyncio.wait_for(request(client, "POST", "/p", [], b""), 5)
         assert resp.body == b"ok" and len(accepted) == 1
         await client.close()
 
@@ -158,7 +160,7 @@ async def test_a_hung_call_lingers_then_is_aborted() -> None:
         client = CandidateClient(url, linger_s=0.05)
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
-                await client.request("POST", "/p", [], b"")
+                await request(client, "POST", "/p", [], b"")
         assert client.lingering == 1
         for _ in range(500):
             if client.lingering == 0 and client.open_connections == 0:
@@ -172,10 +174,10 @@ async def test_stale_keep_alive_connection_is_retried_once() -> None:
     raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"
     async with raw_server(fixed(raw), close_after=True) as (url, accepted):
         client = CandidateClient(url, linger_s=1.0)
-        assert (await client.request("POST", "/p", [], b"")).body == b"x"
+        assert (await request(client, "POST", "/p", [], b"")).body == b"x"
         # The server closed after answering although it did not say so; the next call recovers.
         for _ in range(3):
-            assert (await asyncio.wait_for(client.request("POST", "/p", [], b""), 5)).body == b"x"
+            assert (await asyncio.wait_for(request(client, "POST", "/p", [], b""), 5)).body == b"x"
         assert len(accepted) == 4
         await client.close()
 
@@ -198,9 +200,9 @@ async def test_a_body_past_keep_bytes_is_counted_and_drained_but_not_held(framin
     async with raw_server(reply) as (url, accepted):
         client = CandidateClient(url, linger_s=1.0, keep_bytes=1024)
         try:
-            resp = await client.request("POST", "/big", [], b"{}")
+            resp = await request(client, "POST", "/big", [], b"{}")
             assert (resp.status, resp.size, resp.truncated, resp.body) == (200, len(big), True, b"")
-            again = await client.request("POST", "/small", [], b"{}")
+            again = await request(client, "POST", "/small", [], b"{}")
             assert (again.body, again.size, again.truncated) == (small, len(small), False)
             assert len(accepted) == 1  # the drained connection was reused
         finally:

@@ -1,0 +1,412 @@
+"""One keep-alive connection to an upstream (production or the candidate), parsed by llhttp.
+
+A request goes out in one ``write``; the answer is parsed by llhttp (``httptools``'
+``HttpResponseParser``) with every leniency off, as the data port parses requests, and handed to
+the request's :class:`Sink` as a head, body pieces and an end. On top of llhttp's checks the
+connection refuses what a proxy must not pass on: a transfer coding other than ``chunked``, a
+``Connection`` header naming a framing header, control bytes in the reason phrase, a ``101`` nobody
+asked for, and a head over :data:`MAX_HEAD` bytes. Trailers are read and dropped.
+
+The connection's :class:`ConnectionState` says what it may be used for, and only
+:meth:`ClientConnection.is_available` connections are handed out again: a connection goes back to
+its pool only when its answer is complete, nothing follows it, reading is not paused and the
+answer allowed keep-alive. Anything else — bytes after an answer (after a ``HEAD``, ``204`` or
+``304`` answer too), bytes with no request out, an interim answer after the final one, a broken
+answer — closes it, so no byte of one exchange can become part of another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import re
+from collections.abc import Iterable
+from typing import Protocol
+
+import httptools
+
+from proxy.exceptions import UpstreamProtocolError, UpstreamTimeout
+from proxy.http.flow import FlowControl
+
+__all__ = [
+    "MAX_HEAD",
+    "ClientConnection",
+    "ConnectionState",
+    "Owner",
+    "ResponseHead",
+    "Sink",
+    "encode_request",
+]
+
+MAX_HEAD = 64 * 1024  # bytes of a response head (or of a trailer section), and of a head line
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Names a ``Connection`` header may not list: dropping them as hop-by-hop would change the framing.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+# The lengths of the header names the parser acts on, so most names are never lower-cased.
+_NAME_LENGTHS = frozenset(
+    len(n) for n in ("content-length", "transfer-encoding", "connection", "x-model-version")
+)
+
+
+def encode_request(
+    method: str,
+    target: bytes,
+    host: bytes,
+    headers: Iterable[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    always_length: bool = False,
+) -> bytes:
+    """One HTTP/1.1 request as bytes. ``headers`` must hold no framing or hop-by-hop header."""
+    parts = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    if body or always_length or method in _BODY_METHODS:
+        parts.append(b"Content-Length: %d\r\n" % len(body))
+    parts += (b"\r\n", body)
+    return b"".join(parts)
+
+
+class ConnectionState(enum.Enum):
+    IDLE = "idle"  # connected, nothing out, nothing buffered: may carry the next request
+    ACTIVE = "active"  # a request is out and its answer not complete
+    CLOSED = "closed"  # closing or closed: never used again
+
+
+class ResponseHead:
+    """The parsed head of an answer. ``lines[0]`` is empty; the rest are ``Name: value``."""
+
+    __slots__ = ("chunked", "has_body", "length", "lines", "model_version", "reason", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.lines: list[bytes] = [b""]
+        self.length: int | None = None  # the Content-Length, when there is one
+        self.chunked = False
+        self.has_body = True
+        self.model_version: str | None = None
+
+
+class Sink(Protocol):
+    """Receives one answer from a connection."""
+
+    def head(self, conn: ClientConnection, head: ResponseHead) -> None: ...
+
+    def data(self, conn: ClientConnection, chunk: bytes) -> None: ...
+
+    def done(self, conn: ClientConnection) -> None: ...
+
+    def fail(self, exc: Exception) -> None: ...
+
+
+class Owner(Protocol):
+    """The pool a connection reports to."""
+
+    def release(self, conn: ClientConnection) -> None: ...
+
+    def forget(self, conn: ClientConnection) -> None: ...
+
+
+class _Stop(Exception):
+    """Raised inside a parser callback to stop llhttp; never leaves this module."""
+
+
+_TRAILING = _Stop("bytes after the answer")
+_NO_BODY = _Stop("the answer to a HEAD request ends with its head")
+
+
+class ClientConnection(asyncio.Protocol):
+    """One keep-alive connection; at most one request on it at a time."""
+
+    def __init__(self, owner: Owner, read_timeout_s: float | None = None) -> None:
+        self._owner = owner
+        self._transport: asyncio.Transport | None = None
+        self.flow: FlowControl | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._state = ConnectionState.IDLE
+        self._sink: Sink | None = None
+        self._head_request = False
+        self._head = ResponseHead()
+        self._reason = b""
+        self._in_head = False
+        self._head_size = 0
+        self._interim = False
+        self._until_close = False
+        self._keep = True
+        self._complete = False
+        self._quiet = 0  # bytes fed since the parser last called back (a head line growing)
+        self._seen: bytearray | None = None  # a HEAD request's answer so far, to find its end
+        self._heads = 0
+        self.got_bytes = False  # a byte of the current answer arrived
+        self._read_timeout_s = read_timeout_s
+        self._last_rx = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        paused = ", reading paused" if self.flow is not None and self.flow.read_paused else ""
+        return f"<ClientConnection [{self._state.value}{paused}]>"
+
+    # --- what a pool asks -------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    def is_idle(self) -> bool:
+        return self._state is ConnectionState.IDLE
+
+    def is_available(self) -> bool:
+        """Idle, connected, not paused: it may carry the next request."""
+        transport = self._transport
+        return (
+            self._state is ConnectionState.IDLE
+            and transport is not None
+            and not transport.is_closing()
+            and self.flow is not None
+            and not self.flow.read_paused
+        )
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self.flow = FlowControl(self._transport)  # type: ignore[arg-type]
+        self._loop = asyncio.get_running_loop()
+
+    def pause_writing(self) -> None:
+        if self.flow is not None:
+            self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.flow is not None:
+            self.flow.resume_writing()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost finishes the work
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was = self._state
+        self._state = ConnectionState.CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.flow is not None:
+            self.flow.connection_lost()
+        if was is ConnectionState.ACTIVE:
+            if self._until_close and not self._in_head:
+                self._finish(reuse=False)  # the body ran until the close: that is its end
+            else:
+                self._fail(ConnectionResetError("upstream closed the connection"))
+        self._owner.forget(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._state is not ConnectionState.ACTIVE:
+            self.close()  # bytes nobody asked for: this connection's framing is lost
+            return
+        self.got_bytes = True
+        if self._read_timeout_s is not None:
+            self._last_rx = self._loop.time()  # type: ignore[union-attr]
+        if self._seen is not None:
+            self._seen += data
+        self._quiet += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamProtocolError("bad response: an upgrade nobody asked for"))
+            return
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if cause is _TRAILING:
+                self._finish(reuse=False)
+            elif cause is _NO_BODY:
+                self._finish(reuse=self._keep and self._head_ends_input())
+            else:
+                self._fail(UpstreamProtocolError(f"bad response: {cause or exc}"))
+            return
+        if self._complete:
+            self._finish(reuse=self._keep)
+        elif self._quiet > MAX_HEAD:
+            self._fail(UpstreamProtocolError("bad response: head line too long"))
+
+    # --- the request's side -------------------------------------------------------------------
+
+    def send(self, data: bytes, head_request: bool, sink: Sink) -> None:
+        """Send one request; its answer goes to ``sink``."""
+        if not self.is_available():
+            raise ConnectionResetError(f"{self!r} cannot carry a request")
+        assert self._transport is not None and self._loop is not None
+        self._state = ConnectionState.ACTIVE
+        self._sink = sink
+        self._head_request = head_request
+        self._seen = bytearray() if head_request else None
+        self._heads = 0
+        self.got_bytes = False
+        self._transport.write(data)
+        if self._read_timeout_s is not None:
+            self._last_rx = self._loop.time()
+            if self._timer is None:
+                self._timer = self._loop.call_at(
+                    self._last_rx + self._read_timeout_s, self._check_timeout
+                )
+
+    def detach(self) -> None:
+        """The current request's sink hears nothing more (the caller gave up on it)."""
+        self._sink = None
+
+    def pause_reading(self) -> None:
+        if self.flow is not None:
+            self.flow.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.flow is not None and self._state is not ConnectionState.CLOSED:
+            self.flow.resume_reading()
+
+    def close(self) -> None:
+        """Cut the connection; a request still out fails."""
+        if self._state is ConnectionState.ACTIVE:
+            self._fail(ConnectionResetError("connection closed by the proxy"))
+        self._state = ConnectionState.CLOSED
+        if self._transport is not None:
+            self._transport.abort()
+
+    # --- llhttp callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            raise _TRAILING
+        self._in_head = True
+        self._head = ResponseHead()
+        self._reason = b""
+        self._head_size = 0
+        self._quiet = 0
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+        self._quiet = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._quiet = 0
+        if not self._in_head:
+            return  # a trailer: read and dropped, never a header
+        head = self._head
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD:
+            raise UpstreamProtocolError("response head too large")
+        head.lines.append(name + b": " + value)
+        if len(name) not in _NAME_LENGTHS:
+            return
+        key = name.lower()
+        if key == b"content-length":
+            head.length = int(value)  # llhttp has checked it: digits, no second value
+        elif key == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                raise UpstreamProtocolError("a transfer coding other than chunked")
+            head.chunked = True
+        elif key == b"connection":
+            if any(token.strip().lower() in _FRAMING for token in value.split(b",")):
+                raise UpstreamProtocolError("Connection names a framing header")
+        elif key == b"x-model-version":
+            head.model_version = value.strip().decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._quiet = 0
+        self._heads += 1
+        parser = self._parser
+        status = parser.get_status_code()
+        if _CONTROL.search(self._reason):
+            raise UpstreamProtocolError("a control byte in the reason phrase")
+        if status < 200:
+            if status == 101:
+                raise UpstreamProtocolError("101 Switching Protocols nobody asked for")
+            self._interim = True  # 100 Continue and the like: read past, never handed on
+            return
+        head = self._head
+        head.status = status
+        head.reason = self._reason
+        self._keep = parser.should_keep_alive()
+        if self._head_request or status in (204, 304) or head.length == 0:
+            head.has_body = False
+        elif not head.chunked and head.length is None:
+            self._until_close = True  # the body ends when the connection does
+            self._keep = False
+        if self._sink is not None:
+            self._sink.head(self, head)
+        if self._head_request:
+            raise _NO_BODY
+
+    def on_body(self, body: bytes) -> None:
+        self._quiet = 0
+        if self._sink is not None:
+            self._sink.data(self, body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self._complete = True
+
+    # --- ends -----------------------------------------------------------------------------------
+
+    def _head_ends_input(self) -> bool:
+        """Whether a HEAD answer's head is the last of what arrived (nothing trails it)."""
+        seen = self._seen or b""
+        end = -4
+        for _ in range(self._heads):  # the interim heads, then the final one
+            end = seen.find(b"\r\n\r\n", end + 4)
+            if end < 0:
+                return False
+        return end + 4 == len(seen)
+
+    def _finish(self, *, reuse: bool) -> None:
+        sink, self._sink = self._sink, None
+        self._complete = self._until_close = False
+        self._seen = None
+        if self._head_request:
+            self._parser = httptools.HttpResponseParser(self)  # it stopped inside the head
+        if reuse and self._transport is not None and not self._transport.is_closing():
+            self._state = ConnectionState.IDLE
+            # Paused for the caller's sake (a slow client): the answer is complete, so nothing
+            # more is due and reading resumes; any byte that now comes closes the connection.
+            self.resume_reading()
+        else:
+            self._state = ConnectionState.CLOSED
+            if self._transport is not None:
+                self._transport.abort()
+        self._owner.release(self)
+        if sink is not None:
+            sink.done(self)
+
+    def _fail(self, exc: Exception) -> None:
+        sink, self._sink = self._sink, None
+        self._state = ConnectionState.CLOSED
+        self._complete = False
+        if self._transport is not None:
+            self._transport.abort()
+        if sink is not None:
+            sink.fail(exc)
+
+    def _check_timeout(self) -> None:
+        """Fires ``read_timeout_s`` after the last byte; re-arms while bytes keep coming.
+
+        One timer per connection, not per request: it is left running when an answer ends, and
+        the next request only moves ``_last_rx``. Time spent paused for a slow client does not
+        count: production is not silent then, the proxy is not listening.
+        """
+        self._timer = None
+        if self._state is not ConnectionState.ACTIVE or self._read_timeout_s is None:
+            return
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        if self.flow is not None and self.flow.read_paused:
+            self._last_rx = now
+        due = self._last_rx + self._read_timeout_s
+        if now < due:
+            self._timer = loop.call_at(due, self._check_timeout)
+            return
+        self._fail(UpstreamTimeout(f"no data for {self._read_timeout_s:g} s"))
