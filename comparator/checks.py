@@ -9,11 +9,18 @@ returned for the caller to store. Statuses follow VERDICT.md:
 * two-sided: PASS if the CS ⊂ [−δ, δ], FAIL if disjoint from it;
 * point-estimate bands (PSI, memory): PASS / WARN / FAIL;
 * NODATA below the minimum counts, NA when the check does not apply (other task, no memory limit).
+
+The PASS and FAIL conditions of every rule exclude each other and read only the running
+intersection, so a decided status never returns (``tests/comparator/test_monotone.py``). When
+today's interval does not overlap the stored one, the data changed under the check: the stored
+interval is kept and the defect is written into the check's reason and the log, never kept
+silently.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +33,8 @@ from comparator.policy import CHECK_GROUPS, Policy
 
 __all__ = ["TASK_CHECKS", "CheckContext", "CheckResult", "Status", "evaluate", "infer_task"]
 
+log = logging.getLogger(__name__)
+
 
 #: Divergence checks per task; every other check applies to every task.
 TASK_CHECKS: dict[str, tuple[str, ...]] = {
@@ -35,6 +44,9 @@ TASK_CHECKS: dict[str, tuple[str, ...]] = {
     "ranking": ("rank_rbo",),
 }
 _DIVERGENCE = {c for ids in TASK_CHECKS.values() for c in ids}
+#: Paired cells on the twin slice, f"{name}.n{twin_bad}{cand_bad}" (bad: differs from production).
+TWIN_TOP1 = "twin.top1"
+TWIN_JS_TAIL = "twin.js_tail"
 
 
 class Status(enum.StrEnum):
@@ -90,6 +102,8 @@ class CheckContext:
     experiment_start: datetime
     at: datetime
     prior: dict[str, list[float]] = field(default_factory=dict)
+    #: Sides ("prod", "cand") whose memory is scraped; None: unknown (the sides seen in samples).
+    memory_sources: frozenset[str] | None = None
 
 
 def infer_task(agg: Aggregate, configured: str | None) -> str | None:
@@ -120,6 +134,7 @@ class _Look:
         self.agg, self.samples, self.ctx, self.p = agg, memory, ctx, ctx.policy
         self.task = ctx.task
         self.intervals: dict[str, list[float]] = {}
+        self.defects: dict[str, str] = {}  # stored key -> what did not overlap
         critical = [c for c in CHECK_GROUPS if self.applies(c) and self.p.check(c).critical]
         self.alpha_critical = stats.bonferroni(self.p.alpha, len(critical))
 
@@ -148,6 +163,9 @@ class _Look:
         margin: float | None = None,
     ) -> CheckResult:
         cp = self.p.check(cid)
+        notes = [d for k, d in self.defects.items() if k == cid or k.startswith(f"{cid}.")]
+        if notes:
+            reason = f"{reason}; DEFECT: {'; '.join(notes)}"
         return CheckResult(
             cid,
             CHECK_GROUPS[cid],
@@ -163,11 +181,26 @@ class _Look:
         )
 
     def intersect(self, key: str, lower: float, upper: float) -> tuple[float, float]:
-        """Running intersection with the previous looks; an empty one keeps the previous interval."""
+        """Running intersection with the previous looks.
+
+        An empty intersection is a defect (the data changed under the check: a CS covers the
+        truth at every look at once, so two of them that do not overlap cannot both hold). The
+        stored interval is kept, so the status stays, and the defect is reported in the reason
+        and the log.
+        """
         old = self.ctx.prior.get(key)
         if old is not None:
             lo, hi = max(lower, old[0]), min(upper, old[1])
-            lower, upper = (lo, hi) if lo <= hi else (old[0], old[1])
+            if lo <= hi:
+                lower, upper = lo, hi
+            else:
+                text = (
+                    f"this look's interval [{_f(lower)}, {_f(upper)}] does not overlap the stored "
+                    f"[{_f(old[0])}, {_f(old[1])}]: the data changed under the check"
+                )
+                self.defects[key] = text
+                log.warning("check %s: %s", key, text)
+                lower, upper = old[0], old[1]
         self.intervals[key] = [lower, upper]
         return lower, upper
 
@@ -237,6 +270,28 @@ class _Look:
             margin=margin,
         )
 
+    def lower_rule(self, cid: str, label: str, cs: stats.CS, margin: float) -> CheckResult:
+        """Bad-if-low rule: PASS if the lower bound ≥ δ, FAIL if the upper bound < δ."""
+        lo, hi = self.intersect(cid, cs.lower, cs.upper)
+        text = f"{label} {_f(cs.estimate)} [{_f(lo)}, {_f(hi)}]"
+        if hi < margin:
+            return self.bounded(cid, Status.FAIL, f"{text} < {_f(margin)}", cs, (lo, hi))
+        if lo >= margin:
+            return self.bounded(cid, Status.PASS, f"{text} ≥ {_f(margin)}", cs, (lo, hi))
+        n_star = stats.n_to_resolve(
+            cs.s, abs(cs.estimate - margin), self.alpha(cid), self.ctx.n_opt, cs.n
+        )
+        if n_star is not None and n_star <= cs.n:
+            n_star = None
+        return self.bounded(
+            cid,
+            Status.INCONCLUSIVE,
+            f"{text} straddles {_f(margin)}",
+            cs,
+            (lo, hi),
+            eta=self.eta(cs.n, n_star),
+        )
+
     def two_sided_rule(
         self, cid: str, label: str, cs: stats.CS, margin: float, s: float
     ) -> CheckResult:
@@ -273,37 +328,96 @@ class _Look:
         cs = stats.paired_rate_cs(n00, n01, n10, n11, self.alpha(cid), self.ctx.n_opt)
         return self.upper_rule(cid, f"{name} rate Δ", cs, self.p.check(cid).margin)
 
+    # -- evidence ---------------------------------------------------------------------------------
+    def coverage(self) -> CheckResult:
+        """Share of pairs with both sides ok whose outputs were read and compared.
+
+        Pairs with both sides ok are the ``invalid`` cells (counted over exactly those); compared
+        ones are the divergence counters of whatever task the batches were read as. Outputs that
+        could not be read (not JSON, a wrong pointer, cut at the body limit) count as invalid on
+        both sides, which ``invalid_delta`` does not see: this check does. No comparison at all is
+        a FAIL, never a PROMOTE.
+        """
+        cid = "coverage"
+        n = sum(
+            self.agg.count(keys.paired(keys.INVALID, a, b))
+            for a, b in ((False, False), (False, True), (True, False), (True, True))
+        )
+        if n < self.p.minimums.units:
+            return self.nodata(cid, n, self.p.minimums.units, "pairs with both sides ok")
+        compared = (
+            self.agg.count(keys.CLS_N)
+            + self.agg.count(keys.REG_N)
+            + self.agg.count(keys.EMB_N)
+            + self.agg.moment(keys.RANK_RBO_LOSS).n
+        )
+        cs = stats.proportion_cs(min(compared, n), n, self.alpha(cid), self.ctx.n_opt)
+        return self.lower_rule(cid, "outputs compared", cs, self.p.check(cid).margin)
+
     # -- divergence -------------------------------------------------------------------------------
     def share(
-        self, cid: str, label: str, k_name: str, n_name: str, twin: tuple[str, str] | None
+        self,
+        cid: str,
+        label: str,
+        k: int,
+        n: int,
+        twin: tuple[int, int] | None = None,
+        twin_cells: str | None = None,
     ) -> CheckResult:
-        n = self.agg.count(n_name)
+        """A bad-if-high share k/n; with a production twin, also the excess over its noise floor.
+
+        Without a twin the share's CS is judged against the margin. With one (any twin pair seen:
+        the slice is configured), two statistics are judged at α/2 each, as the latency rule does:
+        the share itself and the per-request paired excess f(prod, cand) − f(prod, twin) on the
+        twin slice (the discordant cells ``twin_cells``; two unpaired intervals subtracted when an
+        older aggregate lacks them). PASS if either is within its margin, FAIL only if both are
+        beyond: the conditions exclude each other, so there is no switch at some twin count and the
+        status stays monotone.
+        """
         if n < self.p.minimums.units:
             return self.nodata(cid, n, self.p.minimums.units, "pairs")
-        k = self.agg.count(k_name)
-        if cid == "top1_disagreement":
-            k = n - k  # agreement counter → disagreement
         cp = self.p.check(cid)
-        n_twin = self.agg.count(twin[1]) if twin else 0
-        if twin and n_twin >= self.p.minimums.units:
-            # noise floor: excess over production-vs-twin, each side's CS at α/2
-            k_twin = self.agg.count(twin[0])
-            if cid == "top1_disagreement":
-                k_twin = n_twin - k_twin
-            a = self.alpha(cid) / 2
-            c = stats.proportion_cs(k, n, a, self.ctx.n_opt)
-            t = stats.proportion_cs(k_twin, n_twin, a, self.ctx.n_opt)
-            cs = stats.CS(c.estimate - t.estimate, c.lower - t.upper, c.upper - t.lower, n, c.s)
-            # a different statistic from the plain share: its interval is kept under its own key
-            return self.upper_rule(
-                cid,
-                f"{label} excess over twin",
-                cs,
-                cp.noise_margin or cp.margin,
-                key=f"{cid}.excess",
-            )
-        cs = stats.proportion_cs(k, n, self.alpha(cid), self.ctx.n_opt)
-        return self.upper_rule(cid, label, cs, cp.margin)
+        if twin is None or twin[1] <= 0:
+            cs = stats.proportion_cs(k, n, self.alpha(cid), self.ctx.n_opt)
+            return self.upper_rule(cid, label, cs, cp.margin)
+        a = self.alpha(cid) / 2
+        plain = stats.proportion_cs(k, n, a, self.ctx.n_opt)
+        p_lo, p_hi = self.intersect(cid, plain.lower, plain.upper)
+        k_twin, n_twin = twin
+        cells = (
+            [self.agg.count(f"{twin_cells}.n{x}{y}") for x, y in ("00", "01", "10", "11")]
+            if twin_cells
+            else [0]
+        )
+        noise = cp.noise_margin or cp.margin
+        if sum(cells) >= self.p.minimums.units:
+            n00, n01, n10, n11 = cells
+            ex = stats.paired_rate_cs(n00, n01, n10, n11, a, self.ctx.n_opt)
+            what = "paired excess over twin"
+        elif not twin_cells and n_twin >= self.p.minimums.units:
+            c = stats.proportion_cs(k, n, a / 2, self.ctx.n_opt)
+            t = stats.proportion_cs(k_twin, n_twin, a / 2, self.ctx.n_opt)
+            ex = stats.CS(c.estimate - t.estimate, c.lower - t.upper, c.upper - t.lower, n, c.s)
+            what = "excess over twin (unpaired)"
+        else:
+            ex = stats.CS(math.nan, -math.inf, math.inf, max(sum(cells), n_twin))
+            what = "excess over twin (too few twin pairs)"
+        e_lo, e_hi = self.intersect(f"{cid}.excess", ex.lower, ex.upper)
+        text = (
+            f"{label} {_f(plain.estimate)} [{_f(p_lo)}, {_f(p_hi)}] (margin {_f(cp.margin)}); "
+            f"{what} {_f(ex.estimate)} [{_f(e_lo)}, {_f(e_hi)}] (margin {_f(noise)})"
+        )
+
+        def done(status: Status, verdict: str) -> CheckResult:
+            return self.bounded(cid, status, f"{text}: {verdict}", plain, (p_lo, p_hi))
+
+        if p_hi <= cp.margin:
+            return done(Status.PASS, "the share is within its margin")
+        if e_hi <= noise:
+            return done(Status.PASS, "the excess over the twin is within its margin")
+        if p_lo > cp.margin and e_lo > noise:
+            return done(Status.FAIL, "both beyond their margins")
+        return done(Status.INCONCLUSIVE, "not yet decided")
 
     def class_psi(self) -> CheckResult:
         cid = "class_psi"
@@ -378,15 +492,19 @@ class _Look:
                 cid, status, reason, estimate=ratio.estimate, lower=lo, upper=hi, n=ratio.n
             )
 
-        if cp.abs_ms is not None and d_hi <= cp.abs_ms:
-            return done(
-                Status.PASS, f"{name} difference [{_f(d_lo)}, {_f(d_hi)}] ms ≤ {_f(cp.abs_ms)} ms"
-            )
-        if lo > cp.margin:
-            return done(Status.FAIL, f"{text} > {_f(cp.margin)}")
+        # VERDICT.md: PASS if the ratio's UCB ≤ δ or the whole CS of the difference is within
+        # ±abs_ms; FAIL only if the ratio's LCB > δ and the difference's LCB > abs_ms. The two
+        # exclude each other, so with intersected CSs a decided status never returns.
+        abs_ms = cp.abs_ms
+        diff = f"{name} difference [{_f(d_lo)}, {_f(d_hi)}] ms"
         if hi <= cp.margin:
             return done(Status.PASS, f"{text} ≤ {_f(cp.margin)}")
-        return done(Status.INCONCLUSIVE, f"{text} straddles {_f(cp.margin)}")
+        if abs_ms is not None and -abs_ms <= d_lo and d_hi <= abs_ms:
+            return done(Status.PASS, f"{diff} within ±{_f(abs_ms)} ms ({text})")
+        if lo > cp.margin and (abs_ms is None or d_lo > abs_ms):
+            beyond = "" if abs_ms is None else f" and {diff} > {_f(abs_ms)} ms"
+            return done(Status.FAIL, f"{text} > {_f(cp.margin)}{beyond}")
+        return done(Status.INCONCLUSIVE, f"{text} straddles {_f(cp.margin)}; {diff}")
 
 
 def evaluate(
@@ -394,7 +512,11 @@ def evaluate(
 ) -> tuple[list[CheckResult], dict[str, list[float]]]:
     """Every check of VERDICT.md for one look; returns the results and the intervals to store."""
     look = _Look(agg, memory, ctx)
-    results: list[CheckResult] = []
+    results: list[CheckResult] = [
+        look.coverage()
+        if look.applies("coverage")
+        else look.result("coverage", Status.NA, "disabled")
+    ]
     for cid, name in (
         ("error_delta", keys.ERROR),
         ("timeout_delta", keys.TIMEOUT),
@@ -407,24 +529,36 @@ def evaluate(
         "top1_disagreement": lambda: look.share(
             "top1_disagreement",
             "top-1 disagreement",
-            keys.CLS_AGREE,
-            keys.CLS_N,
-            (keys.TWIN_CLS_AGREE, keys.TWIN_CLS_N),
+            agg.count(keys.CLS_N) - agg.count(keys.CLS_AGREE),
+            agg.count(keys.CLS_N),
+            (
+                agg.count(keys.TWIN_CLS_N) - agg.count(keys.TWIN_CLS_AGREE),
+                agg.count(keys.TWIN_CLS_N),
+            ),
+            TWIN_TOP1 if agg.count(f"{TWIN_TOP1}.n00") else None,
         ),
+        # Denominator: pairs with probability vectors on both sides (label-only pairs have no JS).
         "js_tail": lambda: look.share(
             "js_tail",
             "share JS > 0.1",
-            keys.JS_TAIL,
-            keys.CLS_N,
-            (keys.TWIN_JS_TAIL, keys.TWIN_CLS_N),
+            agg.count(keys.JS_TAIL),
+            agg.moment(keys.JS).n,
+            (agg.count(keys.TWIN_JS_TAIL), agg.moment(keys.TWIN_JS).n),
+            TWIN_JS_TAIL if agg.count(f"{TWIN_JS_TAIL}.n00") else None,
         ),
         "class_psi": look.class_psi,
         "reg_bias": look.reg_bias,
         "reg_tolerance": lambda: look.share(
-            "reg_tolerance", "share out of tolerance", keys.REG_TOL_EXCEED, keys.REG_N, None
+            "reg_tolerance",
+            "share out of tolerance",
+            agg.count(keys.REG_TOL_EXCEED),
+            agg.count(keys.REG_N),
         ),
         "emb_cosine_tail": lambda: look.share(
-            "emb_cosine_tail", "share cosine < 0.95", keys.EMB_COS_TAIL, keys.EMB_N, None
+            "emb_cosine_tail",
+            "share cosine < 0.95",
+            agg.count(keys.EMB_COS_TAIL),
+            agg.count(keys.EMB_N),
         ),
         "rank_rbo": look.rank_rbo,
         "latency_p50": lambda: look.latency("latency_p50", 0.50),

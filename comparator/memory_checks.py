@@ -4,6 +4,16 @@ They read the memory samples of a look, not the aggregate: samples after the war
 by hour from the warm-up's end, and each check works on hourly medians (steady) or peaks (headroom,
 leak). ``rss`` is the compared kind when it was sampled; headroom looks at every kind with a limit.
 The checks are built on the look of :mod:`comparator.checks`, which calls :func:`memory_results`.
+
+Like every other check they keep intervals at the check's α and their running intersection:
+memory_steady judges the median of hourly medians of each side with a rank-band CS (α/2 a side),
+memory_leak the Theil–Sen slope's interval at confidence 1 − α. Where the data comes from matters:
+
+* no scrape target configured (``CheckContext.memory_sources`` empty, or unknown and no samples):
+  the checks are NA, and the verdict names them in its reasons;
+* a configured target that yields no samples: NODATA naming the side — the critical memory checks
+  then block PROMOTE, and at the maximum window the verdict REJECTs naming them;
+* samples but no limit exported (``shadowtee_serving_memory_limit_bytes``): headroom and leak NA.
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["MIB", "memory_results"]
 
 MIB = 1024.0 * 1024.0
+IDS = ("memory_steady", "memory_headroom", "memory_leak")
+NO_LIMIT = "no memory limit known (no shadowtee_serving_memory_limit_bytes scraped)"
 
 
 def _hourly(
@@ -49,45 +61,85 @@ def _limit(look: _Look, kind: str) -> float | None:
 
 def memory_results(look: _Look) -> list[CheckResult]:
     """memory_steady, memory_headroom and memory_leak, in that order."""
-    kinds = {s.kind for s in look.samples}
-    if not kinds:
-        ids = ("memory_steady", "memory_headroom", "memory_leak")
+    enabled = {c: look.applies(c) for c in IDS}
+    seen_sides = {s.side for s in look.samples}
+    sources = look.ctx.memory_sources
+    configured = seen_sides if sources is None else set(sources)
+    if not configured:
         return [
-            look.result(c, Status.NA, "no memory samples" if look.applies(c) else "disabled")
-            for c in ids
+            look.result(c, Status.NA, "no scrape target configured" if enabled[c] else "disabled")
+            for c in IDS
         ]
+    silent = sorted(configured - seen_sides)
+    if silent:
+        why = (
+            f"scrape target {', '.join(silent)} configured but yielded no memory samples"
+            " (unreachable, or no process_resident_memory_bytes)"
+        )
+        return [
+            look.result(c, Status.NODATA, why)
+            if enabled[c]
+            else look.result(c, Status.NA, "disabled")
+            for c in IDS
+        ]
+    kinds = {s.kind for s in look.samples}
     kind = "rss" if "rss" in kinds else sorted(kinds)[0]
-    out = []
-    # steady: median of hourly medians
-    cp = look.p.check("memory_steady")
+    return [
+        _steady(look, kind)
+        if enabled["memory_steady"]
+        else look.result(IDS[0], Status.NA, "disabled"),
+        _headroom(look, kinds)
+        if enabled["memory_headroom"]
+        else look.result(IDS[1], Status.NA, "disabled"),
+        _leak(look, kind) if enabled["memory_leak"] else look.result(IDS[2], Status.NA, "disabled"),
+    ]
+
+
+def _steady(look: _Look, kind: str) -> CheckResult:
+    """Median of hourly medians, cand/prod, with a CS on each side's median (α/2 a side)."""
+    cid, cp = "memory_steady", look.p.check("memory_steady")
+    need = look.p.minimums.memory_hours
     med = {side: _hourly(look, side, kind, statistics.median) for side in ("prod", "cand")}
-    if not cp.enabled:
-        out.append(look.result("memory_steady", Status.NA, "disabled"))
-    elif not med["prod"] or not med["cand"]:
-        out.append(
-            look.result(
-                "memory_steady", Status.NODATA, "no memory samples after warm-up on both sides"
-            )
+    have = min(len(med["prod"]), len(med["cand"]))
+    if have < need:
+        return look.nodata(cid, have, need, "hourly memory medians on both sides")
+    a = look.alpha(cid) / 2
+    n_opt = max(look.p.window.min_hours, float(need))  # hourly values expected by the window
+    cs = {
+        side: stats.sample_quantile_cs([v for _, v in med[side]], 0.5, a, n_opt)
+        for side in ("prod", "cand")
+    }
+    c, p = cs["cand"], cs["prod"]
+    c_lo, p_lo = max(c.lower, 0.0), max(p.lower, 0.0)  # memory is never negative
+    ratio = c.estimate / p.estimate if p.estimate > 0 else math.inf
+    lo, hi = look.intersect(
+        cid, c_lo / p.upper if p.upper > 0 else math.inf, c.upper / p_lo if p_lo > 0 else math.inf
+    )
+    d_lo, d_hi = look.intersect(f"{cid}.diff_mib", (c_lo - p.upper) / MIB, (c.upper - p_lo) / MIB)
+    abs_mib = cp.abs_mib
+    text = f"{kind} cand/prod {_f(ratio)} [{_f(lo)}, {_f(hi)}], Δ [{_f(d_lo)}, {_f(d_hi)}] MiB"
+
+    def done(status: Status, reason: str) -> CheckResult:
+        return look.result(
+            cid, status, f"{text}: {reason}", estimate=ratio, lower=lo, upper=hi, n=have
         )
-    else:
-        c = statistics.median(v for _, v in med["cand"])
-        p = statistics.median(v for _, v in med["prod"])
-        ratio, delta = (c / p if p > 0 else math.inf), (c - p) / MIB
-        ok = ratio <= cp.margin or delta <= (cp.abs_mib or 0.0)
-        reason = f"{kind} cand/prod {_f(ratio)} (Δ {delta:.0f} MiB) " + (
-            "within margin" if ok else f"> {_f(cp.margin)} and Δ > {_f(cp.abs_mib or 0.0)} MiB"
-        )
-        out.append(
-            look.result(
-                "memory_steady",
-                Status.PASS if ok else Status.FAIL,
-                reason,
-                estimate=ratio,
-                n=len(med["cand"]),
-            )
-        )
-    # headroom: candidate peak / limit, over every kind with a limit
-    cp = look.p.check("memory_headroom")
+
+    if hi <= cp.margin:
+        return done(Status.PASS, f"ratio ≤ {_f(cp.margin)}")
+    if abs_mib is not None and d_hi <= abs_mib:
+        return done(Status.PASS, f"Δ ≤ {_f(abs_mib)} MiB")
+    if lo > cp.margin and (abs_mib is None or d_lo > abs_mib):
+        return done(Status.FAIL, f"ratio > {_f(cp.margin)} and Δ > {_f(abs_mib or 0.0)} MiB")
+    return done(Status.INCONCLUSIVE, "not yet decided")
+
+
+def _headroom(look: _Look, kinds: set[str]) -> CheckResult:
+    """Candidate peak / limit over every kind with a limit.
+
+    The peak only grows, so a FAIL is final; a PASS is only given once the minimum window has
+    elapsed (before that a peak within the margin is "so far", INCONCLUSIVE).
+    """
+    cid, cp = "memory_headroom", look.p.check("memory_headroom")
     worst: tuple[float, str] | None = None
     for k in sorted(kinds):
         lim = _limit(look, k)
@@ -95,65 +147,61 @@ def memory_results(look: _Look) -> list[CheckResult]:
         if lim and peaks:
             frac = max(v for _, v in peaks) / lim
             worst = max(worst or (frac, k), (frac, k))
-    if not cp.enabled or worst is None:
-        out.append(
-            look.result(
-                "memory_headroom",
-                Status.NA,
-                "disabled" if not cp.enabled else "no memory limit known",
-            )
+    if worst is None:
+        if not any(_limit(look, k) for k in kinds):
+            return look.result(cid, Status.NA, NO_LIMIT)
+        return look.result(cid, Status.NODATA, "no candidate memory sample after the warm-up")
+    frac, k = worst
+    if frac > cp.margin:
+        return look.result(
+            cid, Status.FAIL, f"{k} peak {frac:.0%} of limit > {cp.margin:.0%}", estimate=frac
         )
-    else:
-        frac, k = worst
-        st = Status.PASS if frac <= cp.margin else Status.FAIL
-        out.append(
-            look.result(
-                "memory_headroom",
-                st,
-                f"{k} peak {frac:.0%} of limit {'≤' if st is Status.PASS else '>'} {cp.margin:.0%}",
-                estimate=frac,
-            )
+    if look.ctx.elapsed_hours >= look.p.window.min_hours:
+        return look.result(
+            cid, Status.PASS, f"{k} peak {frac:.0%} of limit ≤ {cp.margin:.0%}", estimate=frac
         )
-    out.append(_leak(look, kind))
-    return out
+    return look.result(
+        cid,
+        Status.INCONCLUSIVE,
+        f"{k} peak {frac:.0%} of limit so far (judged at {look.p.window.min_hours:g} h)",
+        estimate=frac,
+    )
 
 
 def _leak(look: _Look, kind: str) -> CheckResult:
-    """How long until the candidate's peak reaches its limit at the lower bound of the growth."""
+    """How long until the candidate's peak reaches its limit, from the slope's interval.
+
+    With H the headroom left (limit − highest peak) and s* = H / margin the slope that reaches the
+    limit in ``margin`` hours: FAIL if the lower bound of the slope > s*, PASS if the upper ≤ s*.
+    The slope interval is Theil–Sen's at confidence 1 − α of the check, intersected across looks.
+    """
     cid, cp = "memory_leak", look.p.check("memory_leak")
     lim = _limit(look, kind)
-    if not cp.enabled or lim is None:
-        return look.result(
-            cid, Status.NA, "disabled" if not cp.enabled else "no memory limit known"
-        )
+    if lim is None:
+        return look.result(cid, Status.NA, NO_LIMIT)
     peaks = _hourly(look, "cand", kind, max)
     need = look.p.minimums.memory_hours
     if len(peaks) < need:
         return look.nodata(cid, len(peaks), need, "hourly memory peaks")
-    ts = stats.theil_sen([v for _, v in peaks], [h for h, _ in peaks])
-    headroom = lim - peaks[-1][1]
-    slope_mib = ts.low_slope / MIB
+    ts = stats.theil_sen(
+        [v for _, v in peaks], [h for h, _ in peaks], confidence=1.0 - look.alpha(cid)
+    )
+    lo, hi = look.intersect(cid, ts.low_slope, ts.high_slope)
+    headroom = max(lim - max(v for _, v in peaks), 0.0)
+    s_star = headroom / cp.margin
+    text = (
+        f"slope {ts.slope / MIB:.1f} MiB/h [{lo / MIB:.1f}, {hi / MIB:.1f}], "
+        f"{headroom / MIB:.0f} MiB left"
+    )
 
     def done(status: Status, reason: str) -> CheckResult:
-        # The Theil–Sen slope in bytes per hour, with its interval, over the hourly peaks.
+        # The Theil–Sen slope in bytes per hour, with its running interval, over the hourly peaks.
         return look.result(
-            cid,
-            status,
-            reason,
-            estimate=ts.slope,
-            lower=ts.low_slope,
-            upper=ts.high_slope,
-            n=len(peaks),
+            cid, status, f"{text}: {reason}", estimate=ts.slope, lower=lo, upper=hi, n=len(peaks)
         )
 
-    if ts.low_slope <= 0:
-        return done(
-            Status.PASS, f"no growth: slope {ts.slope / MIB:.1f} MiB/h, lower {slope_mib:.1f}"
-        )
-    hours = max(headroom, 0.0) / ts.low_slope
-    st = Status.FAIL if hours < cp.margin else Status.PASS
-    return done(
-        st,
-        f"limit reached in ≥ {hours:.0f} h at {slope_mib:.1f} MiB/h "
-        f"{'<' if st is Status.FAIL else '≥'} {cp.margin:.0f} h",
-    )
+    if lo > s_star:
+        return done(Status.FAIL, f"limit reached in < {cp.margin:.0f} h at the lower slope")
+    if hi <= s_star:
+        return done(Status.PASS, f"limit not reached in {cp.margin:.0f} h at the upper slope")
+    return done(Status.INCONCLUSIVE, f"the slope's interval straddles {s_star / MIB:.1f} MiB/h")

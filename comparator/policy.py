@@ -33,6 +33,7 @@ Group = Literal["reliability", "divergence", "latency", "resources"]
 
 #: Every check of VERDICT.md and the score group it counts in.
 CHECK_GROUPS: dict[str, Group] = {
+    "coverage": "divergence",
     "error_delta": "reliability",
     "timeout_delta": "reliability",
     "invalid_delta": "reliability",

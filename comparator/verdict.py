@@ -8,21 +8,31 @@ it costs O(hours). It is layered, as in VERDICT.md:
 3. the decision rule::
 
        if elapsed ≥ 1 h and any critical FAIL          → REJECT (early; name the check)
-       elif elapsed < 24 h or minimums unmet           → KEEP_OBSERVING (pending checks + ETA)
+       elif elapsed < 24 h                             → KEEP_OBSERVING (pending checks + ETA)
        elif all critical PASS and score ≥ 90           → PROMOTE
-       elif nothing INCONCLUSIVE and score < 75        → REJECT ("low score")
-       elif elapsed < 48 h                             → KEEP_OBSERVING
-       else                                            → REJECT ("inconclusive at the maximum window")
+       elif nothing INCONCLUSIVE or critical NODATA
+            and score < 75                             → REJECT ("low score")
+       elif elapsed < 48 h                             → KEEP_OBSERVING (minimums unmet: pending)
+       else                                            → REJECT (inconclusive, or no data, at the
+                                                                 maximum window, naming the checks)
+
+A critical NODATA (minimums unmet, or a configured source that yields nothing) blocks PROMOTE and
+ends in REJECT at the maximum window; a non-critical NODATA blocks nothing and is left out of the
+score. A check that cannot get data at all (NA, e.g. no scrape target) is named in the reasons.
 
 Repeated looks stay valid because the intervals are confidence sequences whose running intersection
 is kept in the verdict state (with ``n_opt``, frozen after the first hour): a bound only tightens, so a
-status never flips back.
+status never flips back. The state also keeps each check's decided status: should a later look
+compute another one anyway (a check without an interval, such as a memory peak), the decided status
+stays and the reason says DEFECT, and the log warns. A stored REJECT is final: later looks REJECT
+with the original reasons. A look older than the stored one is never saved.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +58,9 @@ __all__ = [
 ]
 
 STATE_VERSION = 1
+DECIDED = frozenset({Status.PASS, Status.WARN, Status.FAIL})
+
+log = logging.getLogger(__name__)
 
 
 class Decision(enum.StrEnum):
@@ -145,6 +158,8 @@ def score(checks: list[CheckResult], policy: Policy) -> float:
     """100 · Σ w_g·credit_g / Σ w_g, credit_g the mean credit of group g's applicable checks."""
     by_group: dict[str, list[float]] = {}
     for c in checks:
+        if c.status is Status.NODATA and not c.critical:
+            continue  # a non-critical check without data blocks nothing, the score included
         cr = credit(c.status)
         if cr is not None:
             by_group.setdefault(c.group, []).append(cr)
@@ -163,6 +178,15 @@ def _pending(checks: list[CheckResult]) -> list[str]:
     return out
 
 
+def _not_judged(checks: list[CheckResult]) -> list[str]:
+    """NA checks that would apply but cannot get data (no scrape target, no limit exported)."""
+    return [
+        f"not judged: {c.id} ({c.reason})"
+        for c in checks
+        if c.status is Status.NA and c.reason != "disabled" and not c.reason.startswith("only for ")
+    ]
+
+
 def decide(
     checks: list[CheckResult], elapsed_hours: float, policy: Policy
 ) -> tuple[Decision, float, list[str]]:
@@ -171,25 +195,24 @@ def decide(
     w = policy.window
     critical = [c for c in checks if c.critical and c.status is not Status.NA]
     failed = [c for c in critical if c.status is Status.FAIL]
-    nodata = [c for c in checks if c.status is Status.NODATA]
+    no_data = [c for c in critical if c.status is Status.NODATA]
+    na = _not_judged(checks)
     if elapsed_hours >= w.early_reject_hours and failed:
         return Decision.REJECT, s, [f"critical check {c.id} failed: {c.reason}" for c in failed]
-    if elapsed_hours < w.min_hours or nodata:
-        reasons = []
-        if elapsed_hours < w.min_hours:
-            reasons.append(
-                f"window: {elapsed_hours:.2f} h of the minimum {w.min_hours:g} h "
-                f"({w.min_hours - elapsed_hours:.2f} h to go)"
-            )
-        return Decision.KEEP_OBSERVING, s, reasons + _pending(checks)
+    if elapsed_hours < w.min_hours:
+        reasons = [
+            f"window: {elapsed_hours:.2f} h of the minimum {w.min_hours:g} h "
+            f"({w.min_hours - elapsed_hours:.2f} h to go)"
+        ]
+        return Decision.KEEP_OBSERVING, s, reasons + _pending(checks) + na
     if all(c.status is Status.PASS for c in critical) and s >= policy.score.promote:
         return (
             Decision.PROMOTE,
             s,
-            [f"all critical checks pass and score {s:.1f} ≥ {policy.score.promote:g}"],
+            [f"all critical checks pass and score {s:.1f} ≥ {policy.score.promote:g}", *na],
         )
     inconclusive = [c for c in checks if c.status is Status.INCONCLUSIVE]
-    if not inconclusive and s < policy.score.reject:
+    if not inconclusive and not no_data and s < policy.score.reject:
         return (
             Decision.REJECT,
             s,
@@ -198,18 +221,30 @@ def decide(
                 f"{c.id} {c.status}: {c.reason}"
                 for c in checks
                 if c.status in (Status.FAIL, Status.WARN)
-            ],
+            ]
+            + na,
         )
     if elapsed_hours < w.max_hours:
         return (
             Decision.KEEP_OBSERVING,
             s,
-            [f"score {s:.1f}; observing up to {w.max_hours:g} h", *_pending(checks)],
+            [f"score {s:.1f}; observing up to {w.max_hours:g} h", *_pending(checks), *na],
+        )
+    if no_data:
+        return (
+            Decision.REJECT,
+            s,
+            [
+                f"no data at the maximum window of {w.max_hours:g} h: "
+                + ", ".join(c.id for c in no_data),
+                *_pending(checks),
+                *na,
+            ],
         )
     return (
         Decision.REJECT,
         s,
-        [f"inconclusive at the maximum window of {w.max_hours:g} h", *_pending(checks)],
+        [f"inconclusive at the maximum window of {w.max_hours:g} h", *_pending(checks), *na],
     )
 
 
@@ -264,6 +299,32 @@ def _diagnostics(agg: Aggregate) -> dict[str, float]:
     return {n: float(p) for n, p in zip(names, adjusted, strict=True)}
 
 
+def _keep_decided(
+    checks: list[CheckResult], decided: dict[str, Any], at: str
+) -> tuple[list[CheckResult], dict[str, list[str]]]:
+    """Each check's decided status from the state stays; a look that computes another is a defect.
+
+    Returns the checks and the decided statuses to store: {id: [status, iso time decided]}.
+    """
+    stored: dict[str, list[str]] = {
+        k: [str(x) for x in v] for k, v in decided.items() if isinstance(v, list) and len(v) == 2
+    }
+    out = []
+    for c in checks:
+        prev = stored.get(c.id)
+        if prev is not None and c.status is not Status.NA and c.status != prev[0]:
+            note = (
+                f"{prev[0]} since {prev[1]}; DEFECT: this look computes {c.status} "
+                f"({c.reason}): the data changed under the check"
+            )
+            log.warning("check %s: %s", c.id, note)
+            c = dataclasses.replace(c, status=Status(prev[0]), reason=note)
+        elif prev is None and c.status in DECIDED:
+            stored[c.id] = [str(c.status), at]
+        out.append(c)
+    return out, stored
+
+
 async def judge(
     store: VerdictStore,
     experiment: str,
@@ -271,11 +332,15 @@ async def judge(
     at: datetime | None = None,
     *,
     save: bool = True,
+    memory_sources: frozenset[str] | None = None,
 ) -> Verdict:
     """Look at ``experiment`` as of ``at`` (default: now) and return the verdict.
 
-    With ``save`` the verdict and the new state (n_opt, intervals) are stored, unless ``at`` is
-    earlier than the last stored look: a look into the past never rewrites the present.
+    With ``save`` the verdict and the new state (n_opt, intervals, decided statuses) are stored,
+    unless ``at`` is earlier than the last stored look: a look into the past never rewrites the
+    present. ``memory_sources`` are the sides whose memory is scraped (the comparator's
+    ``scrape``); they are kept in the state for looks that do not know them (None: the stored
+    ones, else the sides seen in the samples).
     """
     info: _Experiment | None = await store.get_experiment(experiment)
     if info is None:
@@ -291,14 +356,30 @@ async def judge(
     current = last_at is None or at >= last_at
     n_opt, frozen, source = _n_opt(policy, state, agg.count(keys.PAIRS), elapsed)
     prior = _load_intervals(state) if current and frozen and state.get("n_opt") == n_opt else {}
+    if memory_sources is None and isinstance(state.get("memory_sources"), list):
+        memory_sources = frozenset(str(x) for x in state["memory_sources"])
     task = infer_task(agg, info.task or info.config.get("task"))
-    ctx = CheckContext(policy, task, n_opt, elapsed, started, at, prior)
+    ctx = CheckContext(policy, task, n_opt, elapsed, started, at, prior, memory_sources)
     checks, intervals = evaluate(agg, memory, ctx)
+    decided: dict[str, list[str]] = {}
+    if current and frozen:  # statuses are kept from the first hour on, as intervals are
+        checks, decided = _keep_decided(checks, state.get("decided", {}), at.isoformat())
     decision, s, reasons = decide(checks, elapsed, policy)
+    if current and state.get("decision") == str(Decision.REJECT):
+        # A decision never goes back from REJECT: the first REJECT's reasons are kept.
+        first = state.get("rejected") or {}
+        decision = Decision.REJECT
+        reasons = [
+            f"rejected at {first.get('at', state.get('at'))} (a REJECT is final)",
+            *[str(r) for r in first.get("reasons", [])],
+        ]
     verdict = Verdict(
         experiment, at, elapsed, decision, s, reasons, checks, policy.name, n_opt, _diagnostics(agg)
     )
     if save and current:
+        rejected = state.get("rejected")
+        if decision is Decision.REJECT and not rejected:
+            rejected = {"at": at.isoformat(), "reasons": reasons}
         new_state = {
             "version": STATE_VERSION,
             "at": at.isoformat(),
@@ -312,7 +393,12 @@ async def judge(
             "intervals": {k: [_enc(v[0]), _enc(v[1])] for k, v in intervals.items()}
             if frozen
             else {},
+            "decided": decided,
         }
+        if rejected:
+            new_state["rejected"] = rejected
+        if memory_sources is not None:
+            new_state["memory_sources"] = sorted(memory_sources)
         changed = await store.save_verdict(
             experiment, at, str(decision), verdict.to_json(), new_state
         )

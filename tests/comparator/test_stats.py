@@ -45,7 +45,7 @@ def test_rho2_matches_verdict_md() -> None:
 
 
 def test_paired_error_example_fails_at_margin() -> None:
-    cs = stats.paired_rate_cs(n00=99000, n01=650, n10=300, n11=50, alpha=0.05, n_opt=1e5)
+    cs = stats.paired_rate_cs(n00=99000, n01=650, n10=300, n11=50, alpha=0.05, n_opt=1e5, pseudo=0)
     assert cs.estimate == pytest.approx(0.0035, rel=RTOL)
     assert cs.s == pytest.approx(0.097405082, rel=0, abs=5e-10)
     assert cs.half_width == pytest.approx(0.0009348842, rel=0, abs=LIT)
@@ -72,7 +72,7 @@ def test_cs_half_width_matches_vectors(n: float, expected: float) -> None:
 
 def test_paired_errors_match_vectors() -> None:
     v = VECTORS["paired_errors"]
-    cs = stats.paired_rate_cs(v["n00"], v["n01"], v["n10"], v["n11"], 0.05, 1e5)
+    cs = stats.paired_rate_cs(v["n00"], v["n01"], v["n10"], v["n11"], 0.05, 1e5, pseudo=0)
     assert (cs.estimate, cs.s, cs.half_width) == pytest.approx(
         (v["delta"], v["s"], v["half_width"]), rel=RTOL
     )

@@ -68,11 +68,33 @@ def test_before_min_window_keeps_observing_even_if_all_pass() -> None:
     assert "window" in reasons[0]
 
 
-def test_nodata_keeps_observing_past_the_window_and_lists_eta() -> None:
+def test_critical_nodata_keeps_observing_with_eta_then_rejects_at_max_naming_it() -> None:
     checks = [*_all_pass(), _check("latency_p95", Status.NODATA, group="latency")]
-    decision, _, reasons = decide(checks, 50.0, POLICY)
+    decision, _, reasons = decide(checks, 30.0, POLICY)
     assert decision is Decision.KEEP_OBSERVING
     assert any("latency_p95" in r and "2.0 h" in r for r in reasons)
+    decision, _, reasons = decide(checks, 48.0, POLICY)
+    assert decision is Decision.REJECT
+    assert reasons[0].startswith("no data at the maximum window") and "latency_p95" in reasons[0]
+
+
+def test_non_critical_nodata_blocks_nothing() -> None:
+    checks = [*_all_pass(), _check("memory_steady", Status.NODATA, critical=False)]
+    decision, s, _ = decide(checks, 24.0, POLICY)
+    assert decision is Decision.PROMOTE and s == 100.0
+
+
+def test_a_check_without_a_source_is_named_in_the_reasons() -> None:
+    checks = [
+        *_all_pass(),
+        CheckResult(
+            "memory_leak", "resources", True, Status.NA, None, None, None, 168.0, 0,
+            "no scrape target configured", None,
+        ),
+    ]  # fmt: skip
+    decision, _, reasons = decide(checks, 24.0, POLICY)
+    assert decision is Decision.PROMOTE
+    assert "not judged: memory_leak (no scrape target configured)" in reasons
 
 
 def test_all_critical_pass_and_high_score_promotes() -> None:
@@ -164,7 +186,7 @@ async def test_memory_leak_reaching_the_limit_in_three_days_is_rejected() -> Non
     v = await judge(store, "leak", POLICY, T0 + timedelta(hours=12))
     assert v.decision is Decision.REJECT
     assert v.check("memory_leak").status is Status.FAIL
-    assert v.check("memory_headroom").status is Status.PASS
+    assert v.check("memory_headroom").status is Status.INCONCLUSIVE  # 58% so far, judged at 24 h
 
 
 async def test_censored_timeouts_fail_p99_although_completed_calls_match() -> None:
