@@ -5,7 +5,10 @@ only calls ``observe``/``inc`` on children it already holds). Gauges that descri
 depth, the model in service, output health, GPU memory -- are computed at scrape time by
 :class:`_StateCollector`. ``process_resident_memory_bytes`` comes from prometheus_client's
 process collector, registered on the same registry, so the comparator's memory sampler reads RSS
-from the same endpoint.
+from the same endpoint, and ``shadowtee_serving_memory_limit_bytes`` -- the container's memory limit
+read from the cgroup (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) at scrape time -- is the limit
+the verdict's memory_headroom and memory_leak judge against. No limit (``max``, or v1's "unlimited"
+near 2^63) exports no sample, and those checks are NA.
 
 Output health: for every floating-point output the server keeps running count, sum, sum of squares
 and NaN/Inf counts of the values it returned, and exposes mean and standard deviation -- the
@@ -16,11 +19,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["OutputHealth", "ServingMetrics"]
+__all__ = ["CGROUP_MEMORY_LIMITS", "OutputHealth", "ServingMetrics", "memory_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,32 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STATUSES = (200, 400, 404, 413, 500, 503)
+#: Where the container's memory limit is read: cgroup v2, then v1.
+CGROUP_MEMORY_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+# cgroup v1 writes "no limit" as the largest page-aligned int64 (about 2^63); anything this large
+# is no limit.
+_UNLIMITED = 1 << 62
+
+
+def memory_limit(paths: Sequence[Path] = CGROUP_MEMORY_LIMITS) -> float | None:
+    """The memory limit in bytes from the first readable cgroup file; None when there is none."""
+    for path in paths:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            log.warning("unreadable memory limit %r in %s", text, os.fspath(path))
+            return None
+        return float(value) if 0 < value < _UNLIMITED else None
+    return None
 
 
 @dataclass
@@ -106,12 +137,25 @@ def _gpu_memory() -> tuple[float, float] | None:
 
 
 class _StateCollector(Collector):
-    def __init__(self, state: Callable[[], dict[str, Any]], health: OutputHealth) -> None:
+    def __init__(
+        self,
+        state: Callable[[], dict[str, Any]],
+        health: OutputHealth,
+        limit_paths: Sequence[Path] = CGROUP_MEMORY_LIMITS,
+    ) -> None:
         self._state = state
         self._health = health
+        self._limit_paths = tuple(limit_paths)
 
     def collect(self) -> Iterator[Any]:
         st = self._state()
+        limit = memory_limit(self._limit_paths)
+        if limit is not None:
+            lim = GaugeMetricFamily(
+                P + "memory_limit_bytes", "Memory limit of the container (cgroup), bytes."
+            )
+            lim.add_metric([], limit)
+            yield lim
         depth = GaugeMetricFamily(P + "queue_depth", "Requests waiting to join a batch.")
         depth.add_metric([], st.get("queue_depth", 0))
         yield depth
@@ -159,7 +203,11 @@ class ServingMetrics:
     """Every series of ``shadowtee serve``; children are bound here, once."""
 
     def __init__(
-        self, registry: CollectorRegistry, state: Callable[[], dict[str, Any]] | None = None
+        self,
+        registry: CollectorRegistry,
+        state: Callable[[], dict[str, Any]] | None = None,
+        *,
+        memory_limit_paths: Sequence[Path] = CGROUP_MEMORY_LIMITS,
     ) -> None:
         self.registry = registry
         requests = Counter(
@@ -197,7 +245,7 @@ class ServingMetrics:
         )
         self.health = OutputHealth()
         self._state = state or dict
-        registry.register(_StateCollector(lambda: self._state(), self.health))
+        registry.register(_StateCollector(lambda: self._state(), self.health, memory_limit_paths))
         # Process RSS/CPU/fds: process_resident_memory_bytes and friends.
         ProcessCollector(registry=registry)
 
