@@ -14,6 +14,7 @@ Provider choice (``device``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -114,6 +115,24 @@ def cuda_device_present() -> bool:
     return done.returncode == 0 and b"GPU" in done.stdout
 
 
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of the ``nvidia-*`` wheels (requirements-gpu.lock), once.
+
+    onnxruntime's CUDA provider library has no RPATH to those wheels, so without this the dynamic
+    loader looks only on ``LD_LIBRARY_PATH`` and the system paths. ``preload_dlls()`` (onnxruntime
+    1.21 and later) loads them from site-packages by path; with an older onnxruntime, the image's
+    ``LD_LIBRARY_PATH`` must name them.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # a missing library is reported again, in one line, at session start
+        log.warning("onnxruntime.preload_dlls() failed: %s", exc)
+
+
 def select_provider(device: str, gpu_mem_limit_bytes: int) -> tuple[list[Any], str]:
     """Return (providers for ``InferenceSession``, reason) for ``device`` auto|cpu|cuda."""
     cpu: list[Any] = ["CPUExecutionProvider"]
@@ -122,6 +141,7 @@ def select_provider(device: str, gpu_mem_limit_bytes: int) -> tuple[list[Any], s
     has_ep = "CUDAExecutionProvider" in ort.get_available_providers()
     has_device = has_ep and cuda_device_present()
     if has_ep and has_device:
+        preload_cuda_libraries()
         opts: dict[str, Any] = {"device_id": 0}
         if gpu_mem_limit_bytes:
             opts["gpu_mem_limit"] = gpu_mem_limit_bytes
