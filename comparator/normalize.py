@@ -15,8 +15,11 @@ class is the first row's.
 The task is ``NormalizeConfig.task``, or inferred from production's outputs when ``"auto"``
 (:func:`comparator.outputs.infer_task`).
 
+A body that came as OIP binary tensors (the side's ``binary``) is decoded first
+(:func:`comparator.outputs.decode_binary`).
+
 A side that answered (outcome ok, status < 500) has an **invalid** output when its body is null (not
-JSON), the output is missing or not numeric, holds NaN/Inf, its layout differs from production's, or
+JSON, nor a binary tensor body that decodes), the output is missing or not numeric, holds NaN/Inf, its layout differs from production's, or
 — for classification — a row is not on the probability simplex (logits are soft-maxed first, and
 flagged). A ranking with repeated ids is invalid too. A side that did not answer is not invalid: it
 has no output to judge, and the error/timeout checks count it instead.
@@ -24,6 +27,7 @@ has no output to judge, and the error/timeout checks count it instead.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import math
 from collections.abc import Callable, Sequence
@@ -40,6 +44,7 @@ from comparator.outputs import (
     TASKS,
     Layout,
     Output,
+    decode_binary,
     infer_task,
     is_label,
     is_logits,
@@ -300,6 +305,18 @@ def _compare_group(
         out["div"][idx] = out["rbo_loss"][idx]
 
 
+def _document(side: SideResult) -> Any:
+    """The answer as JSON: the body, or else the binary tensor body it came as, decoded
+    (:func:`comparator.outputs.decode_binary`); None when neither is readable."""
+    if side.body is not None or side.binary is None:
+        return side.body
+    try:
+        raw = base64.b64decode(side.binary.base64, validate=True)
+    except ValueError:
+        return None
+    return decode_binary(raw, side.binary.header_length)
+
+
 def measure(pairs: Sequence[Pair], config: NormalizeConfig) -> BatchMetrics:
     """Per-pair metrics of a batch (see the module docstring for how outputs are read)."""
     n = len(pairs)
@@ -313,7 +330,7 @@ def measure(pairs: Sequence[Pair], config: NormalizeConfig) -> BatchMetrics:
         answered_t = [_answered(t) for t in twin_sides]
         out_t = read_outputs(
             [
-                t.body if a and t is not None else None
+                _document(t) if a and t is not None else None
                 for t, a in zip(twin_sides, answered_t, strict=True)
             ],
             ptr,
@@ -322,10 +339,18 @@ def measure(pairs: Sequence[Pair], config: NormalizeConfig) -> BatchMetrics:
         answered_t, out_t = [False] * n, [None] * n
     # A side that did not answer reads as None, like a body that is not JSON.
     out_p = read_outputs(
-        [s.body if a else None for s, a in zip(prod_sides, answered_p, strict=True)], ptr
+        [
+            (s.body if s.binary is None else _document(s)) if a else None
+            for s, a in zip(prod_sides, answered_p, strict=True)
+        ],
+        ptr,
     )
     out_c = read_outputs(
-        [s.body if a else None for s, a in zip(cand_sides, answered_c, strict=True)], ptr
+        [
+            (s.body if s.binary is None else _document(s)) if a else None
+            for s, a in zip(cand_sides, answered_c, strict=True)
+        ],
+        ptr,
     )
     task = infer_task(out_p, out_c, config.task, config.simplex_tol)
     prod = _stack(out_p, answered_p, task, config)

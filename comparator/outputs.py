@@ -13,6 +13,11 @@ Reading an output (first match wins):
 * v1 ``predictions``: a list with one entry per instance — a number, a list, or a dict (from which
   the probability-like key, else the first numeric key, is read). A bare top-level list reads the same.
 
+A body in the OIP binary tensor extension (a JSON header, then the raw little-endian tensors of the
+entries with ``parameters.binary_data_size``, in order) is first turned into the JSON it stands for
+by :func:`decode_binary`: every datatype the protocol has as JSON (BOOL, UINT8–64, INT8–64, FP16,
+FP32, FP64, BYTES) gets its ``data``, and is then read as above.
+
 Layout (:func:`layout`): an output is ``rows × width``. A 0-d output is 1 × 1; a 1-d output of
 length n is one row of n numbers (``[K]`` probabilities) except for regression, where it is n rows of
 one number; a 2-d or higher output is ``shape[0]`` rows of the remaining numbers flattened.
@@ -29,12 +34,15 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import math
 import re
+import struct
 from collections import Counter
 from typing import Any, NamedTuple
 
 import numpy as np
+from pydantic_core import from_json
 
 from comparator.divergence import on_simplex
 
@@ -42,6 +50,7 @@ __all__ = [
     "TASKS",
     "Layout",
     "Output",
+    "decode_binary",
     "infer_task",
     "is_label",
     "is_logits",
@@ -247,6 +256,107 @@ def read_outputs(bodies: list[Any], pointer: str | None = None) -> list[Output |
                             continue
         append(read_output(body))
     return out
+
+
+# OIP v2 datatypes with a fixed width, as little-endian numpy dtypes (BYTES is length-prefixed).
+_DTYPES = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+_HEADER_SCAN = json.JSONDecoder()
+
+
+def _header_end(raw: bytes) -> int | None:
+    """Where the JSON object a body starts with ends (its byte length), or None.
+
+    Read as latin-1, every byte is one character, so the decoder's end index is a byte offset;
+    the structural characters of JSON are ASCII, so multi-byte UTF-8 inside strings cannot move it.
+    """
+    try:
+        _, end = _HEADER_SCAN.raw_decode(raw.decode("latin-1"))
+    except ValueError:
+        return None
+    return end
+
+
+def _tensor_data(datatype: Any, blob: bytes, count: int | None) -> list[Any] | None:
+    """The values of one binary tensor as JSON would hold them, or None when ``blob`` does not
+    hold ``count`` elements of ``datatype`` (or the datatype has no JSON form)."""
+    if datatype == "BYTES":
+        values: list[Any] = []
+        at = 0
+        while at < len(blob):
+            if at + 4 > len(blob):
+                return None
+            (size,) = struct.unpack_from("<I", blob, at)
+            at += 4
+            if at + size > len(blob):
+                return None
+            values.append(blob[at : at + size].decode("utf-8", "replace"))
+            at += size
+        return values if count is None or len(values) == count else None
+    dtype = _DTYPES.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None or len(blob) % dtype.itemsize:
+        return None
+    if count is not None and len(blob) != count * dtype.itemsize:
+        return None
+    arr = np.frombuffer(blob, dtype=dtype)
+    return arr.tolist()  # type: ignore[no-any-return]
+
+
+def decode_binary(raw: bytes, header_length: int | None = None) -> Any:
+    """The JSON document an OIP binary-tensor body stands for, or None when it is not one.
+
+    ``header_length`` is ``Inference-Header-Content-Length`` when known; otherwise the header is
+    the JSON object the body starts with. The tensors' declared ``binary_data_size`` must fill the
+    rest of the body exactly, and each must hold ``prod(shape)`` elements of its datatype; an
+    entry that does not gets no ``data`` (so it reads as no output). A JSON body with no binary
+    part comes back as itself: NaN and Infinity, which a JSON answer may carry, read as floats.
+    """
+    end = header_length if header_length is not None else _header_end(raw)
+    if end is None or end > len(raw):
+        return None
+    try:
+        doc = from_json(raw[:end], allow_inf_nan=True)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return doc if end == len(raw) else None
+    at = end
+    for key in ("outputs", "inputs"):
+        tensors = doc.get(key)
+        if not isinstance(tensors, list):
+            continue
+        for tensor in tensors:
+            params = tensor.get("parameters") if isinstance(tensor, dict) else None
+            size = params.get("binary_data_size") if isinstance(params, dict) else None
+            if size is None:
+                continue
+            if type(size) is not int or size < 0 or at + size > len(raw):
+                return None
+            blob = raw[at : at + size]
+            at += size
+            shape = tensor.get("shape")
+            try:
+                count = _shape_size(tuple(shape)) if isinstance(shape, list) else -1
+            except TypeError:  # an unhashable dimension
+                count = -1
+            data = _tensor_data(tensor.get("datatype"), blob, count if count >= 0 else None)
+            if data is not None:
+                tensor["data"] = data
+            else:
+                tensor.pop("data", None)
+    return doc if at == len(raw) else None
 
 
 def layout(shape: tuple[int, ...], task: str) -> Layout:

@@ -12,8 +12,10 @@ A pair records one client request that went to production and (maybe) to the can
                    "body": null, "error": "deadline 250 ms"}}
 
 ``latency_ms`` of a timeout is the deadline: a right-censored value, not a missing one.
-``body`` is the parsed JSON of the response; a response that was not JSON travels as ``null`` with
-``body_bytes`` set, which the comparator counts as an invalid output.
+``body`` is the parsed JSON of the response. A response that is not JSON travels as ``null`` with
+``body_bytes`` set; when it was small enough to keep it also travels as ``binary`` (base64, see
+:class:`BinaryBody`), which is how the OIP binary tensor extension's answers reach the comparator.
+What cannot be decoded counts as an invalid output.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "WIRE_VERSION",
+    "BinaryBody",
     "DropReport",
     "Outcome",
     "Pair",
@@ -55,9 +58,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BinaryBody(_Strict):
+    """A body that is not JSON, kept whole: for the OIP binary tensor extension, a JSON header
+    followed by the raw tensors of the entries with ``parameters.binary_data_size``.
+
+    ``header_length`` is the message's ``Inference-Header-Content-Length`` when the sender knew
+    it; without it the header is the JSON object the body starts with (the comparator checks that
+    the declared tensor sizes fill the rest exactly). ``content_type`` is the message's, if known.
+    """
+
+    base64: Annotated[str, Field(max_length=1 << 30, pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
+    header_length: Annotated[int, Field(ge=0)] | None = None
+    content_type: Annotated[str, Field(max_length=200)] | None = None
+
+
 class RequestInfo(_Strict):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     body: Any | None = None
+    binary: BinaryBody | None = None
 
 
 class SideResult(_Strict):
@@ -68,6 +86,7 @@ class SideResult(_Strict):
     body: Any | None = None
     body_bytes: Annotated[int, Field(ge=0)] | None = None
     error: Annotated[str, Field(max_length=2000)] | None = None
+    binary: BinaryBody | None = None  # a body that is not JSON (e.g. OIP binary tensors)
 
     @property
     def is_error(self) -> bool:

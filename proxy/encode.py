@@ -7,7 +7,10 @@ comparator itself reads batches with (pydantic-core's ``from_json``: UTF-8 only,
 surrogates, no NaN, bounded nesting), so a malformed or hostile body can never break the
 document's structure or get a whole batch refused, but it is not re-serialised: re-printing a
 float-heavy prediction costs several times more than checking it. Any other body travels as ``null`` with ``body_bytes`` set, which the comparator counts as an
-invalid output instead of rejecting the batch.
+invalid output instead of rejecting the batch. A body that is not JSON but starts like a JSON
+object (the OIP binary tensor extension: a JSON header, then raw tensors) and fits
+``max_body_bytes`` also travels whole, base64, as ``binary`` (:class:`comparator.wire.BinaryBody`)
+beside it, so that the comparator can decode the outputs.
 
 Because bodies keep their own whitespace (newlines included), batches are one JSON document,
 ``{"pairs": [...]}``, not NDJSON.
@@ -15,6 +18,7 @@ Because bodies keep their own whitespace (newlines included), batches are one JS
 
 from __future__ import annotations
 
+import base64
 import math
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quote
@@ -38,6 +42,14 @@ def _checked(body: bytes | None, max_body_bytes: int) -> tuple[bytes | None, int
     except ValueError:
         return None, len(body)
     return body, None
+
+
+def _binary(body: bytes | None, embedded: bytes | None, max_body_bytes: int) -> bytes | None:
+    """``{"base64": ...}`` for a body that is not JSON but may be an OIP binary tensor body (it
+    starts with ``{``), when it fits ``max_body_bytes``; base64 is ASCII, safe in the pair."""
+    if embedded is not None or not body or len(body) > max_body_bytes or body[:1] != b"{":
+        return None
+    return b'{"base64":"' + base64.b64encode(body) + b'"}'
 
 
 def _text(value: str) -> bytes:
@@ -75,8 +87,10 @@ def _timestamp(ts: float) -> bytes:
     return b"%s.%03dZ" % (text, micros // 1000)
 
 
-def _side(side: Side, body: bytes | None, body_bytes: int | None) -> bytes:
-    """One side's object; ``body`` already checked (or ``None``)."""
+def _side(
+    side: Side, body: bytes | None, body_bytes: int | None, binary: bytes | None = None
+) -> bytes:
+    """One side's object; ``body`` already checked (or ``None``), ``binary`` from :func:`_binary`."""
     if side.body is None and side.outcome is Outcome.OK:  # too large to keep: its size only
         body_bytes = side.body_bytes
     out = [_OPEN_SIDE[side.outcome]]
@@ -92,6 +106,8 @@ def _side(side: Side, body: bytes | None, body_bytes: int | None) -> bytes:
         out += (b',"body_bytes":', b"%d" % body_bytes)
     if side.error is not None:
         out += (b',"error":', _text(side.error[:2000]))
+    if binary is not None:
+        out += (b',"binary":', binary)
     out.append(b"}")
     return b"".join(out)
 
@@ -109,6 +125,7 @@ def encode_pair(pair: CompletedPair, *, experiment: str, max_body_bytes: int) ->
         cand_checked = prod_checked  # byte-identical to production's body: checked once
     else:
         cand_checked = _checked(cand, max_body_bytes)
+    request_binary = _binary(pair.request_body, request_body, max_body_bytes)
     return b"".join(
         (
             b'{"v":1,"request_id":',
@@ -123,10 +140,13 @@ def encode_pair(pair: CompletedPair, *, experiment: str, max_body_bytes: int) ->
             _text(pair.request_sha256),
             b',"body":',
             b"null" if request_body is None else request_body,
+            b"" if request_binary is None else b',"binary":' + request_binary,
             b'},"prod":',
-            _side(pair.prod, *prod_checked),
+            _side(
+                pair.prod, *prod_checked, _binary(pair.prod.body, prod_checked[0], max_body_bytes)
+            ),
             b',"candidate":',
-            _side(pair.candidate, *cand_checked),
+            _side(pair.candidate, *cand_checked, _binary(cand, cand_checked[0], max_body_bytes)),
             b"}",
         )
     )

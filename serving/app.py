@@ -132,7 +132,10 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def server_metadata(request: web.Request) -> web.Response:
-    return _json({"name": "shadowtee", "version": _server_version(), "extensions": []})
+    # binary_tensor_data: the binary tensor extension, both ways (serving.oip).
+    return _json(
+        {"name": "shadowtee", "version": _server_version(), "extensions": ["binary_tensor_data"]}
+    )
 
 
 async def model_metadata(request: web.Request) -> web.Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +22,7 @@ from comparator.normalize import (
     measure,
     read_output,
 )
-from comparator.outputs import _signature, _signatures, read_outputs
+from comparator.outputs import _signature, _signatures, decode_binary, read_outputs
 from comparator.wire import Pair
 
 START = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
@@ -627,3 +629,130 @@ def test_read_outputs_reads_every_body_as_read_output(bodies: list[Any]) -> None
 def test_task_signatures_of_a_sample_match_one_by_one(tensors: list[Any]) -> None:
     outs = [o for o in read_outputs([{"outputs": [t]} for t in tensors]) if o is not None]
     assert _signatures(outs, 1e-3) == [_signature(o, 1e-3) for o in outs]
+
+
+# -- the OIP binary tensor extension ------------------------------------------------------------
+
+OIP_DTYPES = {
+    "BOOL": "?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+    "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+    "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
+}  # fmt: skip
+
+
+def binary_body(tensors: dict[str, tuple[str, np.ndarray]], **extra: Any) -> tuple[bytes, int]:
+    """An OIP answer with every tensor binary: JSON header, then the raw little-endian bytes."""
+    outputs, blobs = [], []
+    for name, (datatype, arr) in tensors.items():
+        raw = np.ascontiguousarray(arr, dtype=np.dtype(OIP_DTYPES[datatype])).tobytes()
+        outputs.append({"name": name, "datatype": datatype, "shape": list(arr.shape),
+                        "parameters": {"binary_data_size": len(raw)}})  # fmt: skip
+        blobs.append(raw)
+    header = json.dumps({"model_name": "m", "outputs": outputs, **extra}).encode()
+    return header + b"".join(blobs), len(header)
+
+
+def binary_side(raw: bytes, header_length: int | None = None) -> dict[str, Any]:
+    binary: dict[str, Any] = {"base64": base64.b64encode(raw).decode()}
+    if header_length is not None:
+        binary["header_length"] = header_length
+    return {**side(None), "body_bytes": len(raw), "binary": binary}
+
+
+@pytest.mark.parametrize("datatype", sorted(OIP_DTYPES))
+@pytest.mark.parametrize("known_length", [True, False])
+def test_binary_tensors_decode_to_their_json_values_for_every_datatype(
+    datatype: str, known_length: bool
+) -> None:
+    rng = np.random.default_rng(7)
+    arr = (rng.uniform(0, 100, (2, 3)) > 50) if datatype == "BOOL" else rng.uniform(0, 100, (2, 3))
+    arr = arr.astype(np.dtype(OIP_DTYPES[datatype]))
+    raw, header = binary_body({"out": (datatype, arr), "label": ("INT64", np.array([4, 2]))})
+    doc = decode_binary(raw, header if known_length else None)
+    assert doc["outputs"][0]["data"] == arr.ravel().tolist()
+    assert doc["outputs"][1]["data"] == [4, 2]
+    assert doc["model_name"] == "m"
+
+
+def test_binary_bytes_tensors_decode_length_prefixed_strings() -> None:
+    items = [b"cat", b"", "dé".encode()]
+    blob = b"".join(len(b).to_bytes(4, "little") + b for b in items)
+    header = json.dumps({"outputs": [{"name": "s", "datatype": "BYTES", "shape": [3],
+                         "parameters": {"binary_data_size": len(blob)}}]}).encode()  # fmt: skip
+    assert decode_binary(header + blob)["outputs"][0]["data"] == ["cat", "", "dé"]
+    # a length running past the tensor is no data, not an exception
+    bad = header.replace(b'"shape": [3]', b'"shape": [1]') + (99).to_bytes(4, "little")
+    assert decode_binary(bad) is None
+
+
+def test_a_tensor_of_the_wrong_element_count_or_datatype_has_no_data() -> None:
+    raw, _ = binary_body({"p": ("FP32", np.zeros((1, 4)))})
+    wrong_shape = raw.replace(b'"shape": [1, 4]', b'"shape": [1, 3]')
+    assert "data" not in decode_binary(wrong_shape)["outputs"][0]
+    bf16 = raw.replace(b'"FP32"', b'"BF16"')
+    assert "data" not in decode_binary(bf16)["outputs"][0]
+    assert read_output(decode_binary(bf16)) is None
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda raw, n: raw + b"\x00",  # a byte that belongs to no tensor
+        lambda raw, n: raw[:-1],  # a tensor cut short
+        lambda raw, n: raw[: n - 1] + raw[n:],  # the header's closing brace gone
+        lambda raw, n: b"\x00" + raw,  # not a JSON header at all
+        lambda raw, n: raw.replace(b'"binary_data_size": 16', b'"binary_data_size": -16'),
+        lambda raw, n: raw.replace(b'"binary_data_size": 16', b'"binary_data_size": "16"'),
+    ],
+)
+def test_a_malformed_binary_body_decodes_to_nothing(mangle: Any) -> None:
+    raw, header = binary_body({"p": ("FP32", np.full((1, 4), 0.25))})
+    assert decode_binary(raw) is not None
+    assert decode_binary(mangle(raw, header)) is None
+
+
+def test_a_binary_answer_is_compared_like_its_json_twin() -> None:
+    probs = [0.7, 0.2, 0.1]
+    raw, header = binary_body({"probabilities": ("FP32", np.array([probs]))})
+    flipped, _ = binary_body({"probabilities": ("FP32", np.array([[0.1, 0.2, 0.7]]))})
+    pairs = [
+        pair(side(v2(probs)), binary_side(raw)),  # JSON production, binary candidate
+        pair(binary_side(raw, header), binary_side(raw)),  # both binary
+        pair(binary_side(raw), binary_side(flipped)),  # binary, and they disagree
+    ]
+    m = measure(pairs, AUTO)
+    assert m.task == "classification"
+    assert not m.prod_invalid.any() and not m.cand_invalid.any()
+    assert m.top1_agree.tolist() == [1.0, 1.0, 0.0]
+    assert m.js[:2] == pytest.approx([0.0, 0.0], abs=1e-6)
+    agg = fold(pairs, m, experiment_start=START, config=AUTO)[WARM.replace(minute=0)]
+    assert agg.count(keys.CLS_N) == 3 and agg.count(keys.CLS_AGREE) == 2
+
+
+def test_an_undecodable_binary_answer_is_invalid() -> None:
+    raw, _ = binary_body({"probabilities": ("FP32", np.array([[0.7, 0.2, 0.1]]))})
+    m = measure([pair(side(v2([0.7, 0.2, 0.1])), binary_side(raw[:-2]))], AUTO)
+    assert m.cand_invalid.tolist() == [True]
+
+
+def test_serving_binary_answers_decode_to_what_it_computed() -> None:
+    from serving.model import TensorSpec
+    from serving.oip import encode_response
+
+    probs = np.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]], np.float32)
+    labels = np.array([0, 2], np.int64)
+    specs = {
+        "label": TensorSpec("label", "INT64", (-1,), np.dtype("int64")),
+        "probabilities": TensorSpec("probabilities", "FP32", (-1, 3), np.dtype("float32")),
+    }
+    body, header = encode_response(
+        model_name="m", model_version="1", request_id=None,
+        outputs={"label": labels, "probabilities": probs}, specs=specs, wanted=None,
+        binary=frozenset({"label", "probabilities"}),
+    )  # fmt: skip
+    assert header is not None
+    for length in (header, None):
+        doc = decode_binary(body, length)
+        out = read_output(doc)
+        assert out is not None and out.name == "probabilities" and out.shape == (2, 3)
+        np.testing.assert_array_equal(np.array(out.flat, np.float32), probs.ravel())

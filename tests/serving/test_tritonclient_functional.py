@@ -36,8 +36,10 @@ def test_stock_client_reads_health_and_metadata(url: str) -> None:
         assert client.is_server_live() and client.is_server_ready()
         assert client.is_model_ready("digits")
         meta = client.get_model_metadata("digits")
+        server = client.get_server_metadata()
     finally:
         client.close()
+    assert server["name"] == "shadowtee" and "binary_tensor_data" in server["extensions"]
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
     assert [o["name"] for o in meta["outputs"]] == ["label", "probabilities"]
 
