@@ -70,6 +70,12 @@ def create_admin_app(state: ProxyState) -> web.Application:
                     "spool_pairs": shipper.spool.pairs if shipper else 0,
                     "spool_bytes": shipper.spool.bytes if shipper else 0,
                 },
+                # teed + inherited == delivered + dropped + in flight ("unaccounted" is 0).
+                "accounting": state.stats.accounting(
+                    buffer=len(pairing) if pairing else 0,
+                    queue=shipper.queued if shipper else 0,
+                    spool=shipper.spool.pairs if shipper else 0,
+                ),
                 "config": state.settings.public_view(),
             }
         )

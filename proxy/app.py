@@ -203,7 +203,10 @@ class DataPort:
         state = self.state
         outcome, reason = classify(exc, state.settings.prod_timeout_ms)
         if paired:
-            state.pairing.set_prod(rid, Side(outcome, error=reason))  # type: ignore[union-attr]
+            # A timeout is a right-censored latency, at least the deadline: not a missing one.
+            waited = state.settings.prod_timeout_ms if outcome is Outcome.TIMEOUT else None
+            side = Side(outcome, latency_ms=waited, error=reason)
+            state.pairing.set_prod(rid, side)  # type: ignore[union-attr]
         if outcome is Outcome.TIMEOUT:
             state.stats.prod_timeouts += 1
             return simple_response(504, f"production timed out: {reason}\n", close=not keep)
@@ -277,7 +280,9 @@ class DataPort:
                 stats.prod_broken_bodies += 1
                 if paired:
                     outcome, reason = classify(failure, state.settings.prod_timeout_ms)
-                    pairing.set_prod(rid, Side(outcome, status=resp.status, error=reason))
+                    waited = state.settings.prod_timeout_ms if outcome is Outcome.TIMEOUT else None
+                    side = Side(outcome, status=resp.status, latency_ms=waited, error=reason)
+                    pairing.set_prod(rid, side)
                 return False
         stats.prod_latency.observe(elapsed)
         if paired:

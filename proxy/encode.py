@@ -35,7 +35,8 @@ def _checked(body: bytes | None, max_body_bytes: int) -> tuple[bytes | None, int
     """Return ``(the body if it is embeddable JSON, body_bytes if it is not)``."""
     if body is None:
         return None, None
-    if not body or len(body) > max_body_bytes:
+    if not body or len(body) > max_body_bytes or b"\\u0000" in body:
+        # A NUL (only ever written \u0000 in JSON) is text no store keeps (PostgreSQL's JSONB).
         return None, len(body)
     try:
         from_json(body, allow_inf_nan=False)
@@ -53,7 +54,12 @@ def _binary(body: bytes | None, embedded: bytes | None, max_body_bytes: int) -> 
 
 
 def _text(value: str) -> bytes:
-    """A JSON string literal (ASCII-escaped, so any text is safe inside the document)."""
+    """A JSON string literal (ASCII-escaped, so any text is safe inside the document) that every
+    store accepts: a NUL or a lone surrogate (a ``%ff`` path decoded with ``surrogateescape``)
+    becomes U+FFFD, the replacement character, which marks the spot."""
+    if not value.isascii() or "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return _quote(value).encode("ascii")
 
 
@@ -93,9 +99,14 @@ def _side(
     """One side's object; ``body`` already checked (or ``None``), ``binary`` from :func:`_binary`."""
     if side.body is None and side.outcome is Outcome.OK:  # too large to keep: its size only
         body_bytes = side.body_bytes
-    out = [_OPEN_SIDE[side.outcome]]
-    if side.status is not None:
-        out += (b',"status":', b"%d" % side.status)
+    status, error, outcome = side.status, side.error, side.outcome
+    if status is not None and not 100 <= status <= 599:
+        # Not HTTP: recorded as this side's protocol error, never a value the comparator refuses.
+        error = f"protocol error: status {status}" + (f"; {error}" if error else "")
+        status, outcome = None, Outcome.ERROR
+    out = [_OPEN_SIDE[outcome]]
+    if status is not None:
+        out += (b',"status":', b"%d" % status)
     if side.latency_ms is not None:
         out += (b',"latency_ms":', _number(side.latency_ms))
     if side.model_version is not None:
@@ -104,8 +115,8 @@ def _side(
         out += (b',"body":', body)
     if body_bytes is not None:
         out += (b',"body_bytes":', b"%d" % body_bytes)
-    if side.error is not None:
-        out += (b',"error":', _text(side.error[:2000]))
+    if error is not None:
+        out += (b',"error":', _text(error[:2000]))
     if binary is not None:
         out += (b',"binary":', binary)
     out.append(b"}")

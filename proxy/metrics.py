@@ -13,6 +13,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -27,7 +28,21 @@ LATENCY_BUCKETS = (
     0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
-DROP_REASONS = ("buffer_full", "queue_full", "spool_full", "rejected", "no_comparator")
+# Why a pair was dropped: no room in the pairing buffer, the ship queue or the spool; the comparator
+# refused its batch for good (kept in the spool's rejected/); its spooled batch kept failing while
+# others went through (poison) or could not be read back; the spool could not be written; no
+# comparator configured; a bug while encoding it.
+DROP_REASONS = (
+    "buffer_full",
+    "queue_full",
+    "spool_full",
+    "spool_write_error",
+    "spool_unreadable",
+    "rejected",
+    "poison",
+    "no_comparator",
+    "encode_error",
+)
 
 
 @dataclass(slots=True)
@@ -71,6 +86,10 @@ class ProxyStats:
     pairs_replayed: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     ship_failures: int = 0
+    pairs_shipping: int = 0  # a gauge: taken off the queue, not yet delivered, spooled or dropped
+    spool_inherited: int = 0  # pairs found in the spool at start-up (teed by an earlier process)
+    spool_files_set_aside: int = 0  # stray or unreadable files moved into rejected/ at start-up
+    spool_batches_set_aside: int = 0  # spooled batches moved into rejected/ since
     prod_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     candidate_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
@@ -94,6 +113,37 @@ class ProxyStats:
                 "dropped": dict(self.dropped),
             },
             "ship_failures": self.ship_failures,
+            "spool_files_set_aside": self.spool_files_set_aside,
+            "spool_batches_set_aside": self.spool_batches_set_aside,
+        }
+
+    def accounting(self, *, buffer: int, queue: int, spool: int) -> dict[str, Any]:
+        """Where every pair is: ``teed`` (plus the pairs inherited in the spool) equals
+        ``delivered`` + ``dropped`` + ``in_flight``, exactly, at any moment on the event loop.
+
+        ``teed`` counts every request that was to make a pair: sent to the candidate, shed, or
+        skipped for its body size (each opens a pair or is dropped as ``buffer_full``).
+        ``buffer``, ``queue`` and ``spool`` are the pairs in the pairing buffer, the ship queue
+        and the spool now.
+        """
+        teed = self.teed + self.skipped_body_too_large
+        delivered = self.pairs_delivered + self.pairs_replayed
+        dropped = sum(self.dropped.values())
+        in_flight = {
+            "buffer": buffer,
+            "queue": queue,
+            "shipping": self.pairs_shipping,
+            "spool": spool,
+        }
+        total_in_flight = sum(in_flight.values())
+        return {
+            "teed": teed,
+            "inherited": self.spool_inherited,
+            "delivered": delivered,
+            "dropped": dropped,
+            "dropped_by_reason": {k: v for k, v in self.dropped.items() if v},
+            "in_flight": in_flight,
+            "unaccounted": teed + self.spool_inherited - delivered - dropped - total_in_flight,
         }
 
 
@@ -139,6 +189,7 @@ class ProxyCollector(Collector):
         pairs.add_metric(["delivered"], s.pairs_delivered)
         pairs.add_metric(["spooled"], s.pairs_spooled)
         pairs.add_metric(["replayed"], s.pairs_replayed)
+        pairs.add_metric(["teed"], s.teed + s.skipped_body_too_large)
         yield pairs
         dropped = CounterMetricFamily(
             p + "pairs_dropped", "Pairs dropped, by reason (never silently).", labels=["reason"]
@@ -147,6 +198,35 @@ class ProxyCollector(Collector):
             dropped.add_metric([reason], value)
         yield dropped
         yield counter("ship_failures", "Failed POSTs to the comparator.", s.ship_failures)
+        yield counter(
+            "spool_set_aside",
+            "Files moved into the spool's rejected/ folder (stray at start-up, or set aside).",
+            s.spool_files_set_aside + s.spool_batches_set_aside,
+        )
+        yield GaugeMetricFamily(
+            p + "pairs_shipping",
+            "Pairs in a batch being shipped (off the queue, not yet delivered or spooled).",
+            value=s.pairs_shipping,
+        )
+        yield GaugeMetricFamily(
+            p + "pairs_inherited",
+            "Pairs found in the spool at start-up (teed by an earlier process).",
+            value=s.spool_inherited,
+        )
+        # teed + inherited == delivered + dropped + buffer + queue + shipping + spool: the
+        # difference, read from the live objects at this moment, is 0 unless a pair was lost.
+        gauges = self._gauges
+        if all(k in gauges for k in ("pairing_buffer_pairs", "ship_queue_pairs", "spool_pairs")):
+            acc = s.accounting(
+                buffer=int(gauges["pairing_buffer_pairs"][1]()),
+                queue=int(gauges["ship_queue_pairs"][1]()),
+                spool=int(gauges["spool_pairs"][1]()),
+            )
+            yield GaugeMetricFamily(
+                p + "pairs_unaccounted",
+                "teed + inherited - delivered - dropped - in flight: 0 when no pair was lost.",
+                value=acc["unaccounted"],
+            )
         for name, doc, hist in (
             ("production_latency_seconds", "Production response time.", s.prod_latency),
             (

@@ -102,6 +102,15 @@ class ProxySettings(BaseSettings):
     shutdown_timeout_s: Annotated[float, Field(ge=0)] = 30.0
     tee_grace_ms: Annotated[float, Field(ge=0)] = 1_000.0
 
+    # Shipping by size: a batch stays below this many bytes (and below the limit the comparator
+    # announces); a spooled batch failing while this many others go through is set aside.
+    max_batch_bytes: Annotated[int, Field(ge=16 * 1024)] = 8 * 1024 * 1024
+    ship_poison_after: Annotated[int, Field(ge=1)] = 3
+
+    # The data port's bounds on what clients make it hold (README, "Bounded memory").
+    max_connections: Annotated[int, Field(ge=1)] = 4096
+    max_buffered_bytes: Annotated[int, Field(ge=1024 * 1024)] = 256 * 1024 * 1024
+
     @field_validator("listen", "admin_listen")
     @classmethod
     def _host_port(cls, value: str) -> str:

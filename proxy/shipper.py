@@ -3,14 +3,30 @@
 The pairing buffer calls :meth:`Shipper.enqueue` (synchronous, bounded). One task,
 :meth:`Shipper.run`, wakes when a batch is full or ``flush_interval`` has passed and:
 
-1. replays spooled batches oldest first — the comparator sees pairs in the order they were made;
-2. sends the queued pairs as one JSON document to ``POST /v1/pairs`` (bearer token when configured), retrying
-   connection errors, 429 and 5xx with exponential backoff and full jitter;
+1. replays spooled batches oldest first — the comparator sees pairs in about the order they were
+   made;
+2. sends the queued pairs as JSON documents to ``POST /v1/pairs`` (bearer token when configured),
+   retrying connection errors, 408, 429 and 5xx with exponential backoff and full jitter;
 3. spools a batch that still failed, or any batch while older ones wait in the spool.
 
-A batch the comparator rejects as malformed (400/413/422) would fail forever, so it is dropped and
-counted under ``rejected``. Every pair ends in exactly one of delivered, spooled (then replayed)
-or a named drop counter — nothing disappears silently.
+Batches are cut by size as well as by count: at most ``batch_size`` pairs and ``max_batch_bytes``,
+lowered to what the comparator says it takes (its ``X-Max-Body-Bytes`` header, on every answer to
+``POST /v1/pairs``) and halved on a 413, the batch then sent in halves. A pair that alone is too
+large travels with its bodies reduced to their sizes, as bodies over ``max_pair_body_bytes``
+already do: it is never dropped for its size.
+
+Nothing stalls the line. A batch the comparator refuses for good (a 4xx other than 408/413/429) is
+set aside: counted as dropped (``rejected``) and kept in the spool's ``rejected/`` folder for
+inspection. A spooled batch that keeps failing while the batches behind it go through
+(``poison_after`` times) is set aside the same way (``poison``); one that cannot be read
+(``spool_unreadable``). A spool write that fails counts its pairs as dropped
+(``spool_write_error``). The comparator keeps the pairs of a batch it cannot store one by one in
+its quarantine, so a single bad pair never gets a batch refused.
+
+Every pair ends in exactly one of delivered, spooled (then replayed) or a named drop counter, and
+while it is on its way it is in exactly one of the pairing buffer, the queue, a batch being shipped
+(:attr:`Shipper.shipping`) or the spool: nothing disappears silently (see
+:meth:`proxy.metrics.ProxyStats.accounting`).
 """
 
 from __future__ import annotations
@@ -22,20 +38,24 @@ import logging
 import os
 import random
 from collections import deque
+from typing import Any
 
 import aiohttp
 
 from proxy.encode import encode_pair, join_batch
 from proxy.metrics import ProxyStats
 from proxy.pairing import CompletedPair
-from proxy.spool import Spool
+from proxy.spool import Spool, SpooledBatch
 
-__all__ = ["Shipper"]
+__all__ = ["MIN_BATCH_BYTES", "Shipper"]
 
 log = logging.getLogger("shadowtee.proxy.shipper")
 
-_REJECTED = frozenset({400, 413, 422})
+_TRANSIENT = frozenset({408, 429})  # and every 5xx
 _ENCODE_SLICE = 16  # pairs encoded between two yields to the event loop
+MIN_BATCH_BYTES = 16 * 1024  # a 413 never halves the limit below this
+_LIMIT_HEADER = "X-Max-Body-Bytes"
+_LIMIT_SLACK = 4096  # below the comparator's limit: room for the headers it may count
 
 
 class Shipper:
@@ -57,6 +77,8 @@ class Shipper:
         backoff_s: float,
         max_queue: int,
         max_body_bytes: int,
+        max_batch_bytes: int = 8 * 1024 * 1024,
+        poison_after: int = 3,
     ) -> None:
         self._session = session
         self._url = comparator_url.rstrip("/") + "/v1/pairs" if comparator_url else None
@@ -74,6 +96,8 @@ class Shipper:
         self._experiment = experiment
         self.spool = spool
         self._stats = stats
+        stats.spool_inherited += spool.pairs  # spooled by an earlier process
+        stats.spool_files_set_aside += spool.set_aside_files
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -81,6 +105,9 @@ class Shipper:
         self._backoff_s = backoff_s
         self._max_queue = max_queue
         self._max_body = max_body_bytes
+        self.batch_limit = max_batch_bytes  # bytes; lowered by the comparator's header or a 413
+        self._poison_after = poison_after
+        self._strikes: dict[SpooledBatch, int] = {}
         self._queue: deque[CompletedPair] = deque()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -88,6 +115,11 @@ class Shipper:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def shipping(self) -> int:
+        """Pairs taken from the queue and not yet delivered, spooled or dropped."""
+        return self._stats.pairs_shipping
 
     def enqueue(self, pair: CompletedPair) -> None:
         """Accept one finished pair; synchronous, never waits."""
@@ -117,10 +149,14 @@ class Shipper:
                 log.exception("shipping pass failed")
 
     async def close(self) -> None:
-        """Last pass at shutdown: one attempt per batch, everything undelivered goes to the spool."""
+        """Last pass at shutdown: one attempt per batch, everything undelivered goes to the spool.
+        Completes whatever the spool does (its faults are counted, not raised)."""
         self._stopping = True
         self._wake.set()
-        await self.ship_pending(retries=0)
+        try:
+            await self.ship_pending(retries=0)
+        except Exception:
+            log.exception("last shipping pass failed")
 
     async def ship_pending(self, *, retries: int) -> None:
         """Replay the spool in order, then send (or spool) everything queued."""
@@ -128,33 +164,84 @@ class Shipper:
             return
         replaying = await self._replay()
         while self._queue:
-            n = min(self._batch_size, len(self._queue))
-            batch = [self._queue.popleft() for _ in range(n)]
-            payload = await self._encode(batch)
-            if not replaying:
-                result = await self._post(payload, retries=retries)
-                if result == "ok":
-                    self._stats.pairs_delivered += n
-                    continue
-                if result == "rejected":
-                    self._stats.dropped["rejected"] += n
-                    continue
-                replaying = True  # comparator is away: keep order by spooling the rest too
-            self._to_spool(payload, n)
+            pairs, items = await self._next_batch()
+            if not items:
+                continue
+            if replaying:
+                self._to_spool(join_batch(items), len(items))
+            else:
+                replaying = not await self._ship(pairs, items, retries)
         if not replaying:
             await self._report_drops()
 
-    async def _encode(self, batch: list[CompletedPair]) -> bytes:
-        """Encode a batch a slice at a time, letting client requests run in between: a whole
-        batch at once would hold the event loop for milliseconds and show up in the p99."""
+    async def _next_batch(self) -> tuple[list[CompletedPair], list[bytes]]:
+        """Take pairs off the queue and encode them, up to ``batch_size`` pairs and
+        :attr:`batch_limit` bytes (a pair alone over the limit: its bodies reduced to sizes).
+
+        Encoded a slice at a time, letting client requests run in between: a whole batch at once
+        would hold the event loop for milliseconds and show up in the p99."""
+        stats = self._stats
+        pairs: list[CompletedPair] = []
         items: list[bytes] = []
-        for start in range(0, len(batch), _ENCODE_SLICE):
-            items.extend(
-                encode_pair(p, experiment=self._experiment, max_body_bytes=self._max_body)
-                for p in batch[start : start + _ENCODE_SLICE]
-            )
-            await asyncio.sleep(0)
-        return join_batch(items)
+        size = len(join_batch([]))
+        while self._queue and len(items) < self._batch_size:
+            pair = self._queue.popleft()
+            stats.pairs_shipping += 1
+            try:
+                item = self._encode(pair, self._max_body)
+                if size + len(item) + 1 > self.batch_limit:
+                    if items:  # the next batch starts with it
+                        self._queue.appendleft(pair)
+                        stats.pairs_shipping -= 1
+                        break
+                    item = self._encode(pair, 0)
+            except Exception:  # a bug must not take the batch with it
+                log.exception("a pair could not be encoded; dropped")
+                stats.pairs_shipping -= 1
+                stats.dropped["encode_error"] += 1
+                continue
+            pairs.append(pair)
+            items.append(item)
+            size += len(item) + 1
+            if len(items) % _ENCODE_SLICE == 0:
+                await asyncio.sleep(0)
+        return pairs, items
+
+    def _encode(self, pair: CompletedPair, max_body_bytes: int) -> bytes:
+        return encode_pair(pair, experiment=self._experiment, max_body_bytes=max_body_bytes)
+
+    async def _ship(self, pairs: list[CompletedPair], items: list[bytes], retries: int) -> bool:
+        """Send one batch; ``False`` when the comparator is away (the batch is then spooled)."""
+        stats = self._stats
+        payload = join_batch(items)
+        n = len(items)
+        result = await self._post(payload, retries=retries)
+        if result == "too_large":
+            self._lower_limit(len(payload) // 2)
+            if n > 1:
+                half = n // 2
+                if not await self._ship(pairs[:half], items[:half], retries):
+                    self._to_spool(join_batch(items[half:]), n - half)
+                    return False
+                return await self._ship(pairs[half:], items[half:], retries)
+            reduced = self._encode(pairs[0], 0)
+            if reduced != items[0]:
+                return await self._ship(pairs, [reduced], retries)
+            result = "rejected"
+        if result == "ok":
+            stats.pairs_shipping -= n
+            stats.pairs_delivered += n
+            return True
+        if result == "rejected":
+            stats.pairs_shipping -= n
+            stats.dropped["rejected"] += n
+            self.spool.keep_rejected(payload, n)
+            return True
+        self._to_spool(payload, n)
+        return False
+
+    def _lower_limit(self, limit: int) -> None:
+        self.batch_limit = max(MIN_BATCH_BYTES, min(self.batch_limit, limit))
 
     async def _report_drops(self) -> None:
         """Send the cumulative drop counts when they changed; best effort, retried next pass."""
@@ -174,28 +261,105 @@ class Shipper:
 
     async def _replay(self) -> bool:
         """Send spooled batches oldest first; return ``True`` if some are still spooled."""
-        while (head := self.spool.oldest()) is not None:
+        spool, stats = self.spool, self._stats
+        while (head := spool.oldest()) is not None:
             batch, payload = head
+            if payload is None:
+                self._set_aside(batch, "spool_unreadable")
+                continue
             result = await self._post(payload, retries=0)
-            if result == "failed":
+            if result == "unreachable":
                 return True
-            self.spool.remove(batch)
+            if result == "failed":  # an answer: maybe this batch's fault, not the comparator's
+                if not await self._try_behind(batch):
+                    return True
+                continue
+            if result == "too_large":
+                self._lower_limit(len(payload) // 2)
+                if self._respool_smaller(batch, payload):
+                    continue
+                result = "rejected"
             if result == "ok":
-                self._stats.pairs_replayed += batch.pairs
+                self._strikes.pop(batch, None)
+                spool.remove(batch)
+                stats.pairs_replayed += batch.pairs
             else:
-                self._stats.dropped["rejected"] += batch.pairs
+                self._set_aside(batch, "rejected")
         return False
 
-    def _to_spool(self, payload: bytes, pairs: int) -> None:
-        if self.spool.append(payload, pairs):
-            self._stats.pairs_spooled += pairs
+    async def _try_behind(self, head: SpooledBatch) -> bool:
+        """The head failed: try the batch behind it once. If that one goes through, the head
+        takes a strike, and after ``poison_after`` strikes it is set aside (``poison``): a batch
+        that fails while others succeed is the batch's fault, not the comparator's. ``True`` when
+        the replay may go on."""
+        batches = self.spool.batches
+        if len(batches) < 2:
+            return False
+        nxt = batches[1]
+        payload = self.spool.read(nxt)
+        if payload is None:
+            self._set_aside(nxt, "spool_unreadable")
+            return True
+        if await self._post(payload, retries=0) != "ok":
+            return False
+        self.spool.remove(nxt)
+        self._stats.pairs_replayed += nxt.pairs
+        strikes = self._strikes[head] = self._strikes.get(head, 0) + 1
+        if strikes >= self._poison_after:
+            log.error("spooled batch %s keeps failing while others go through", head.path.name)
+            self._set_aside(head, "poison")
+        return True
+
+    def _respool_smaller(self, batch: SpooledBatch, payload: bytes) -> bool:
+        """Write a spooled batch the comparator found too large back as two halves (one pair:
+        with its bodies reduced to their sizes); ``False`` when that cannot help."""
+        try:
+            items: list[Any] = json.loads(payload)["pairs"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        if len(items) > 1:
+            half = len(items) // 2
+            parts = [items[:half], items[half:]]
         else:
-            self._stats.dropped["spool_full"] += pairs
+            reduced = _reduced(items[0])
+            if reduced == items[0]:
+                return False
+            parts = [[reduced]]
+        written = []
+        for part in parts:
+            data = json.dumps({"pairs": part}, separators=(",", ":")).encode()
+            if self.spool.append(data, len(part)) != "ok":
+                break
+            written.append(part)
+        if len(written) != len(parts):
+            return False  # the halves written are replayed, and so is the whole: idempotent
+        self._strikes.pop(batch, None)
+        self.spool.remove(batch)
+        return True
+
+    def _set_aside(self, batch: SpooledBatch, reason: str) -> None:
+        self._strikes.pop(batch, None)
+        self.spool.set_aside(batch)
+        self._stats.dropped[reason] += batch.pairs
+        self._stats.spool_batches_set_aside += 1
+
+    def _to_spool(self, payload: bytes, pairs: int) -> None:
+        stats = self._stats
+        stats.pairs_shipping -= pairs
+        result = self.spool.append(payload, pairs)
+        if result == "ok":
+            stats.pairs_spooled += pairs
+        elif result == "full":
+            stats.dropped["spool_full"] += pairs
             log.warning("spool full (%d bytes): dropped %d pairs", self.spool.bytes, pairs)
+        else:
+            stats.dropped["spool_write_error"] += pairs
 
     async def _post(self, payload: bytes, *, retries: int) -> str:
-        """``"ok"``, ``"rejected"`` (malformed, do not retry) or ``"failed"`` (retry later)."""
+        """``"ok"``, ``"too_large"`` (413), ``"rejected"`` (refused for good: do not retry),
+        ``"failed"`` (answered 408, 429 or 5xx: retry later) or ``"unreachable"`` (no answer)."""
         assert self._session is not None and self._url is not None
+        failure = "failed"
         for attempt in range(retries + 1):
             if attempt:
                 # Full jitter keeps many proxies from retrying in lockstep after an outage.
@@ -205,14 +369,47 @@ class Shipper:
                     self._url, data=payload, headers=self._headers, timeout=self._timeout
                 ) as resp:
                     text = await resp.text(errors="replace")
+                    self._learn_limit(resp.headers.get(_LIMIT_HEADER))
                     if 200 <= resp.status < 300:
                         return "ok"
-                    if resp.status in _REJECTED:
-                        log.error("comparator rejected a batch (%d): %s", resp.status, text[:300])
+                    if resp.status == 413:
+                        log.warning("comparator: batch of %d bytes too large", len(payload))
+                        return "too_large"
+                    if 400 <= resp.status < 500 and resp.status not in _TRANSIENT:
+                        log.error("comparator refused a batch (%d): %s", resp.status, text[:300])
                         return "rejected"
                     self._stats.ship_failures += 1
+                    failure = "failed"
                     log.warning("comparator answered %d: %s", resp.status, text[:200])
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 self._stats.ship_failures += 1
+                failure = "unreachable"
                 log.warning("comparator unreachable: %s", exc or type(exc).__name__)
-        return "failed"
+        return failure
+
+    def _learn_limit(self, header: str | None) -> None:
+        """Cut batches below the body limit the comparator announces."""
+        if header is None or not header.isdigit():
+            return
+        self._lower_limit(int(header) - _LIMIT_SLACK)
+
+
+def _reduced(item: Any) -> Any:
+    """A wire pair (parsed JSON) with its bodies reduced to their sizes."""
+    if not isinstance(item, dict):
+        return item
+    out = dict(item)
+    for side in ("prod", "candidate", "twin"):
+        s = out.get(side)
+        if isinstance(s, dict) and (s.get("body") is not None or s.get("binary") is not None):
+            s = dict(s)
+            size = len(json.dumps(s.pop("body", None)).encode())
+            s.pop("binary", None)
+            s["body"] = None
+            s["body_bytes"] = s.get("body_bytes") or size
+            out[side] = s
+    request = out.get("request")
+    if isinstance(request, dict) and request.get("body") is not None:
+        out["request"] = {**request, "body": None}
+        out["request"].pop("binary", None)
+    return out

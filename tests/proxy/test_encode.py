@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from comparator.ingest import screen_body
 from comparator.wire import Outcome, Pair, PairBatch
 from proxy.encode import encode_batch, encode_pair
 from proxy.pairing import CompletedPair, Side
@@ -66,7 +67,8 @@ def test_control_characters_and_quotes_in_a_field_cannot_break_the_document() ->
     pair = _pair(b'{"a":1}', None)
     pair.request_id = '\x00body\x00"}'
     doc = Pair.model_validate_json(encode_pair(pair, experiment="e", max_body_bytes=1000))
-    assert doc.request_id == '\x00body\x00"}' and doc.prod.body == {"a": 1}
+    # A NUL is no text a store keeps: it becomes U+FFFD, the replacement character.
+    assert doc.request_id == '\ufffdbody\ufffd"}' and doc.prod.body == {"a": 1}
 
 
 def test_byte_identical_bodies_are_checked_once_and_land_on_both_sides() -> None:
@@ -82,3 +84,36 @@ def test_byte_identical_bodies_are_checked_once_and_land_on_both_sides() -> None
     assert pair.prod.body is None and pair.candidate.body is None
     assert pair.prod.body_bytes == pair.candidate.body_bytes == len(bad)
     assert pair.request.body == {"outputs": [0.25, 0.75]}
+
+
+def _clean(line: bytes) -> Pair:
+    """The pair as the comparator screens it: stored, not refused."""
+    screened = screen_body(b'{"pairs":[' + line + b"]}", "application/json")
+    assert screened.refused == [] and len(screened.pairs) == 1
+    return screened.pairs[0]
+
+
+def test_what_the_proxy_saw_is_recorded_in_a_form_every_store_accepts() -> None:
+    pair = _pair(b'{"outputs":[1]}', b'{"s":"a\\u0000b"}')
+    pair.route = "/v2/models/a\x00b/infer"
+    pair.prod.model_version = "1\x00"
+    pair.candidate = Side(Outcome.OK, status=999, latency_ms=2.0, body=b"{}", error=None)
+    doc = _clean(encode_pair(pair, experiment="e", max_body_bytes=1000))
+    assert doc.route == "/v2/models/a\ufffdb/infer" and doc.prod.model_version == "1\ufffd"
+    assert doc.candidate.outcome is Outcome.ERROR and doc.candidate.status is None
+    assert doc.candidate.error == "protocol error: status 999"
+
+
+def test_a_percent_ff_path_and_a_status_from_either_side_are_recorded() -> None:
+    pair = _pair(b'{"s":"x\\u0000"}', None)
+    pair.route = "/v2/models/\udcff/infer"  # what %ff decodes to (surrogateescape)
+    pair.prod = Side(Outcome.OK, status=42, latency_ms=1.0, error="odd")
+    doc = _clean(encode_pair(pair, experiment="e", max_body_bytes=1000))
+    assert doc.route == "/v2/models/\ufffd/infer"
+    assert (doc.prod.outcome, doc.prod.error) == (Outcome.ERROR, "protocol error: status 42; odd")
+
+
+def test_a_json_body_holding_a_nul_travels_as_its_size() -> None:
+    body = b'{"text":"a\\u0000b"}'
+    doc = _clean(encode_pair(_pair(body, None), experiment="e", max_body_bytes=1000))
+    assert doc.prod.body is None and doc.prod.body_bytes == len(body)
