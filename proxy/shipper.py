@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -365,8 +366,12 @@ class Shipper:
                 # Full jitter keeps many proxies from retrying in lockstep after an outage.
                 await asyncio.sleep(random.uniform(0, self._backoff_s * 2 ** (attempt - 1)))
             try:
+                # A file-like body: aiohttp warns about (and CI errors on) bytes over 1 MiB.
                 async with self._session.post(
-                    self._url, data=payload, headers=self._headers, timeout=self._timeout
+                    self._url,
+                    data=io.BytesIO(payload),
+                    headers=self._headers,
+                    timeout=self._timeout,
                 ) as resp:
                     text = await resp.text(errors="replace")
                     self._learn_limit(resp.headers.get(_LIMIT_HEADER))
@@ -385,6 +390,10 @@ class Shipper:
                 self._stats.ship_failures += 1
                 failure = "unreachable"
                 log.warning("comparator unreachable: %s", exc or type(exc).__name__)
+            except Exception:  # a bug must not take the batch with it: it is spooled
+                self._stats.ship_failures += 1
+                failure = "unreachable"
+                log.exception("sending a batch failed")
         return failure
 
     def _learn_limit(self, header: str | None) -> None:
