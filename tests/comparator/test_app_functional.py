@@ -147,7 +147,7 @@ async def test_concurrent_clients_with_overlapping_batches_lose_and_double_nothi
     assert sum(inserted) == 600
     assert await store.count_pairs(exp) == 600
     async with (
-        aiohttp.ClientSession(base_url=base) as http,
+        aiohttp.ClientSession(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as http,
         http.get(f"/v1/experiments/{exp}/summary") as r,
     ):
         assert (await r.json())["pairs"] == 600
