@@ -25,7 +25,8 @@ from aiohttp import web
 
 from proxy.admin import create_admin_app
 from proxy.app import DataPort
-from proxy.http1 import Limits, Server
+from proxy.http.message import Limits
+from proxy.http.server import Server
 from proxy.metrics import ProxyStats
 from proxy.settings import ProxySettings, parse_host_port
 
@@ -64,6 +65,8 @@ async def serve(
             max_body_bytes=settings.client_max_size,
             keepalive_timeout_s=settings.keepalive_timeout_s,
             body_timeout_s=settings.client_body_timeout_s,
+            max_connections=settings.max_connections,
+            max_buffered_bytes=settings.max_buffered_bytes,
         ),
         body_timeout,
     )

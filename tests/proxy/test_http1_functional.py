@@ -152,3 +152,89 @@ async def test_production_connections_are_kept_and_reused(tmp_path: Path) -> Non
         writer.close()
     assert len(app[SEEN]) == 20
     assert len({s["peer"] for s in app[SEEN]}) == 1  # one upstream connection, twenty requests
+
+
+async def test_chunked_request_trailers_never_become_headers(tmp_path: Path) -> None:
+    app = prod_app()
+    async with _proxied(app, tmp_path) as proxy:
+        reader, writer = await _connect(proxy.url)
+        writer.write(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\n{}\r\n0\r\nX-Injected: 1\r\nAuthorization: Bearer smuggled\r\n\r\n"
+        )
+        _, _, body = await _read_response(reader)
+        writer.close()
+    assert body == b"{}"
+    seen = {k.lower() for k in app[SEEN][0]["headers"]}
+    assert not {"x-injected", "authorization"} & seen
+
+
+async def test_a_chunked_http10_request_is_400_and_never_forwarded(tmp_path: Path) -> None:
+    app = prod_app()
+    async with _proxied(app, tmp_path) as proxy:
+        reader, writer = await _connect(proxy.url)
+        writer.write(
+            b"POST /echo HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        )
+        status, _, body = await _read_response(reader)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed after the answer
+        writer.close()
+    assert status.startswith(b"HTTP/1.1 400") and b"HTTP/1.0" in body
+    assert app[SEEN] == []
+
+
+async def test_past_max_connections_a_client_gets_503(tmp_path: Path) -> None:
+    app = prod_app()
+    async with (
+        serve_app(app) as prod,
+        running_proxy(
+            prod=prod, candidate="http://127.0.0.1:9", spool_dir=str(tmp_path), max_connections=2
+        ) as proxy,
+    ):
+        held = [await _connect(proxy.url) for _ in range(2)]
+        reader, writer = await _connect(proxy.url)
+        status, _, _ = await _read_response(reader)
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 503")
+        # The two within the limit are served.
+        for r, w in held:
+            w.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
+            assert (await _read_response(r))[2] == b"ok"
+            w.close()
+
+
+async def test_past_max_buffered_bytes_a_body_is_503_and_the_bytes_are_given_back(
+    tmp_path: Path,
+) -> None:
+    app = prod_app()
+    limit = 1024 * 1024
+    async with (
+        serve_app(app) as prod,
+        running_proxy(
+            prod=prod,
+            candidate="http://127.0.0.1:9",
+            spool_dir=str(tmp_path),
+            max_buffered_bytes=limit,
+        ) as proxy,
+    ):
+        # One client holds half of the port's budget with a body it has not finished.
+        r1, w1 = await _connect(proxy.url)
+        w1.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % limit)
+        w1.write(b"a" * (limit // 2))
+        await w1.drain()
+        # Another's body would take the port over its budget: 503, not more memory. (The first
+        # half was in the proxy's socket before this connection opened, so it is read first.)
+        r2, w2 = await _connect(proxy.url)
+        big = b"b" * (limit // 2 + 1024)
+        w2.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+        status, _, _ = await _read_response(r2)
+        w2.close()
+        # The first finishes and is answered; afterwards the whole budget is free again.
+        w1.write(b"a" * (limit - limit // 2))
+        assert (await _read_response(r1))[2] == b"a" * limit
+        r3, w3 = await _connect(proxy.url)
+        w3.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+        assert (await _read_response(r3))[2] == big
+        w1.close()
+        w3.close()
+    assert status.startswith(b"HTTP/1.1 503")
