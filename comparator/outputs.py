@@ -318,10 +318,11 @@ def decode_binary(raw: bytes, header_length: int | None = None) -> Any:
     """The JSON document an OIP binary-tensor body stands for, or None when it is not one.
 
     ``header_length`` is ``Inference-Header-Content-Length`` when known; otherwise the header is
-    the JSON object the body starts with. The tensors' declared ``binary_data_size`` must fill the
-    rest of the body exactly, and each must hold ``prod(shape)`` elements of its datatype; an
-    entry that does not gets no ``data`` (so it reads as no output). A JSON body with no binary
-    part comes back as itself: NaN and Infinity, which a JSON answer may carry, read as floats.
+    the JSON object the body starts with (blank padding after it allowed). The tensors' declared
+    ``binary_data_size`` must fill the rest of the body exactly, and each must hold
+    ``prod(shape)`` elements of its datatype; an entry that does not gets no ``data`` (so it
+    reads as no output). A JSON body with no binary part comes back as itself: NaN and Infinity,
+    which a JSON answer may carry, read as floats.
     """
     end = header_length if header_length is not None else _header_end(raw)
     if end is None or end > len(raw):
@@ -331,32 +332,35 @@ def decode_binary(raw: bytes, header_length: int | None = None) -> Any:
     except ValueError:
         return None
     if not isinstance(doc, dict):
-        return doc if end == len(raw) else None
-    at = end
+        return doc if not raw[end:].strip() else None
+    binary: list[tuple[dict[str, Any], int]] = []
     for key in ("outputs", "inputs"):
         tensors = doc.get(key)
-        if not isinstance(tensors, list):
-            continue
-        for tensor in tensors:
+        for tensor in tensors if isinstance(tensors, list) else ():
             params = tensor.get("parameters") if isinstance(tensor, dict) else None
             size = params.get("binary_data_size") if isinstance(params, dict) else None
             if size is None:
                 continue
-            if type(size) is not int or size < 0 or at + size > len(raw):
+            if type(size) is not int or size < 0:
                 return None
-            blob = raw[at : at + size]
-            at += size
-            shape = tensor.get("shape")
-            try:
-                count = _shape_size(tuple(shape)) if isinstance(shape, list) else -1
-            except TypeError:  # an unhashable dimension
-                count = -1
-            data = _tensor_data(tensor.get("datatype"), blob, count if count >= 0 else None)
-            if data is not None:
-                tensor["data"] = data
-            else:
-                tensor.pop("data", None)
-    return doc if at == len(raw) else None
+            binary.append((tensor, size))
+    at = len(raw) - sum(size for _, size in binary)  # where the tensors start
+    if at < end or (at > end and (header_length is not None or raw[end:at].strip())):
+        return None  # the sizes do not fill the body after the header exactly
+    for tensor, size in binary:
+        blob = raw[at : at + size]
+        at += size
+        shape = tensor.get("shape")
+        try:
+            count = _shape_size(tuple(shape)) if isinstance(shape, list) else -1
+        except TypeError:  # an unhashable dimension
+            count = -1
+        data = _tensor_data(tensor.get("datatype"), blob, count if count >= 0 else None)
+        if data is not None:
+            tensor["data"] = data
+        else:
+            tensor.pop("data", None)
+    return doc
 
 
 def layout(shape: tuple[int, ...], task: str) -> Layout:

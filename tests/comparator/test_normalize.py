@@ -770,3 +770,12 @@ def test_serving_binary_answers_decode_to_what_it_computed() -> None:
         out = read_output(doc)
         assert out is not None and out.name == "probabilities" and out.shape == (2, 3)
         np.testing.assert_array_equal(np.array(out.flat, np.float32), probs.ravel())
+
+
+def test_blank_padding_after_a_binary_header_is_allowed_only_without_a_known_length() -> None:
+    raw, header = binary_body({"p": ("FP32", np.full((1, 4), 0.25))})
+    padded = raw[:header] + b"  \n" + raw[header:]
+    assert decode_binary(padded)["outputs"][0]["data"] == [0.25] * 4
+    assert decode_binary(padded, header) is None
+    assert decode_binary(padded, header + 3)["outputs"][0]["data"] == [0.25] * 4
+    assert decode_binary(raw[:header] + b"xx" + raw[header:]) is None
