@@ -468,19 +468,18 @@ def _fold_hour(
         present = c["present"][idx]
         for outcome, count in _counts(c["outcome"][idx][present]).items():
             agg.add(keys.outcome(side, outcome), count)
-        # Latency of completed calls; timeouts as censored counts at their deadline, on either
-        # side. A timeout that came without its deadline (a proxy before production's were
-        # recorded) is still censored: it ranks above every completed call all the same.
+        # Latency of completed calls; timeouts, on either side, as censored counts at their
+        # deadline. A timeout without its deadline (the proxy records one on both sides) cannot be
+        # placed: the quantile bands read the censored values as the deadlines' mean.
         oc, status, lat = c["outcome"][idx], c["status"][idx], c["latency"][idx]
-        known = ~np.isnan(lat)
-        w = warm[idx] & present
-        done = w & known & ((oc == "ok") | ((oc == "error") & (status > 0)))
+        w = warm[idx] & present & ~np.isnan(lat)
+        done = w & ((oc == "ok") | ((oc == "error") & (status > 0)))
         if done.any():
             u, cnt = np.unique(ddsketch_keys(lat[done]), return_counts=True)
             agg.add_hist(keys.latency(side), dict(zip(u.tolist(), cnt.tolist(), strict=True)))
         late = w & (oc == "timeout")
         agg.add(keys.censored(side), int(late.sum()))
-        agg.add_moments(f"lat.{side}.deadline", _moments(lat[late & known]))
+        agg.add_moments(f"lat.{side}.deadline", _moments(lat[late]))
 
     p, c = cols["prod"], cols["cand"]
     po, co = p["outcome"][idx], c["outcome"][idx]

@@ -446,14 +446,13 @@ def test_all_timeouts_are_censored_not_invalid() -> None:
 def test_a_production_timeout_is_censored_at_its_deadline_like_the_candidates() -> None:
     pairs = [
         pair(side(None, "timeout", None, 800.0), side(v2([0.5, 0.5]), latency=4.0), rid="a"),
-        pair(side(None, "timeout", None, None), side(v2([0.5, 0.5]), latency=4.0), rid="b"),
+        pair(side(None, "timeout", None, 800.0), side(v2([0.5, 0.5]), latency=4.0), rid="b"),
         pair(side(v2([0.5, 0.5]), latency=3.0), side(v2([0.5, 0.5]), latency=4.0), rid="c"),
     ]
     (agg,) = _fold(pairs).values()
-    # both timeouts rank above every completed call, the one without a deadline too
     assert agg.count(keys.censored("prod")) == 2
     assert agg.hist(keys.latency("prod")) == {ddsketch_key(3.0): 1}
-    assert agg.moment("lat.prod.deadline") == Moments(1, 800.0, 0.0)
+    assert agg.moment("lat.prod.deadline") == Moments(2, 800.0, 0.0)
     assert agg.count(keys.paired(keys.TIMEOUT, True, False)) == 2
 
 
