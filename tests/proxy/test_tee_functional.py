@@ -275,9 +275,11 @@ async def test_only_configured_routes_and_methods_are_teed(
         assert (await admin_status(client, proxy.admin))["counters"]["teed"] == 1
 
 
-async def test_a_client_request_id_is_kept_unless_it_is_already_pending(
+async def test_a_client_request_id_is_kept_even_while_another_is_pending(
     tmp_path: Path, client: aiohttp.ClientSession
 ) -> None:
+    """Each pair is keyed by the client's id and a nonce (proxy.app DataPort._pair_key), so a
+    second request with a pending id keeps its id and still gets its own pair."""
     candidate = FakeCandidate(mode="hang")
     async with (
         serve_app(prod_app()) as prod,
@@ -291,7 +293,10 @@ async def test_a_client_request_id_is_kept_unless_it_is_already_pending(
             headers = {"X-Shadow-Request-Id": "client-42"}
             async with client.post(proxy.url + INFER, json={}, headers=headers) as resp:
                 ids.append(resp.headers["X-Shadow-Request-Id"])
-        assert ids[0] == "client-42" and ids[1] != "client-42"
+        assert ids == ["client-42", "client-42"]
+        await wait_for(lambda: len(candidate.requests) == 2, "both requests teed")
+        status = await admin_status(client, proxy.admin)
+        assert status["gauges"]["pairing_buffer_pairs"] == 2
         candidate.release.set()
 
 

@@ -176,12 +176,14 @@ def test_no_secret_in_the_database_and_injection_is_stored_verbatim(pipeline: Pi
     with sqlite3.connect(pipeline.db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"pairs", "experiments", "hourly_aggregates"} <= tables  # nothing was dropped
+        # A client's own id is stored with the proxy's nonce after "~" (proxy.app._pair_key).
         row = conn.execute(
-            "SELECT request_id, route FROM pairs WHERE request_id = ?", (INJECT,)
+            "SELECT request_id, route FROM pairs WHERE substr(request_id, 1, ?) = ?",
+            (len(INJECT) + 1, INJECT + "~"),
         ).fetchone()
-        assert row is not None and row[0] == INJECT
+        assert row is not None and row[0].rsplit("~", 1)[0] == INJECT
         assert row[1] == f"/v2/models/echo{INJECT}/infer"
-        ids = {r[0] for r in conn.execute("SELECT request_id FROM pairs")}
+        ids = {r[0].rsplit("~", 1)[0] for r in conn.execute("SELECT request_id FROM pairs")}
     assert ids == set(pipeline.rids)
 
 
@@ -205,7 +207,9 @@ def test_no_secret_in_a_report(pipeline: Pipeline) -> None:
 
 def test_comparator_refuses_unauthenticated_writes(pipeline: Pipeline, tmp_path: Path) -> None:
     pair = {
-        "v": 1, "request_id": "unauth-1", "experiment": EXPERIMENT, "ts": "2026-11-22T10:00:00Z",
+        # Dated now: a pair far before the experiment's first one would be refused as too old.
+        "v": 1, "request_id": "unauth-1", "experiment": EXPERIMENT,
+        "ts": datetime.now(UTC).isoformat(),
         "route": "/r", "request": {"sha256": "0" * 64},
         "prod": {"outcome": "ok", "status": 200}, "candidate": {"outcome": "ok", "status": 200},
     }  # fmt: skip
@@ -231,7 +235,8 @@ def test_comparator_refuses_unauthenticated_writes(pipeline: Pipeline, tmp_path:
             assert count() == before
             bad = json.dumps({"pairs": [{**pair, "experiment": INJECT}]})
             resp = client.post(url + "/v1/pairs", content=bad, headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})  # fmt: skip
-            assert resp.status_code == 422  # experiment names are a restricted alphabet
+            # Experiment names are a restricted alphabet: the pair is refused into the quarantine.
+            assert resp.status_code == 200 and resp.json()["refused"][0]["reason"] == "invalid"
             assert count() == before
             resp = client.post(url + "/v1/pairs", content=body, headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})  # fmt: skip
             assert resp.status_code in (200, 202), resp.text
