@@ -68,7 +68,7 @@ class ComparatorSettings(BaseSettings):
     scrape_experiment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = (
         "default"
     )
-    # Bearer token for POST /v1/pairs; None = no authentication (loopback development only).
+    # Bearer token every /v1/ route requires (reads too); None = no authentication (loopback only).
     token: SecretStr | None = None
     store_request_bodies: bool = False
     max_body_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 32 * 1024 * 1024

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token",
         metavar="TOKEN",
-        help="bearer token required on POST /v1/pairs (prefer SHADOWTEE_COMPARATOR__TOKEN or a secret file: flags show in ps)",
+        help="bearer token every /v1/ route requires, reads too (prefer SHADOWTEE_COMPARATOR__TOKEN or a secret file: flags show in ps)",
     )
     parser.add_argument("--max-body-bytes", type=int, metavar="N", help="largest ingest body")
     parser.add_argument(
