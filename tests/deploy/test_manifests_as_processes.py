@@ -375,3 +375,17 @@ def test_a_pod_missing_a_required_secret_key_does_not_start(workdir: Path) -> No
     cluster = Cluster(_objects("overlays/staging"), workdir, {"shadowtee-comparator": {}})
     with pytest.raises(PodError, match="no key database-url"):
         cluster.start_pod("comparator")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.timeout(240)
+def test_production_as_shipped_rejects_the_bad_candidate_on_postgresql(
+    workdir: Path, fresh_pg: str, webhook: tuple[str, list[tuple[dict[str, str], bytes]]]
+) -> None:
+    verdict, cluster = run_experiment("overlays/production", workdir, fresh_pg, "3", webhook)
+    try:
+        assert str(verdict["decision"]).upper() == "REJECT", verdict
+        _check_promote(cluster, promoted=False)
+    finally:
+        cluster.cleanup()
