@@ -115,7 +115,7 @@ def test_pods_run_as_non_root_with_a_read_only_root_filesystem() -> None:
     objects, _ = render(DEPLOY / "overlays/production")
     for owner, t in crossref.pod_templates(objects):
         assert t["spec"]["securityContext"]["runAsNonRoot"] is True, owner["metadata"]["name"]
-        for c in t["spec"]["containers"]:
+        for c in t["spec"]["containers"] + t["spec"].get("initContainers", []):
             assert c["securityContext"]["readOnlyRootFilesystem"] is True
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
             assert "limits" in c["resources"] and "memory" in c["resources"]["limits"]
