@@ -46,8 +46,13 @@ try:
     ctypes.CDLL(lib)
 except OSError as exc:
     error = str(exc)
+try:
+    import pynvml  # nvidia-ml-py: loads the driver's libnvidia-ml.so.1 only at nvmlInit()
+    nvml = pynvml.__name__
+except ImportError:
+    nvml = None
 maps = sorted({line.split()[-1] for line in open("/proc/self/maps") if ".so" in line})
-print(json.dumps({"error": error, "maps": maps, "provider": lib}))
+print(json.dumps({"error": error, "maps": maps, "provider": lib, "nvml": nvml}))
 """
 
 
@@ -134,6 +139,8 @@ def check(venv: Path) -> list[str]:
     print(f"preload_dlls() then dlopen({Path(result['provider']).name}): {result['error'] or 'ok'}")
     if result["error"] is not None and not result["error"].startswith(f"{DRIVER}:"):
         problems.append(f"dlopen after preload_dlls(): {result['error']}")
+    if result.get("nvml") is None:
+        problems.append("pynvml (nvidia-ml-py) does not import: serving falls back to nvidia-smi")
     loaded = {Path(p).name: p for p in result["maps"]}
     for name in [*sorted(cuda_deps), *RUNTIME_LOADED]:
         where = loaded.get(name)
