@@ -10,6 +10,10 @@ running intersection. The comparator takes one look per experiment every ``verdi
 * when the stored decision changed, the webhook (if configured) receives a signed
   ``decision_changed`` event.
 
+The looker knows which sides' memory the comparator scrapes for which experiment
+(``memory_sources``, from the ``scrape`` settings); the verdict keeps it in its state, so a memory
+check is NA when nothing is scraped and NODATA (blocking PROMOTE) when a scraped side is silent.
+
 Alerting (``deploy/prometheus/rules.yaml``) and automation both read from here.
 """
 
@@ -18,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -93,8 +97,11 @@ class Looker:
         book: LookBook,
         *,
         webhook: Any | None = None,
+        memory_sources: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self._store = store
+        # None: not known here (the verdict infers it from the samples)
+        self._memory_sources = None if memory_sources is None else dict(memory_sources)
         self._policy = policy
         self._book = book
         self._webhook = webhook
@@ -105,7 +112,15 @@ class Looker:
         from comparator.verdict import judge
 
         previous = self._book.last.get(experiment)
-        verdict = await judge(self._store, experiment, self._policy, at)
+        verdict = await judge(
+            self._store,
+            experiment,
+            self._policy,
+            at,
+            memory_sources=None
+            if self._memory_sources is None
+            else self._memory_sources.get(experiment, frozenset()),
+        )
         if at is None:
             await self._show(experiment, str(verdict.decision), float(verdict.score))
         if self._webhook is not None and verdict.decision_changed:

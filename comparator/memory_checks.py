@@ -24,6 +24,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from scipy import stats as sps
+
 from comparator import stats
 from comparator.checks import CheckResult, Status, _f
 
@@ -183,10 +185,19 @@ def _leak(look: _Look, kind: str) -> CheckResult:
     need = look.p.minimums.memory_hours
     if len(peaks) < need:
         return look.nodata(cid, len(peaks), need, "hourly memory peaks")
-    ts = stats.theil_sen(
-        [v for _, v in peaks], [h for h, _ in peaks], confidence=1.0 - look.alpha(cid)
+    y, t = [v for _, v in peaks], [h for h, _ in peaks]
+    ts = stats.theil_sen(y, t, confidence=1.0 - look.alpha(cid))
+    # Theil–Sen's interval is two of the n(n−1)/2 pairwise slopes, at ranks (N ∓ z·σ)/2 with σ²
+    # Kendall's variance n(n−1)(2n+5)/18. With few points those ranks fall outside the slopes and
+    # scipy returns the extreme slopes instead, an interval far too narrow (3 peaks: 3 slopes,
+    # z·σ ≈ 5): such a bound is no bound.
+    n, n_slopes = len(y), len(y) * (len(y) - 1) / 2
+    reach = float(sps.norm.ppf(1.0 - look.alpha(cid) / 2)) * math.sqrt(
+        n * (n - 1) * (2 * n + 5) / 18
     )
-    lo, hi = look.intersect(cid, ts.low_slope, ts.high_slope)
+    bounded = (n_slopes - reach) / 2 - 1 >= 0
+    low, high = (ts.low_slope, ts.high_slope) if bounded else (-math.inf, math.inf)
+    lo, hi = look.intersect(cid, low, high)
     headroom = max(lim - max(v for _, v in peaks), 0.0)
     s_star = headroom / cp.margin
     text = (

@@ -241,11 +241,15 @@ def decide(
                 *na,
             ],
         )
-    return (
-        Decision.REJECT,
-        s,
-        [f"inconclusive at the maximum window of {w.max_hours:g} h", *_pending(checks), *na],
+    judged = [
+        f"{c.id} {c.status}: {c.reason}" for c in checks if c.status in (Status.FAIL, Status.WARN)
+    ]
+    head = (
+        f"inconclusive at the maximum window of {w.max_hours:g} h"
+        if inconclusive
+        else f"no PROMOTE at the maximum window of {w.max_hours:g} h: score {s:.1f}"
     )
+    return (Decision.REJECT, s, [head, *judged, *_pending(checks), *na])
 
 
 # -- state -------------------------------------------------------------------------------------
@@ -369,9 +373,17 @@ async def judge(
         # A decision never goes back from REJECT: the first REJECT's reasons are kept.
         first = state.get("rejected") or {}
         decision = Decision.REJECT
+        first_reasons = [str(r) for r in first.get("reasons", [])]
         reasons = [
             f"rejected at {first.get('at', state.get('at'))} (a REJECT is final)",
-            *[str(r) for r in first.get("reasons", [])],
+            *first_reasons,
+            *(
+                f"critical check {c.id} failed: {c.reason}"
+                for c in checks
+                if c.critical
+                and c.status is Status.FAIL
+                and not any(f"check {c.id} " in r for r in first_reasons)
+            ),
         ]
     verdict = Verdict(
         experiment, at, elapsed, decision, s, reasons, checks, policy.name, n_opt, _diagnostics(agg)

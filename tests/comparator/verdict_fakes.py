@@ -1,6 +1,8 @@
 """Test helpers for the verdict: an in-memory store with the five methods a look uses, and a seeded
-generator of hourly aggregates (A/A or with a planted regression) built straight from distributions,
-so simulations need no raw pairs."""
+generator of hourly aggregates built straight from distributions, for tests of single decisions.
+
+Rates (A/A false REJECT, planted regressions REJECTed) are measured through the real ingest path
+in ``tests/comparator/test_simulations.py``, never on these hand-built aggregates."""
 
 from __future__ import annotations
 
@@ -67,6 +69,9 @@ class FakeStore:
         self, name: str, at: datetime, decision: str, payload: dict[str, Any], state: dict[str, Any]
     ) -> bool:
         prev = self.states.get(name, {}).get("decision")
+        stored_at = self.states.get(name, {}).get("at")
+        if stored_at is not None and datetime.fromisoformat(stored_at) > at:
+            return False  # as the store: an older look never overwrites a newer state
         self.states[name] = state
         self.verdicts.append((name, at, decision, payload))
         return prev != decision
@@ -202,30 +207,3 @@ def wire_pair(i: int, exp: str, *, cand_error: bool) -> Pair:
             "candidate": cand,
         }
     )
-
-
-class CumulativeStore(FakeStore):
-    """A FakeStore that hands back one pre-merged row per look (prefix sums of the hours).
-
-    The verdict merges whatever rows it gets, so this is the same look at O(1) merge cost: it keeps
-    simulations of many experiments × hourly looks fast.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._prefix: dict[str, list[Aggregate]] = {}
-
-    async def hourly_aggregates(
-        self, name: str, start: datetime | None = None, end: datetime | None = None
-    ) -> list[tuple[datetime, Aggregate]]:
-        assert start is None
-        rows = await super().hourly_aggregates(name, None, end)
-        if not rows:
-            return []
-        prefix = self._prefix.setdefault(name, [])
-        while len(prefix) < len(rows):
-            nxt = self.hours[name][len(prefix)][1]
-            prefix.append(
-                Aggregate.merged([prefix[-1], nxt]) if prefix else Aggregate.merged([nxt])
-            )
-        return [(rows[0][0], prefix[len(rows) - 1])]
