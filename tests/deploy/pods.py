@@ -215,7 +215,7 @@ class Cluster:
 
     # -- translation --------------------------------------------------------------------------
 
-    def _writable(self, path: Path, uid: int | None = None) -> Path:
+    def _writable(self, path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(0o777)
         return path
@@ -242,12 +242,12 @@ class Cluster:
         if not out.exists():
             out.mkdir(parents=True)
             for key, value in cm.get("data", {}).items():
-                (out / key).write_text(self._pending_translate(pod, value))
+                (out / key).write_text(self._translate_pod_file(pod, value))
                 (out / key).chmod(0o444)
             out.chmod(0o555)
         return out
 
-    def _pending_translate(self, pod: str, text: str) -> str:
+    def _translate_pod_file(self, pod: str, text: str) -> str:
         # ConfigMap files name container paths too (spool_dir): translated with the pod's mounts.
         template = self.template(pod)
         mounts: dict[str, Path] = {}
