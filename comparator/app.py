@@ -402,7 +402,9 @@ async def _looks_ctx(app: web.Application) -> AsyncIterator[None]:
     webhook = None
     if s.webhook_url and s.webhook_secret is not None:
         webhook = WebhookConfig(s.webhook_url, s.webhook_secret.get_secret_value().encode())
-    looker = Looker(app[STORE], policy, app[LOOKS], webhook=webhook)
+    # Whose memory is scraped: the verdict tells "no scrape target" (NA) from a silent one.
+    sources = {s.scrape_experiment: frozenset(s.scrape)} if s.scrape else {}
+    looker = Looker(app[STORE], policy, app[LOOKS], webhook=webhook, memory_sources=sources)
     app[_LOOKER] = looker
     task = None
     if s.verdict_interval_s > 0:

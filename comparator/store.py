@@ -427,17 +427,25 @@ class Store:
         """Append the verdict and replace the state in one transaction.
 
         Returns True when ``decision`` differs from the previously stored one (or there was none).
+        Saves are monotone in time: a look older than the stored state's ``at`` (two looks racing)
+        stores nothing and returns False.
         """
         now = datetime.now(UTC)
         async with self._write() as conn:
             eid = await self._experiment_id(conn, name)
             if eid is None:
                 raise UnknownExperiment(f"no experiment named {name!r}")
-            prev = (
+            row = (
                 await conn.execute(
-                    select(VSTATE.c.decision).where(VSTATE.c.experiment_id == eid).with_for_update()
+                    select(VSTATE.c.decision, VSTATE.c.state)
+                    .where(VSTATE.c.experiment_id == eid)
+                    .with_for_update()
                 )
-            ).scalar()
+            ).first()
+            prev = row.decision if row is not None else None
+            stored_at = (row.state or {}).get("at") if row is not None else None
+            if stored_at is not None and datetime.fromisoformat(stored_at) > at:
+                return False
             await conn.execute(
                 self._insert(VERDICTS),
                 [
