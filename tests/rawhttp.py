@@ -62,8 +62,8 @@ class Reply:
 
     ``framing`` is how the body is delimited; for ``"none"`` (204, 304) no framing header and no
     body are sent. A HEAD request gets the head only, framing headers included. ``cut_at`` closes
-    the connection after that many bytes of the *encoded* body. ``after`` is written once the
-    answer is complete (after ``after_delay_s``): bytes no well-behaved server sends. ``raw``
+    the connection after that many bytes of the *encoded* body. ``after`` is written in the same
+    write as the answer, or ``after_delay_s`` after it: bytes no well-behaved server sends. ``raw``
     replaces the whole answer with exact bytes (malformed answers); the connection then closes.
     ``drop`` closes the connection without answering.
     """
@@ -312,6 +312,8 @@ class RawUpstream:
             self._server.close()
         for writer in list(self._writers):
             writer.transport.abort()
+        if self._tasks:  # aborted, each handler ends at its next read or write
+            await asyncio.wait(set(self._tasks), timeout=1)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -349,6 +351,8 @@ class RawUpstream:
             self.errors.append(f"connection {conn_id}: {exc!r}")
         except (OSError, TimeoutError):
             pass  # the peer went away, or stayed silent: the connection simply ends
+        except asyncio.CancelledError:
+            pass  # close() ends a handler still sleeping in a drip; nobody awaits it
         finally:
             self._writers.discard(writer)
             self._tasks.discard(task)
@@ -357,6 +361,8 @@ class RawUpstream:
     @staticmethod
     async def _write(writer: asyncio.StreamWriter, reply: Reply, head_request: bool) -> None:
         data = reply.wire(head_request)
+        if reply.after and not reply.after_delay_s:
+            data += reply.after  # in the same write: one segment on loopback
         pieces = max(1, reply.drip)
         step = -(-len(data) // pieces) if data else 1
         for i in range(0, len(data), step):
@@ -364,9 +370,8 @@ class RawUpstream:
                 await asyncio.sleep(reply.drip_delay_s)
             writer.write(data[i : i + step])
             await writer.drain()
-        if reply.after:
-            if reply.after_delay_s:
-                await asyncio.sleep(reply.after_delay_s)
+        if reply.after and reply.after_delay_s:
+            await asyncio.sleep(reply.after_delay_s)
             writer.write(reply.after)
             await writer.drain()
 
@@ -498,6 +503,9 @@ class RawClient:
             break
         length, chunked = _framing_of(headers)
         connection = b",".join(v for n, v in headers if n.lower() == b"connection").lower()
+        named = {token.strip() for token in connection.split(b",")}
+        if named & {b"content-length", b"transfer-encoding"}:
+            raise Malformed("Connection names a framing header (a proxy would drop the framing)")
         keep = parts[0] == b"HTTP/1.1" and b"close" not in connection
         if parts[0] == b"HTTP/1.0" and b"keep-alive" in connection:
             keep = True
