@@ -31,7 +31,15 @@ from comparator import stats
 from comparator.aggregates import Aggregate, keys
 from comparator.policy import CHECK_GROUPS, Policy
 
-__all__ = ["TASK_CHECKS", "CheckContext", "CheckResult", "Status", "evaluate", "infer_task"]
+__all__ = [
+    "TASK_CHECKS",
+    "CheckContext",
+    "CheckResult",
+    "Status",
+    "coverage_counts",
+    "evaluate",
+    "infer_task",
+]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +127,25 @@ def infer_task(agg: Aggregate, configured: str | None) -> str | None:
     if agg.moment(keys.RANK_RBO_LOSS).n:
         return "ranking"
     return None
+
+
+def coverage_counts(agg: Aggregate) -> tuple[int, int]:
+    """(pairs whose outputs were read and compared, pairs with both sides ok).
+
+    Pairs with both sides ok are the ``invalid`` cells (counted over exactly those); compared ones
+    are the divergence counters of whatever task the batches were read as.
+    """
+    both_ok = sum(
+        agg.count(keys.paired(keys.INVALID, a, b))
+        for a, b in ((False, False), (False, True), (True, False), (True, True))
+    )
+    compared = (
+        agg.count(keys.CLS_N)
+        + agg.count(keys.REG_N)
+        + agg.count(keys.EMB_N)
+        + agg.moment(keys.RANK_RBO_LOSS).n
+    )
+    return min(compared, both_ok), both_ok
 
 
 def _f(x: float) -> str:
@@ -330,28 +357,16 @@ class _Look:
 
     # -- evidence ---------------------------------------------------------------------------------
     def coverage(self) -> CheckResult:
-        """Share of pairs with both sides ok whose outputs were read and compared.
-
-        Pairs with both sides ok are the ``invalid`` cells (counted over exactly those); compared
-        ones are the divergence counters of whatever task the batches were read as. Outputs that
-        could not be read (not JSON, a wrong pointer, cut at the body limit) count as invalid on
+        """Share of pairs with both sides ok whose outputs were read and compared
+        (:func:`coverage_counts`). Outputs that could not be read (not JSON, a wrong pointer, cut at the body limit) count as invalid on
         both sides, which ``invalid_delta`` does not see: this check does. No comparison at all is
         a FAIL, never a PROMOTE.
         """
         cid = "coverage"
-        n = sum(
-            self.agg.count(keys.paired(keys.INVALID, a, b))
-            for a, b in ((False, False), (False, True), (True, False), (True, True))
-        )
+        compared, n = coverage_counts(self.agg)
         if n < self.p.minimums.units:
             return self.nodata(cid, n, self.p.minimums.units, "pairs with both sides ok")
-        compared = (
-            self.agg.count(keys.CLS_N)
-            + self.agg.count(keys.REG_N)
-            + self.agg.count(keys.EMB_N)
-            + self.agg.moment(keys.RANK_RBO_LOSS).n
-        )
-        cs = stats.proportion_cs(min(compared, n), n, self.alpha(cid), self.ctx.n_opt)
+        cs = stats.proportion_cs(compared, n, self.alpha(cid), self.ctx.n_opt)
         return self.lower_rule(cid, "outputs compared", cs, self.p.check(cid).margin)
 
     # -- divergence -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from comparator.aggregates import Aggregate, ddsketch_value, keys
+from comparator.checks import coverage_counts
 from comparator.store import Store
 from comparator.store_ingest import QUARANTINE
 
@@ -90,6 +91,12 @@ def _divergence(agg: Aggregate) -> dict[str, Any]:
             "cos_lt_0_95": agg.count(keys.EMB_COS_TAIL),
         },
         "ranking": {"rbo_loss_mean": mean(keys.RANK_RBO_LOSS)},
+        # pairs with both sides ok whose outputs were read and compared (the coverage check)
+        "coverage": {
+            "compared": (cov := coverage_counts(agg))[0],
+            "both_ok": cov[1],
+            "share": _ratio(*cov),
+        },
         "invalid": {
             cell: agg.count(keys.paired(keys.INVALID, cell[0] == "1", cell[1] == "1"))
             for cell in ("00", "01", "10", "11")

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from comparator.aggregates import Aggregate, ddsketch_value, keys
+from comparator.checks import coverage_counts
 from comparator.store import StoredPair
 from reports.data import CheckRow, ReportData
 
@@ -210,6 +211,8 @@ def _traffic(agg: Aggregate, config: dict[str, Any] | None = None) -> dict[str, 
         "paired": {
             check: _paired(agg, check) for check in (keys.ERROR, keys.TIMEOUT, keys.INVALID)
         },
+        # Pairs with both sides ok whose outputs were read and compared (the coverage check).
+        "coverage": dict(zip(("compared", "both_ok"), coverage_counts(agg), strict=True)),
         # Pairs never stored are known only from the proxies' own reports (POST .../drops).
         "spool_drops": drops,
         "spool_drops_note": note,

@@ -158,6 +158,15 @@ def _traffic_html(f: dict[str, Any]) -> str:
             ("shed", _e(count(t["outcomes"]["cand"]["shed"]))),
             ("skipped", _e(count(t["outcomes"]["cand"]["skipped"]))),
             (
+                "outputs compared",
+                _e(
+                    f"{pct(t['coverage']['compared'] / t['coverage']['both_ok'])} of "
+                    f"{count(t['coverage']['both_ok'])}"
+                    if t["coverage"]["both_ok"]
+                    else "none"
+                ),
+            ),
+            (
                 "pairs dropped",
                 _e(count(t["spool_drops"]) if t["spool_drops"] is not None else "n/a"),
             ),
@@ -401,6 +410,11 @@ def render_markdown(f: dict[str, Any]) -> str:
     prev = f["previous_day"]["numbers"]
     rows = [
         ("pairs (teed)", f"{count(t['pairs'])} ({count(t['teed'])})", ""),
+        (
+            "outputs compared (both ok)",
+            f"{count(t['coverage']['compared'])} of {count(t['coverage']['both_ok'])}",
+            "",
+        ),
         (
             "error rate",
             pct(t["paired"]["error"]["prod_rate"], 3),

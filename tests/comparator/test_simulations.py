@@ -307,3 +307,28 @@ def test_plants_differ_from_aa_only_where_named() -> None:
     assert sum(p["candidate"].get("status") == 503 for p in aa) <= 3
     bad = hour_of_pairs(np.random.default_rng(0), replace(Plant(), cand_error=0.5), "x", _START, 0)
     assert sum(p["candidate"].get("status") == 503 for p in bad) >= 30
+
+
+async def test_summary_and_coverage_check_show_unreadable_outputs(tmp_path: Path) -> None:
+    """One hour with a fifth of the answers not JSON: the summary's coverage and the check agree."""
+    from comparator.summary import summarize
+
+    rng = np.random.default_rng(5)
+    store = await _store(tmp_path, "classification")
+    try:
+        pairs = []
+        for hour in range(14):
+            pairs += hour_of_pairs(rng, Plant(unreadable=0.2), "cov", _START, hour)
+        await store.ingest(list(PairBatch.model_validate({"pairs": pairs}).pairs))
+        cov = (await summarize(store, "cov"))["divergence"]["coverage"]
+        v = await judge(store, "cov", load_policy(None), _START + timedelta(hours=14), save=False)
+    finally:
+        await store.close()
+    ok = [p for p in pairs if p["prod"].get("status") == 200 == p["candidate"].get("status")]
+    both_ok, unread = len(ok), sum(p["prod"]["body"] is None for p in ok)
+    assert cov["both_ok"] == both_ok
+    assert cov["compared"] == both_ok - unread
+    assert 0.75 < cov["share"] < 0.85
+    check = v.check("coverage")
+    assert check.status.value == "FAIL" and check.estimate == pytest.approx(cov["share"])
+    assert v.decision is Decision.REJECT and any("coverage" in r for r in v.reasons)
