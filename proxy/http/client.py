@@ -58,11 +58,19 @@ def encode_request(
     body: bytes,
     *,
     always_length: bool = False,
+    length: int | None = None,
 ) -> bytes:
-    """One HTTP/1.1 request as bytes. ``headers`` must hold no framing or hop-by-hop header."""
+    """One HTTP/1.1 request as bytes. ``headers`` must hold no framing or hop-by-hop header.
+
+    With ``length``, only the head is encoded, announcing a body of that many bytes that the
+    caller sends after it.
+    """
     parts = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
     for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
+    if length is not None:
+        parts.append(b"Content-Length: %d\r\n\r\n" % length)
+        return b"".join(parts)
     if body or always_length or method in _BODY_METHODS:
         parts.append(b"Content-Length: %d\r\n" % len(body))
     parts += (b"\r\n", body)
@@ -130,6 +138,7 @@ class ClientConnection(asyncio.Protocol):
         self._state = ConnectionState.IDLE
         self._sink: Sink | None = None
         self._head_request = False
+        self._request_sent = True  # the whole request is out (its body may follow the head)
         self._head = ResponseHead()
         self._reason = b""
         self._in_head = False
@@ -143,7 +152,7 @@ class ClientConnection(asyncio.Protocol):
         self._heads = 0
         self.got_bytes = False  # a byte of the current answer arrived
         self._read_timeout_s = read_timeout_s
-        self._last_rx = 0.0
+        self._last_progress = 0.0  # the last byte received, or request byte sent
         self._timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
@@ -209,7 +218,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         if self._read_timeout_s is not None:
-            self._last_rx = self._loop.time()  # type: ignore[union-attr]
+            self._last_progress = self._loop.time()  # type: ignore[union-attr]
         if self._seen is not None:
             self._seen += data
         self._quiet += len(data)
@@ -234,24 +243,46 @@ class ClientConnection(asyncio.Protocol):
 
     # --- the request's side -------------------------------------------------------------------
 
-    def send(self, data: bytes, head_request: bool, sink: Sink) -> None:
-        """Send one request; its answer goes to ``sink``."""
+    def send(self, data: bytes, head_request: bool, sink: Sink, *, more: bool = False) -> None:
+        """Send one request; its answer goes to ``sink``.
+
+        With ``more``, ``data`` is only the head: send the body with :meth:`send_body` and
+        :meth:`end_request`. A connection whose request was not sent whole is never reused.
+        """
         if not self.is_available():
             raise ConnectionResetError(f"{self!r} cannot carry a request")
         assert self._transport is not None and self._loop is not None
         self._state = ConnectionState.ACTIVE
         self._sink = sink
         self._head_request = head_request
+        self._request_sent = not more
         self._seen = bytearray() if head_request else None
         self._heads = 0
         self.got_bytes = False
         self._transport.write(data)
         if self._read_timeout_s is not None:
-            self._last_rx = self._loop.time()
+            self._last_progress = self._loop.time()
             if self._timer is None:
                 self._timer = self._loop.call_at(
-                    self._last_rx + self._read_timeout_s, self._check_timeout
+                    self._last_progress + self._read_timeout_s, self._check_timeout
                 )
+
+    def send_body(self, chunk: bytes) -> None:
+        """More of the current request's body (a no-op once the connection is done with it)."""
+        transport = self._transport
+        active = self._state is ConnectionState.ACTIVE
+        if active and transport is not None and not transport.is_closing():
+            transport.write(chunk)
+            if self._loop is not None:
+                self._last_progress = self._loop.time()  # a long upload is not silence
+
+    def end_request(self) -> None:
+        self._request_sent = True
+
+    async def drain(self) -> None:
+        """Wait while the upstream's socket buffer is full."""
+        if self.flow is not None and self._state is ConnectionState.ACTIVE:
+            await self.flow.drain()
 
     def detach(self) -> None:
         """The current request's sink hears nothing more (the caller gave up on it)."""
@@ -368,6 +399,7 @@ class ClientConnection(asyncio.Protocol):
         self._seen = None
         if self._head_request:
             self._parser = httptools.HttpResponseParser(self)  # it stopped inside the head
+        reuse = reuse and self._request_sent  # an early answer: the rest of the body is unsent
         if reuse and self._transport is not None and not self._transport.is_closing():
             self._state = ConnectionState.IDLE
             # Paused for the caller's sake (a slow client): the answer is complete, so nothing
@@ -404,8 +436,8 @@ class ClientConnection(asyncio.Protocol):
         assert loop is not None
         now = loop.time()
         if self.flow is not None and self.flow.read_paused:
-            self._last_rx = now
-        due = self._last_rx + self._read_timeout_s
+            self._last_progress = now
+        due = self._last_progress + self._read_timeout_s
         if now < due:
             self._timer = loop.call_at(due, self._check_timeout)
             return

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import unquote
 
+from proxy.http.body import BodyStream
+
 __all__ = ["Limits", "Message", "Refusal", "Request", "simple_response"]
 
 
@@ -42,9 +44,23 @@ class Refusal:
 
 
 class Request:
-    """One parsed request: raw header pairs and the whole body, as bytes."""
+    """One parsed request: raw header pairs and the body, whole or (when large) still arriving.
 
-    __slots__ = ("body", "connection", "headers", "http11", "keep_alive", "method", "target")
+    A body over :data:`~proxy.http.body.STREAM_BODY_BYTES` comes as :attr:`stream`: read it whole
+    with :meth:`read_body`, or forward it with what :meth:`unread_body` returns.
+    """
+
+    __slots__ = (
+        "_whole",
+        "body",
+        "connection",
+        "headers",
+        "http11",
+        "keep_alive",
+        "method",
+        "stream",
+        "target",
+    )
 
     def __init__(
         self,
@@ -55,6 +71,7 @@ class Request:
         http11: bool,
         keep_alive: bool,
         connection: bytes | None,
+        stream: BodyStream | None = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -63,6 +80,19 @@ class Request:
         self.http11 = http11
         self.keep_alive = keep_alive
         self.connection = connection  # the Connection header's value, when there was one
+        self.stream = stream
+        self._whole = stream is None
+
+    async def read_body(self) -> bytes:
+        """The whole body (awaited only when it is still arriving)."""
+        if not self._whole and self.stream is not None:
+            self.body = await self.stream.read_all()
+            self._whole = True
+        return self.body
+
+    def unread_body(self) -> BodyStream | None:
+        """The body still to forward piece by piece, or ``None`` when :attr:`body` is whole."""
+        return None if self._whole else self.stream
 
     @property
     def path(self) -> str:
@@ -89,6 +119,7 @@ class Message:
         "fields_size",
         "headers",
         "in_head",
+        "stream",
         "target",
     )
 
@@ -101,6 +132,7 @@ class Message:
         self.body: list[bytes] = []
         self.body_size = 0
         self.discarding = False  # refused mid-message: read and drop the rest, then close
+        self.stream: BodyStream | None = None  # the body, when it goes to the handler as it comes
 
     def take_body(self) -> bytes:
         body, self.body = self.body, []

@@ -13,6 +13,7 @@ import asyncio
 from collections import deque
 
 from proxy.exceptions import UpstreamProtocolError
+from proxy.http.body import BodyStream
 from proxy.http.client import ClientConnection, ResponseHead
 from proxy.http.pool import Pool
 
@@ -163,8 +164,14 @@ class ProductionClient:
     def open_connections(self) -> int:
         return self._pool.open_connections
 
-    async def request(self, data: bytes, method: str) -> ProductionResponse:
+    async def request(
+        self, data: bytes, method: str, body: BodyStream | None = None
+    ) -> ProductionResponse:
         """Send an encoded request; return once the head (and a small body) is in.
+
+        With ``body``, ``data`` is the request's head only and the body is forwarded from the
+        stream as the client sends it, with back-pressure both ways (a slow production stops
+        the proxy reading the client).
 
         Raises :class:`~proxy.exceptions.UpstreamTimeout` when production is silent for longer
         than the timeout, ``OSError`` when it cannot be reached or breaks off before the head.
@@ -174,8 +181,12 @@ class ProductionClient:
         connection broke before a single byte of the answer came back (a server closing an idle
         connection just as the request crossed it), and the method is idempotent (RFC 9110
         §9.2.2). A ``POST`` is never retried: production may have acted on it before closing,
-        and the proxy cannot tell, so the client gets the 502 and decides.
+        and the proxy cannot tell, so the client gets the 502 and decides. Nor is a request
+        whose body was streamed: its bytes are gone.
         """
+        if body is not None:
+            conn, _ = await self._pool.acquire()
+            return await self._exchange(conn, data, method, body)
         conn, reused = await self._pool.acquire()
         try:
             return await self._exchange(conn, data, method)
@@ -192,17 +203,44 @@ class ProductionClient:
         return await self._exchange(conn, data, method)
 
     async def _exchange(
-        self, conn: ClientConnection, data: bytes, method: str
+        self, conn: ClientConnection, data: bytes, method: str, body: BodyStream | None = None
     ) -> ProductionResponse:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         resp = ProductionResponse(waiter, self._inline, conn)
-        conn.send(data, method == "HEAD", resp)
+        conn.send(data, method == "HEAD", resp, more=body is not None)
         try:
+            if body is not None:
+                await _forward_body(conn, body, waiter)
             await waiter
-        except asyncio.CancelledError:
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # the connection's side of the same failure: seen, not raised
             resp.abandon()
             raise
         return resp
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+async def _forward_body(
+    conn: ClientConnection, body: BodyStream, answered: asyncio.Future[None]
+) -> None:
+    """Copy a streamed request body to production until it ends or production has answered.
+
+    A body that breaks off (the client went away or stalled past its timeout) closes the
+    production connection: production must never take half a body for a whole one.
+    """
+    while True:
+        try:
+            chunk = await body.read(answered)
+        except BaseException:
+            conn.close()
+            raise
+        if chunk is None:  # answered early: the connection closes once the answer is read
+            return
+        if not chunk:
+            conn.end_request()
+            return
+        conn.send_body(chunk)
+        await conn.drain()

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 
 import httptools
 
+from proxy.http.body import HIGH_WATER, STREAM_BODY_BYTES, BodyStream
 from proxy.http.flow import FlowControl
 from proxy.http.message import Limits, Message, Refusal, Request
 
@@ -61,7 +62,7 @@ class Connection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Request | Refusal] = deque()
         self._queued_bytes = 0  # body bytes of the requests in the queue
-        self._refused = False  # a refusal is queued: reading never resumes
+        self._stop_reading = False  # a refusal is queued, or an upgrade: reading never resumes
         self._task: asyncio.Task[None] | None = None
         self.closed = False
         self._msg = Message()
@@ -100,6 +101,13 @@ class Connection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._release(self._queued_bytes + self._msg.body_size)
+        gone = ConnectionResetError("the client went away")
+        for stream in [
+            self._msg.stream,
+            *(r.stream for r in self._queue if isinstance(r, Request)),
+        ]:
+            if stream is not None:
+                self._release(stream.fail(gone))
         self._queue.clear()
         self._queued_bytes = 0
         self._msg = Message()
@@ -126,7 +134,8 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             # The upgrade was ignored (RFC 9110 §7.8): the request is answered over HTTP/1.1
             # and the connection closes after it, since the parser stops at this point.
-            self._pause()
+            self._stop_reading = True
+            self._update_reading()
         except _Refused as exc:
             self._refuse(exc.refusal)
         except httptools.HttpParserError as exc:
@@ -212,6 +221,22 @@ class Connection(asyncio.Protocol):
         if has_body:
             self._body_close_only = False
             self._start_body_clock()
+        if length is not None and length > STREAM_BODY_BYTES:
+            # A large body goes to the handler as it arrives, so one that is not teed is
+            # forwarded without ever being held whole.
+            msg.stream = BodyStream(length, self._taken)
+            self._enqueue(
+                Request(
+                    parser.get_method().decode("ascii"),
+                    msg.target,
+                    msg.headers,
+                    b"",
+                    parser.get_http_version() == "1.1",
+                    parser.should_keep_alive(),
+                    msg.connection,
+                    msg.stream,
+                )
+            )
 
     def on_body(self, body: bytes) -> None:
         msg = self._msg
@@ -222,6 +247,13 @@ class Connection(asyncio.Protocol):
             return
         size = len(body)
         server = self._server
+        stream = msg.stream
+        if stream is not None:  # bounded by HIGH_WATER per connection, not by the port's cap
+            if stream.feed(body):
+                server.buffered += size
+            if stream.buffered >= HIGH_WATER:
+                self._update_reading()
+            return
         limits = self._limits
         if msg.body_size + size > limits.max_body_bytes:
             self._drop_body()
@@ -242,6 +274,10 @@ class Connection(asyncio.Protocol):
         if msg.discarding:
             if self._task is None:
                 self.close()
+            return
+        if msg.stream is not None:
+            msg.stream.end()  # its request is queued already
+            msg.stream = None
             return
         parser = self._parser
         request = Request(
@@ -268,8 +304,8 @@ class Connection(asyncio.Protocol):
             tasks = self._server.tasks
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-        elif len(self._queue) >= PIPELINE_MAX or self._queued_bytes >= PIPELINE_MAX_BYTES:
-            self._pause()
+        else:
+            self._update_reading()
 
     async def _run(self) -> None:
         server = self._server
@@ -291,7 +327,11 @@ class Connection(asyncio.Protocol):
                     return
                 finally:
                     self._release(size)
-                if not keep or server.draining:
+                    left = self._drop_unread(item.stream)
+                if left and not self.closed and self._msg.stream is item.stream:
+                    self._discard_rest()  # production answered before taking the whole body
+                    return
+                if not keep or server.draining or left:
                     self.close()
                     return
                 # Write back-pressure: the next answer waits until the client has taken this one,
@@ -299,8 +339,7 @@ class Connection(asyncio.Protocol):
                 flow = self.flow
                 if flow is not None and flow.write_paused and not self.closed:
                     await flow.drain()
-                if len(queue) < PIPELINE_MAX // 2 and self._queued_bytes < PIPELINE_MAX_BYTES:
-                    self._resume()
+                self._update_reading()
         finally:
             self._task = None
             if self._eof:
@@ -313,10 +352,17 @@ class Connection(asyncio.Protocol):
         self._server.on_refused(refusal.status)
         self._body_due = None
         self._drop_body()
+        stream = self._msg.stream
+        if stream is not None:
+            # Its request is with the handler already, which may be answering it: no refusal
+            # can be written in order any more. Production's side is closed by the handler.
+            self._release(stream.fail(ConnectionAbortedError(f"client body: {refusal.text}")))
+            self.abort()
+            return
         if self._task is not None:
             self._queue.append(refusal)
-            self._refused = True
-            self._pause()
+            self._stop_reading = True
+            self._update_reading()
             return
         self.write(refusal.response())
         self.close()
@@ -334,6 +380,23 @@ class Connection(asyncio.Protocol):
             self._body_close_only = True
             self._start_body_clock()
 
+    def _discard_rest(self) -> None:
+        """Read and drop the rest of the body being streamed (bounded), then close: closing
+        with the client's bytes unread would reset the connection and could lose the answer."""
+        msg = self._msg
+        msg.stream = None
+        msg.discarding = True
+        self._discard_left = _DISCARD_MAX
+        self._body_close_only = True
+        self._update_reading()
+
+    def _drop_unread(self, stream: BodyStream | None) -> bool:
+        """Drop what is left of a streamed body after its handler; whether anything was."""
+        if stream is None or stream.finished:
+            return False
+        self._release(stream.fail(ConnectionAbortedError("not forwarded")))
+        return True
+
     def _drop_body(self) -> None:
         msg = self._msg
         self._release(msg.body_size)
@@ -343,13 +406,28 @@ class Connection(asyncio.Protocol):
     def _release(self, size: int) -> None:
         self._server.buffered -= size
 
-    def _pause(self) -> None:
-        if self.flow is not None:
-            self.flow.pause_reading()
+    def _taken(self, size: int) -> None:
+        """The handler took ``size`` bytes of a streamed body."""
+        self._release(size)
+        stream = self._msg.stream
+        if stream is not None and stream.buffered < HIGH_WATER // 2:
+            self._update_reading()
 
-    def _resume(self) -> None:
-        if self.flow is not None and not self._refused:
-            self.flow.resume_reading()
+    def _update_reading(self) -> None:
+        """Read while nothing is full: the queue, its bytes, a streamed body's buffer."""
+        flow = self.flow
+        if flow is None:
+            return
+        stream = self._msg.stream
+        if (
+            self._stop_reading
+            or len(self._queue) >= PIPELINE_MAX
+            or self._queued_bytes >= PIPELINE_MAX_BYTES
+            or (stream is not None and stream.buffered >= HIGH_WATER)
+        ):
+            flow.pause_reading()
+        else:
+            flow.resume_reading()
 
     def _start_body_clock(self) -> None:
         self._body_due = self._loop.time() + self._limits.body_timeout_s

@@ -34,6 +34,8 @@ class RawProduction:
     answer: Answer
     url: str = ""
     requests: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # conn, head, body
+    read_body: bool = True  # False: answer at the head, read nothing more of the connection
+    broken: list[int] = field(default_factory=list)  # bytes of bodies that broke off
     connections: int = 0
     closed: int = 0
 
@@ -54,7 +56,17 @@ async def raw_production(answer: Answer) -> AsyncIterator[RawProduction]:
                     name, _, value = line.partition(b":")
                     if name.strip().lower() == b"content-length":
                         length = int(value)
-                body = await reader.readexactly(length)
+                if not prod.read_body:
+                    prod.requests.append((conn, head, b""))
+                    writer.write(prod.answer(head, b""))  # type: ignore[arg-type]
+                    await writer.drain()
+                    await reader.read()  # until the proxy closes
+                    return
+                try:
+                    body = await reader.readexactly(length)
+                except asyncio.IncompleteReadError as exc:
+                    prod.broken.append(len(exc.partial))
+                    raise
                 prod.requests.append((conn, head, body))
                 out = prod.answer(head, body)
                 for piece in [out] if isinstance(out, bytes) else out:
@@ -88,12 +100,14 @@ async def raw_production(answer: Answer) -> AsyncIterator[RawProduction]:
 
 @asynccontextmanager
 async def proxy_to(
-    answer: Answer, tmp_path: Path
+    answer: Answer, tmp_path: Path, **fields: object
 ) -> AsyncIterator[tuple[RunningProxy, RawProduction]]:
     async with (
         raw_production(answer) as prod,
         serve_app(FakeCandidate().app()) as cand_url,
-        running_proxy(prod=prod.url, candidate=cand_url, spool_dir=str(tmp_path)) as proxy,
+        running_proxy(
+            prod=prod.url, candidate=cand_url, spool_dir=str(tmp_path), **fields
+        ) as proxy,
     ):
         yield proxy, prod
 
@@ -323,3 +337,59 @@ async def test_a_get_is_retried_once_on_a_fresh_connection_when_a_kept_alive_one
 
 def _hang_up(_head: bytes, _body: bytes) -> bytes:
     raise ConnectionResetError
+
+
+async def test_a_large_body_is_forwarded_whole_as_it_arrives(tmp_path: Path) -> None:
+    body = (bytes(range(256)) * 20_000)[:5_000_000]  # over the streaming threshold
+
+    def answer(head: bytes, got: bytes) -> bytes:
+        return sized(b"%d" % len(got))
+
+    async with proxy_to(answer, tmp_path) as (proxy, prod), connect(proxy.url) as (reader, writer):
+        for _ in range(2):  # and the connections on both sides stay usable
+            writer.write(
+                b"PUT /store HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+            )
+            for i in range(0, len(body), 100_000):
+                writer.write(body[i : i + 100_000])
+                await writer.drain()
+            head, got = await read_response(reader)
+            assert head.startswith(b"HTTP/1.1 200 ") and got == b"%d" % len(body)
+    assert [b for _, _, b in prod.requests] == [body, body]
+    assert [conn for conn, _, _ in prod.requests] == [0, 0]
+
+
+async def test_an_early_answer_to_a_streamed_body_ends_both_connections(tmp_path: Path) -> None:
+    def answer(head: bytes, _body: bytes) -> bytes:
+        return b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nnope"
+
+    async with proxy_to(answer, tmp_path) as (proxy, prod), connect(proxy.url) as (reader, writer):
+        prod.read_body = False
+        writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (4 << 20))
+        writer.write(b"z" * (1 << 20))
+        head, body = await read_response(reader)
+        assert head.startswith(b"HTTP/1.1 413 ") and body == b"nope"
+        # The rest of the body is read and dropped (so the answer is not lost to a reset), and
+        # then the client connection closes: it cannot go on from the middle of a message.
+        writer.write(b"z" * (3 << 20))
+        async with asyncio.timeout(_LIMIT_S):
+            assert await reader.read() == b""
+    assert prod.closed == prod.connections == 1  # and production's is not reused either
+
+
+async def test_a_streamed_body_the_client_breaks_off_never_reaches_production_whole(
+    tmp_path: Path,
+) -> None:
+    # While the client's body waits for production, the proxy is not reading the client, so it
+    # learns that the client is gone from the body's timeout (short here).
+    answer = by_path({b"/up": sized(b"ok")})
+    async with proxy_to(answer, tmp_path, client_body_timeout_s=0.5) as (proxy, prod):
+        async with connect(proxy.url) as (_reader, writer):
+            writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (4 << 20))
+            writer.write(b"z" * (2 << 20))
+            await writer.drain()
+        for _ in range(1000):  # bounded: production sees its connection close
+            if prod.broken:
+                break
+            await asyncio.sleep(0.01)
+    assert prod.requests == [] and prod.broken and prod.broken[0] < 4 << 20

@@ -9,10 +9,16 @@ memory than before them.
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
+from tests.reliability.fakes import LoopThread, ProxyProcess
 from tests.reliability.scenarios import faulty_tees, hung_candidate
 
 MAX_INFLIGHT = 64
@@ -58,3 +64,116 @@ def test_faulty_tees_leak_no_sockets_tasks_or_memory(tmp_path: Path) -> None:
     assert after["rss_mib"] - before["rss_mib"] < 16.0, (before, after)
     outcomes = result.extra["counters"]["candidate_outcomes"]
     assert outcomes["error"] > 0 and outcomes["timeout"] > 0
+
+
+# --- what any client can make the data port hold -------------------------------------------------
+
+_BLOB = 512 * 1024  # production's answer to GET /blob: inline (one write), half a MiB
+
+
+def _blob_production() -> web.Application:
+    blob = bytes(range(256)) * (_BLOB // 256)
+
+    async def get_blob(_: web.Request) -> web.Response:
+        return web.Response(body=blob)
+
+    async def upload(request: web.Request) -> web.Response:
+        size = 0
+        async for chunk in request.content.iter_any():  # counted, never held whole
+            size += len(chunk)
+        return web.Response(text=str(size))
+
+    app = web.Application(client_max_size=1024**3)
+    app.router.add_get("/blob", get_blob)
+    app.router.add_post("/upload", upload)
+    return app
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def _settled_rss(proxy: ProxyProcess, limit_s: float = 5.0) -> float:
+    """RSS once it stops growing for half a second (bounded by ``limit_s``), in MiB."""
+    last, still = proxy.rss_bytes(), 0
+    for _ in range(int(limit_s / 0.1)):
+        time.sleep(0.1)
+        now = proxy.rss_bytes()
+        still = still + 1 if now - last < 256 * 1024 else 0
+        last = now
+        if still >= 5:
+            break
+    return last / 2**20
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_client_that_pipelines_and_reads_nothing_holds_a_bounded_amount(
+    lt: LoopThread, start_proxy: Callable[..., ProxyProcess]
+) -> None:
+    n = 300
+    prod = lt.serve(_blob_production())
+    proxy = start_proxy(prod=prod, candidate="http://127.0.0.1:9", comparator=None)
+    before = proxy.rss_bytes() / 2**20
+    host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"GET /blob HTTP/1.1\r\nHost: x\r\n\r\n" * n)
+        held = _settled_rss(proxy)
+        peak = _peak_rss_mib(proxy.pid)
+        # Then the client reads: every answer comes, in order, complete.
+        got = 0
+        buf = bytearray()
+        for _ in range(100_000):  # bounded: one recv per turn
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            buf += data
+            got = buf.count(b"HTTP/1.1 200 ")
+            if got == n and len(buf) >= n * _BLOB:
+                break
+    print(f"\npipelined {n} x {_BLOB} B, client reading nothing: RSS {before:.0f} -> {held:.0f} MiB, "
+          f"peak {peak:.0f} MiB")  # fmt: skip
+    assert got == n
+    assert held - before < 24, (before, held)  # was ~146 MiB before write back-pressure
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_four_concurrent_60_mib_uploads_hold_a_bounded_amount(
+    lt: LoopThread, start_proxy: Callable[..., ProxyProcess]
+) -> None:
+    size, clients = 60 * 2**20, 4
+    prod = lt.serve(_blob_production())
+    proxy = start_proxy(
+        prod=prod,
+        candidate="http://127.0.0.1:9",
+        comparator=None,
+        env={"SHADOWTEE_PROXY__CLIENT_MAX_SIZE": str(size)},
+    )
+    before = proxy.rss_bytes() / 2**20
+    host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+    block = b"u" * 2**20
+    answers: list[bytes] = []
+
+    def upload() -> None:
+        with socket.create_connection((host, int(port)), timeout=60) as sock:
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+            for _ in range(size // len(block)):
+                sock.sendall(block)
+            answers.append(sock.recv(4096))
+
+    threads = [threading.Thread(target=upload) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    peak = _peak_rss_mib(proxy.pid)
+    print(f"\n{clients} concurrent uploads of {size >> 20} MiB: RSS before {before:.0f} MiB, "
+          f"peak {peak:.0f} MiB ({(peak - before) / clients:.0f} MiB per upload)")  # fmt: skip
+    assert len(answers) == clients
+    assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(b"%d" % size) for a in answers)
+    # Streamed, not held: was ~190 MiB per upload (the body, its join, the encoded request).
+    assert peak - before < 48, (before, peak)
