@@ -244,15 +244,20 @@ class DataPort:
                 if raw_key:
                     key = raw_key.decode("latin-1")
             if self._rules.sampled(key):
+                if req.stream is not None:  # a large body, still arriving: teed, so read whole
+                    body = await req.read_body()
                 paired = tee.submit(rid, method, req.target, path, headers, body)
             else:
                 stats.not_sampled += 1
 
         keep = req.keep_alive and not state.draining
-        data = encode_request(method, prod.prefix + req.target, prod.host_header, headers, body)
+        stream = req.unread_body()  # a large body that is not teed: forwarded as it arrives
+        length = None if stream is None else stream.length
+        target = prod.prefix + req.target
+        data = encode_request(method, target, prod.host_header, headers, body, length=length)
         start = time.perf_counter()
         try:
-            resp = await prod.request(data, method)
+            resp = await prod.request(data, method, stream)
         except asyncio.CancelledError:
             if paired:
                 pairing.set_prod(rid, Side(Outcome.ERROR, error="client request cancelled"))
