@@ -63,6 +63,7 @@ class Connection(asyncio.Protocol):
         self._queue: deque[Request | Refusal] = deque()
         self._queued_bytes = 0  # body bytes of the requests in the queue
         self._stop_reading = False  # a refusal is queued, or an upgrade: reading never resumes
+        self._continue_due = False  # the message being read waits for a 100 Continue
         self._task: asyncio.Task[None] | None = None
         self.closed = False
         self._msg = Message()
@@ -216,8 +217,11 @@ class Connection(asyncio.Protocol):
         if expect is not None:
             if expect != b"100-continue":
                 raise _Refused(Refusal(417, "only Expect: 100-continue is supported"))
-            if has_body and parser.get_http_version() == "1.1" and self.transport:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if has_body and parser.get_http_version() == "1.1":
+                # The go-ahead is an answer too: after every answer before it, never inside one.
+                self._continue_due = True
+                if self._task is None and not self._queue:
+                    self._send_continue()
         if has_body:
             self._body_close_only = False
             self._start_body_clock()
@@ -239,6 +243,7 @@ class Connection(asyncio.Protocol):
             )
 
     def on_body(self, body: bytes) -> None:
+        self._continue_due = False  # the client did not wait for it
         msg = self._msg
         if msg.discarding:
             self._discard_left -= len(body)
@@ -270,6 +275,7 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._body_due = None
+        self._continue_due = False
         msg = self._msg
         if msg.discarding:
             if self._task is None:
@@ -312,6 +318,8 @@ class Connection(asyncio.Protocol):
         queue = self._queue
         try:
             while queue and not self.closed:
+                if self._continue_due and queue[0] is self._streamed_request():
+                    self._send_continue()
                 item = queue.popleft()
                 if isinstance(item, Refusal):
                     self.write(item.response())
@@ -342,6 +350,8 @@ class Connection(asyncio.Protocol):
                 self._update_reading()
         finally:
             self._task = None
+            if self._continue_due:  # every earlier answer is out: the waiting client may go on
+                self._send_continue()
             if self._eof:
                 self.close()
             elif not self.closed:
@@ -379,6 +389,20 @@ class Connection(asyncio.Protocol):
         if self._body_due is None:  # refused at the head: give the body its time, then close
             self._body_close_only = True
             self._start_body_clock()
+
+    def _send_continue(self) -> None:
+        self._continue_due = False
+        self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _streamed_request(self) -> Request | None:
+        """The queued request whose body is the one being read, if any."""
+        stream = self._msg.stream
+        if stream is None:
+            return None
+        for item in self._queue:
+            if isinstance(item, Request) and item.stream is stream:
+                return item
+        return None
 
     def _discard_rest(self) -> None:
         """Read and drop the rest of the body being streamed (bounded), then close: closing

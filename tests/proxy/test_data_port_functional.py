@@ -109,3 +109,29 @@ async def test_a_body_over_client_max_size_is_413_and_never_forwarded(tmp_path: 
             head2, got = await _read_response(reader2)
     assert head2.startswith(b"HTTP/1.1 200 ")
     assert got == ok
+
+
+async def test_a_pipelined_100_continue_comes_after_the_answer_before_it(tmp_path: Path) -> None:
+    async with _proxy(tmp_path) as (proxy, seen), _connect(proxy.url) as (reader, writer):
+        writer.write(
+            b"GET /chunked/300000 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        )
+        head = await _read_head(reader)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"chunked" in head.lower()
+        body = bytearray()
+        async with asyncio.timeout(_LIMIT_S):
+            for _ in range(10_000):  # bounded: one chunk per turn
+                size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+                if size == 0:
+                    await reader.readexactly(2)
+                    break
+                body += await reader.readexactly(size)
+                await reader.readexactly(2)
+        assert len(body) == 300_000 and b"100 Continue" not in body
+        # Only now, with the answer before it complete, the go-ahead for the second request.
+        assert await _read_head(reader) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"{}")
+        head, got = await _read_response(reader)
+    assert head.startswith(b"HTTP/1.1 200 ") and got == b"{}"
+    assert seen[-1]["body"] == b"{}"
