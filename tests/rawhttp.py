@@ -349,8 +349,10 @@ class RawUpstream:
                     break
         except (Malformed, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             self.errors.append(f"connection {conn_id}: {exc!r}")
-        except (OSError, TimeoutError):
-            pass  # the peer went away, or stayed silent: the connection simply ends
+        except (OSError, TimeoutError, RuntimeError):
+            # The peer went away or stayed silent (uvloop raises RuntimeError for a write on a
+            # transport closed meanwhile): the connection simply ends.
+            pass
         except asyncio.CancelledError:
             pass  # close() ends a handler still sleeping in a drip; nobody awaits it
         finally:
@@ -368,10 +370,14 @@ class RawUpstream:
         for i in range(0, len(data), step):
             if i:
                 await asyncio.sleep(reply.drip_delay_s)
+                if writer.transport.is_closing():
+                    return  # the peer went away, or close() ended the connection
             writer.write(data[i : i + step])
             await writer.drain()
         if reply.after and reply.after_delay_s:
             await asyncio.sleep(reply.after_delay_s)
+            if writer.transport.is_closing():
+                return
             writer.write(reply.after)
             await writer.drain()
 
