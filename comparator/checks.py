@@ -52,9 +52,6 @@ TASK_CHECKS: dict[str, tuple[str, ...]] = {
     "ranking": ("rank_rbo",),
 }
 _DIVERGENCE = {c for ids in TASK_CHECKS.values() for c in ids}
-#: Paired cells on the twin slice, f"{name}.n{twin_bad}{cand_bad}" (bad: differs from production).
-TWIN_TOP1 = "twin.top1"
-TWIN_JS_TAIL = "twin.js_tail"
 
 
 class Status(enum.StrEnum):
@@ -370,64 +367,69 @@ class _Look:
         return self.lower_rule(cid, "outputs compared", cs, self.p.check(cid).margin)
 
     # -- divergence -------------------------------------------------------------------------------
+    @property
+    def twin_configured(self) -> bool:
+        """A production twin answers on a hash slice (any twin outcome or comparison seen)."""
+        outcomes = ("ok", "error", "timeout", "shed", "skipped")
+        return any(self.agg.count(keys.outcome("twin", o)) for o in outcomes) or bool(
+            self.agg.count(keys.TWIN_CLS_N)
+        )
+
     def share(
-        self,
-        cid: str,
-        label: str,
-        k: int,
-        n: int,
-        twin: tuple[int, int] | None = None,
-        twin_cells: str | None = None,
+        self, cid: str, label: str, k: int, n: int, unpaired: tuple[int, int] | None = None
     ) -> CheckResult:
         """A bad-if-high share k/n; with a production twin, also the excess over its noise floor.
 
-        Without a twin the share's CS is judged against the margin. With one (any twin pair seen:
-        the slice is configured), two statistics are judged at α/2 each, as the latency rule does:
-        the share itself and the per-request paired excess f(prod, cand) − f(prod, twin) on the
-        twin slice (the discordant cells ``twin_cells``; two unpaired intervals subtracted when an
-        older aggregate lacks them). PASS if either is within its margin, FAIL only if both are
-        beyond: the conditions exclude each other, so there is no switch at some twin count and the
-        status stays monotone.
+        The excess is per request, paired, on the twin slice: f(prod, cand) − f(prod, twin) from
+        the discordant cells ``twin.{cid}.n{twin_bad}{cand_bad}`` (comparator.normalize's fold).
+        ``unpaired`` (twin's k, n) serves aggregates stored before those cells existed: two
+        intervals subtracted.
         """
         if n < self.p.minimums.units:
             return self.nodata(cid, n, self.p.minimums.units, "pairs")
         cp = self.p.check(cid)
-        if twin is None or twin[1] <= 0:
+        if not self.twin_configured:
             cs = stats.proportion_cs(k, n, self.alpha(cid), self.ctx.n_opt)
             return self.upper_rule(cid, label, cs, cp.margin)
         a = self.alpha(cid) / 2
         plain = stats.proportion_cs(k, n, a, self.ctx.n_opt)
-        p_lo, p_hi = self.intersect(cid, plain.lower, plain.upper)
-        k_twin, n_twin = twin
-        cells = (
-            [self.agg.count(f"{twin_cells}.n{x}{y}") for x, y in ("00", "01", "10", "11")]
-            if twin_cells
-            else [0]
-        )
-        noise = cp.noise_margin or cp.margin
+        cells = [self.agg.count(f"twin.{cid}.n{x}") for x in ("00", "01", "10", "11")]
         if sum(cells) >= self.p.minimums.units:
             n00, n01, n10, n11 = cells
             ex = stats.paired_rate_cs(n00, n01, n10, n11, a, self.ctx.n_opt)
             what = "paired excess over twin"
-        elif not twin_cells and n_twin >= self.p.minimums.units:
+        elif not sum(cells) and unpaired and unpaired[1] >= self.p.minimums.units:
             c = stats.proportion_cs(k, n, a / 2, self.ctx.n_opt)
-            t = stats.proportion_cs(k_twin, n_twin, a / 2, self.ctx.n_opt)
+            t = stats.proportion_cs(unpaired[0], unpaired[1], a / 2, self.ctx.n_opt)
             ex = stats.CS(c.estimate - t.estimate, c.lower - t.upper, c.upper - t.lower, n, c.s)
             what = "excess over twin (unpaired)"
         else:
-            ex = stats.CS(math.nan, -math.inf, math.inf, max(sum(cells), n_twin))
-            what = "excess over twin (too few twin pairs)"
-        e_lo, e_hi = self.intersect(f"{cid}.excess", ex.lower, ex.upper)
+            ex = stats.CS(math.nan, -math.inf, math.inf, sum(cells))
+            what = f"excess over twin ({sum(cells)} twin pairs < {self.p.minimums.units})"
+        return self.either_rule(cid, label, plain, what, ex)
+
+    def either_rule(
+        self, cid: str, label: str, plain: stats.CS, what: str, excess: stats.CS
+    ) -> CheckResult:
+        """Two statistics at α/2 each, as the latency rule: the check's own and its excess over the
+        production twin. PASS if either is within its margin (the excess: ``noise_margin``), FAIL
+        only if both are beyond: the conditions exclude each other, there is no switch at some
+        twin count, and with running intersections the status is monotone.
+        """
+        cp = self.p.check(cid)
+        noise = cp.noise_margin or cp.margin
+        p_lo, p_hi = self.intersect(cid, plain.lower, plain.upper)
+        e_lo, e_hi = self.intersect(f"{cid}.excess", excess.lower, excess.upper)
         text = (
             f"{label} {_f(plain.estimate)} [{_f(p_lo)}, {_f(p_hi)}] (margin {_f(cp.margin)}); "
-            f"{what} {_f(ex.estimate)} [{_f(e_lo)}, {_f(e_hi)}] (margin {_f(noise)})"
+            f"{what} {_f(excess.estimate)} [{_f(e_lo)}, {_f(e_hi)}] (margin {_f(noise)})"
         )
 
         def done(status: Status, verdict: str) -> CheckResult:
             return self.bounded(cid, status, f"{text}: {verdict}", plain, (p_lo, p_hi))
 
         if p_hi <= cp.margin:
-            return done(Status.PASS, "the share is within its margin")
+            return done(Status.PASS, "within its margin")
         if e_hi <= noise:
             return done(Status.PASS, "the excess over the twin is within its margin")
         if p_lo > cp.margin and e_lo > noise:
@@ -473,8 +475,19 @@ class _Look:
         m = self.agg.moment(keys.RANK_RBO_LOSS)
         if m.n < self.p.minimums.units:
             return self.nodata(cid, m.n, self.p.minimums.units, "pairs")
-        cs = stats.mean_cs(m.mean, m.variance, m.n, self.alpha(cid), self.ctx.n_opt)
-        return self.upper_rule(cid, "mean 1 − RBO", cs, self.p.check(cid).margin)
+        if not self.twin_configured:
+            cs = stats.mean_cs(m.mean, m.variance, m.n, self.alpha(cid), self.ctx.n_opt)
+            return self.upper_rule(cid, "mean 1 − RBO", cs, self.p.check(cid).margin)
+        a = self.alpha(cid) / 2
+        plain = stats.mean_cs(m.mean, m.variance, m.n, a, self.ctx.n_opt)
+        x = self.agg.moment("twin.rank_rbo.excess")  # per request, on the twin slice
+        if x.n >= self.p.minimums.units:
+            ex = stats.mean_cs(x.mean, x.variance, x.n, a, self.ctx.n_opt)
+            what = "paired excess over twin"
+        else:
+            ex = stats.CS(math.nan, -math.inf, math.inf, x.n)
+            what = f"excess over twin ({x.n} twin pairs < {self.p.minimums.units})"
+        return self.either_rule(cid, "mean 1 − RBO", plain, what, ex)
 
     # -- latency ----------------------------------------------------------------------------------
     def latency(self, cid: str, p: float) -> CheckResult:
@@ -550,7 +563,6 @@ def evaluate(
                 agg.count(keys.TWIN_CLS_N) - agg.count(keys.TWIN_CLS_AGREE),
                 agg.count(keys.TWIN_CLS_N),
             ),
-            TWIN_TOP1 if agg.count(f"{TWIN_TOP1}.n00") else None,
         ),
         # Denominator: pairs with probability vectors on both sides (label-only pairs have no JS).
         "js_tail": lambda: look.share(
@@ -559,7 +571,6 @@ def evaluate(
             agg.count(keys.JS_TAIL),
             agg.moment(keys.JS).n,
             (agg.count(keys.TWIN_JS_TAIL), agg.moment(keys.TWIN_JS).n),
-            TWIN_JS_TAIL if agg.count(f"{TWIN_JS_TAIL}.n00") else None,
         ),
         "class_psi": look.class_psi,
         "reg_bias": look.reg_bias,

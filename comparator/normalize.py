@@ -129,6 +129,10 @@ class BatchMetrics:
     twin_invalid: NDArray[np.bool_]
     twin_top1_agree: F64
     twin_js: F64
+    # production versus its twin, for the paired noise floor of every task (fold)
+    twin_tol: F64
+    twin_cos: F64
+    twin_rbo_loss: F64
 
     def __len__(self) -> int:
         return len(self.prod_invalid)
@@ -378,6 +382,9 @@ def measure(pairs: Sequence[Pair], config: NormalizeConfig) -> BatchMetrics:
         twin_invalid=twin.invalid,
         twin_top1_agree=t["agree"] if t else nan,
         twin_js=t["js"] if t else nan.copy(),
+        twin_tol=t["tol"] if t else nan.copy(),
+        twin_cos=t["cos"] if t else nan.copy(),
+        twin_rbo_loss=t["rbo_loss"] if t else nan.copy(),
     )
 
 
@@ -534,7 +541,43 @@ def _fold_hour(
         agg.add_moments(keys.EMB_COS, _moments(cos))
     elif m.task == "ranking":
         agg.add_moments(keys.RANK_RBO_LOSS, _moments(m.rbo_loss[sel]))
+    if "twin" in cols:
+        _fold_twin(agg, m, sel, cols["twin"], idx)
     return agg
+
+
+def _fold_twin(
+    agg: Aggregate,
+    m: BatchMetrics,
+    sel: NDArray[np.int64],
+    t: dict[str, NDArray[Any]],
+    idx: NDArray[np.int64],
+) -> None:
+    """The paired noise floor on the twin slice: per request, f(prod, cand) against f(prod, twin).
+
+    Over pairs compared (``sel``) whose twin answered validly too: discordant cells
+    ``twin.{check}.n{twin_bad}{cand_bad}`` of each share check (read by comparator.checks), and
+    for ranking the moments of the per-request excess loss, ``twin.rank_rbo.excess``.
+    """
+    pos = np.searchsorted(idx, sel)
+    t_ok = (t["outcome"][idx] == "ok") & (t["status"][idx] < 500)
+    s3 = sel[t_ok[pos] & ~m.twin_invalid[sel]]
+    if m.task == "classification":
+        s3 = s3[~np.isnan(m.twin_top1_agree[s3])]
+        _paired(agg, "twin.top1_disagreement", m.twin_top1_agree[s3] == 0, m.top1_agree[s3] == 0)
+        both = s3[~np.isnan(m.js[s3]) & ~np.isnan(m.twin_js[s3])]
+        _paired(agg, "twin.js_tail", m.twin_js[both] > JS_TAIL_AT, m.js[both] > JS_TAIL_AT)
+    elif m.task == "regression":
+        s3 = s3[~np.isnan(m.twin_tol[s3])]
+        _paired(agg, "twin.reg_tolerance", m.twin_tol[s3] == 1, m.tol_exceed[s3] == 1)
+    elif m.task == "embedding":
+        s3 = s3[np.isfinite(m.twin_cos[s3])]
+        _paired(
+            agg, "twin.emb_cosine_tail", m.twin_cos[s3] < COS_TAIL_AT, m.cosine[s3] < COS_TAIL_AT
+        )
+    elif m.task == "ranking":
+        s3 = s3[np.isfinite(m.twin_rbo_loss[s3])]
+        agg.add_moments("twin.rank_rbo.excess", _moments(m.rbo_loss[s3] - m.twin_rbo_loss[s3]))
 
 
 def _paired(

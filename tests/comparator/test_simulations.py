@@ -332,3 +332,66 @@ async def test_summary_and_coverage_check_show_unreadable_outputs(tmp_path: Path
     check = v.check("coverage")
     assert check.status.value == "FAIL" and check.estimate == pytest.approx(cov["share"])
     assert v.decision is Decision.REJECT and any("coverage" in r for r in v.reasons)
+
+
+def _twin_pairs(rng: np.random.Generator, task: str, cand_noise: float, n: int) -> list[dict]:
+    """Production, its twin and the candidate; the twin differs from production as much as a
+    nondeterministic model does (8% of answers), the candidate by ``cand_noise``."""
+    out = []
+    for i in range(n):
+        if task == "classification":
+            p = rng.dirichlet(np.ones(4))
+            t, c = p.copy(), p.copy()
+            if rng.random() < 0.08:
+                t = np.roll(p, 1)
+            if rng.random() < cand_noise:
+                c = np.roll(p, 1)
+            bodies = [_out("probabilities", v.round(6).tolist()) for v in (p, t, c)]
+        else:
+            y = float(rng.normal(10.0, 2.0))
+            t = y * (1.2 if rng.random() < 0.08 else 1.0)
+            c = y * (1.2 if rng.random() < cand_noise else 1.0)
+            bodies = [_out("y", [v]) for v in (y, t, c)]
+        rid = f"twin-{task}-{i}"
+        side = [{"outcome": "ok", "status": 200, "latency_ms": 3.0, "body": b} for b in bodies]
+        in_slice = i % 4 != 0  # a 75% slice; the rest skipped
+        out.append(
+            {
+                "request_id": rid,
+                "experiment": f"twin-{task}-{cand_noise}",
+                "ts": _START + timedelta(seconds=15 * i),
+                "route": "/v2/models/m/infer",
+                "request": {"sha256": hashlib.sha256(rid.encode()).hexdigest()},
+                "prod": side[0],
+                "twin": side[1] if in_slice else {"outcome": "skipped"},
+                "candidate": side[2],
+            }
+        )
+    return out
+
+
+@pytest.mark.parametrize(
+    ("task", "check"), [("classification", "top1_disagreement"), ("regression", "reg_tolerance")]
+)
+async def test_twin_noise_floor_is_paired_per_request(
+    tmp_path: Path, task: str, check: str
+) -> None:
+    """A candidate as nondeterministic as production's twin PASSes on the paired excess although
+    its own share is beyond the margin; one that adds 12% more FAILs."""
+    store = await _store(tmp_path, task)
+    try:
+        verdicts = {}
+        for noise in (0.08, 0.2):
+            pairs = _twin_pairs(np.random.default_rng(11), task, noise, 12_000)
+            for k in range(0, len(pairs), 2000):
+                batch = PairBatch.model_validate({"pairs": pairs[k : k + 2000]})
+                await store.ingest(list(batch.pairs))
+            at = _START + timedelta(hours=50)
+            verdicts[noise] = await judge(store, f"twin-{task}-{noise}", load_policy(None), at)
+    finally:
+        await store.close()
+    same, worse = verdicts[0.08].check(check), verdicts[0.2].check(check)
+    assert same.status.value == "PASS", same.reason
+    assert "paired excess over twin" in same.reason and same.lower is not None
+    assert same.lower > 0.05  # the share alone is beyond its margin: the twin's floor decides
+    assert worse.status.value == "FAIL", worse.reason
