@@ -129,11 +129,17 @@ _NO_BODY = _Stop("the answer to a HEAD request ends with its head")
 class ClientConnection(asyncio.Protocol):
     """One keep-alive connection; at most one request on it at a time."""
 
-    def __init__(self, owner: Owner, read_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        owner: Owner,
+        read_timeout_s: float | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self._owner = owner
         self._transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = loop  # its clock and timers: the running loop's, or a test's fake
         self._parser = httptools.HttpResponseParser(self)
         self._state = ConnectionState.IDLE
         self._sink: Sink | None = None
@@ -184,7 +190,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self.flow = FlowControl(self._transport)  # type: ignore[arg-type]
-        self._loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
 
     def pause_writing(self) -> None:
         if self.flow is not None:

@@ -85,8 +85,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.flow = FlowControl(self.transport)  # type: ignore[arg-type]
-        self._loop = asyncio.get_running_loop()
         server = self._server
+        self._loop = server.loop or asyncio.get_running_loop()
         server.connections.add(self)
         if len(server.connections) > self._limits.max_connections:
             server.on_refused(503)
@@ -533,8 +533,12 @@ class Server:
         limits: Limits,
         on_body_timeout: Callable[[], None],
         on_refused: Callable[[int], None] | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.handler = handler
+        # The loop whose clock and timers connections use: the running one, or a test's fake.
+        self.loop = loop
         self.limits = limits
         self._on_body_timeout = on_body_timeout
         self._on_refused = on_refused
