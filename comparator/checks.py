@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from comparator import stats
-from comparator.aggregates import Aggregate, keys
+from comparator.aggregates import GAMMA, Aggregate, keys
 from comparator.policy import CHECK_GROUPS, Policy
 
 __all__ = [
@@ -52,6 +52,7 @@ TASK_CHECKS: dict[str, tuple[str, ...]] = {
     "ranking": ("rank_rbo",),
 }
 _DIVERGENCE = {c for ids in TASK_CHECKS.values() for c in ids}
+ATOL_SD = 0.01  # reg_tolerance: atol = 0.01·sd(y_p)
 
 
 class Status(enum.StrEnum):
@@ -470,6 +471,27 @@ class _Look:
         )
         return self.two_sided_rule(cid, "standardised bias", cs, self.p.check(cid).margin, cs.s)
 
+    def reg_tolerance(self) -> CheckResult:
+        """Share with |Δ| > atol + rtol·|y_p|, atol = 0.01·sd(y_p) (VERDICT.md).
+
+        sd(y_p) is known only at the look, so the fold keeps, per pair, the atol it would need
+        (|Δ| − rtol·|y_p|, a log histogram ``reg.tol_over``): a bucket whose upper edge is above
+        atol counts as out of tolerance (conservative within the bucket's 1%). Aggregates from
+        before that histogram use the flag folded with the ingest's atol.
+        """
+        cid = "reg_tolerance"
+        n = self.agg.count(keys.REG_N)
+        y = self.agg.moment(keys.REG_PROD)
+        atol = ATOL_SD * math.sqrt(y.variance)
+        over = self.agg.hist("reg.tol_over")
+        if over or not self.agg.count(keys.REG_TOL_EXCEED):
+            k = sum(c for b, c in over.items() if GAMMA**b > atol)
+            label = f"share out of tolerance (atol {_f(atol)})"
+        else:
+            k = self.agg.count(keys.REG_TOL_EXCEED)
+            label = "share out of tolerance"
+        return self.share(cid, label, k, n)
+
     def rank_rbo(self) -> CheckResult:
         cid = "rank_rbo"
         m = self.agg.moment(keys.RANK_RBO_LOSS)
@@ -574,12 +596,7 @@ def evaluate(
         ),
         "class_psi": look.class_psi,
         "reg_bias": look.reg_bias,
-        "reg_tolerance": lambda: look.share(
-            "reg_tolerance",
-            "share out of tolerance",
-            agg.count(keys.REG_TOL_EXCEED),
-            agg.count(keys.REG_N),
-        ),
+        "reg_tolerance": look.reg_tolerance,
         "emb_cosine_tail": lambda: look.share(
             "emb_cosine_tail",
             "share cosine < 0.95",

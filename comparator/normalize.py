@@ -125,6 +125,9 @@ class BatchMetrics:
     diff: F64
     prod_value: F64
     tol_exceed: F64
+    # regression: max over rows of |Δ| − rtol·|y_p|, the atol a pair would need to stay within
+    # tolerance; folded as a log histogram so a look applies atol = 0.01·sd(y_p) (VERDICT.md)
+    tol_over: F64
     logits: NDArray[np.bool_]
     twin_invalid: NDArray[np.bool_]
     twin_top1_agree: F64
@@ -245,7 +248,18 @@ def _compare(
     """
     out: dict[str, NDArray[Any]] = {
         name: np.full(n, np.nan)
-        for name in ("agree", "js", "abs_diff", "cos", "rbo_loss", "div", "diff", "yp", "tol")
+        for name in (
+            "agree",
+            "js",
+            "abs_diff",
+            "cos",
+            "rbo_loss",
+            "div",
+            "diff",
+            "yp",
+            "tol",
+            "over",
+        )
     }
     out["pc"] = np.full(n, -1, np.int64)
     out["cc"] = np.full(n, -1, np.int64)
@@ -299,6 +313,7 @@ def _compare_group(
         out["yp"][idx] = p.mean(axis=(1, 2))
         out["abs_diff"][idx] = ad.mean(axis=(1, 2))
         out["tol"][idx] = (ad > tol).any(axis=(1, 2))
+        out["over"][idx] = (ad - config.rtol * np.abs(p)).max(axis=(1, 2))
         # Floored so that y_p = 0 with atol = 0 still gives a finite (huge) divergence.
         out["div"][idx] = (ad / np.maximum(tol, 1e-12)).mean(axis=(1, 2))
     elif task == "embedding":
@@ -378,6 +393,7 @@ def measure(pairs: Sequence[Pair], config: NormalizeConfig) -> BatchMetrics:
         diff=m["diff"],
         prod_value=m["yp"],
         tol_exceed=m["tol"],
+        tol_over=m["over"],
         logits=prod.logits | cand.logits,
         twin_invalid=twin.invalid,
         twin_top1_agree=t["agree"] if t else nan,
@@ -532,6 +548,13 @@ def _fold_hour(
     elif m.task == "regression":
         agg.add(keys.REG_N, int(sel.size))
         agg.add(keys.REG_TOL_EXCEED, int(np.nansum(m.tol_exceed[sel])))
+        over = m.tol_over[sel]
+        over = over[over > 0]  # pairs at or below 0 stay within tolerance for any atol ≥ 0
+        if over.size:  # keys ceil(log_γ x) with no floor: regression values may be tiny
+            u, cnt = np.unique(
+                np.ceil(np.log(over) / LOG_GAMMA).astype(np.int64), return_counts=True
+            )
+            agg.add_hist("reg.tol_over", dict(zip(u.tolist(), cnt.tolist(), strict=True)))
         agg.add_moments(keys.REG_DIFF, _moments(m.diff[sel]))
         agg.add_moments(keys.REG_PROD, _moments(m.prod_value[sel]))
     elif m.task == "embedding":

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from comparator.aggregates import Aggregate, keys
 from comparator.normalize import NormalizeConfig
 from comparator.policy import Policy, load_policy
 from comparator.store import MemorySample, Store
@@ -395,3 +396,40 @@ async def test_twin_noise_floor_is_paired_per_request(
     assert "paired excess over twin" in same.reason and same.lower is not None
     assert same.lower > 0.05  # the share alone is beyond its margin: the twin's floor decides
     assert worse.status.value == "FAIL", worse.reason
+
+
+async def test_reg_tolerance_has_an_absolute_floor_of_a_hundredth_of_sd(tmp_path: Path) -> None:
+    """Outputs around 0 with a tiny absolute noise (0.3% of sd(y_p)): without atol most pairs
+    near 0 would be 'out of tolerance' (rtol·|y_p| ≈ 0); with atol = 0.01·sd they are within."""
+    rng = np.random.default_rng(2)
+    pairs = []
+    for i in range(4000):
+        y = float(rng.normal(0.0, 1.0))
+        rid = f"atol-{i}"
+        side = [
+            {"outcome": "ok", "status": 200, "latency_ms": 3.0, "body": _out("y", [v])}
+            for v in (y, y + float(rng.normal(0.0, 0.003)))
+        ]
+        pairs.append(
+            {
+                "request_id": rid,
+                "experiment": "atol",
+                "ts": _START + timedelta(seconds=30 * i),
+                "route": "/v2/models/m/infer",
+                "request": {"sha256": hashlib.sha256(rid.encode()).hexdigest()},
+                "prod": side[0],
+                "candidate": side[1],
+            }
+        )
+    store = await _store(tmp_path, "regression")
+    try:
+        await store.ingest(list(PairBatch.model_validate({"pairs": pairs}).pairs))
+        agg = Aggregate.merged(a for _, a in await store.hourly_aggregates("atol"))
+        v = await judge(store, "atol", load_policy(None), _START + timedelta(hours=34), save=False)
+    finally:
+        await store.close()
+    tol = v.check("reg_tolerance")
+    assert tol.status.value == "PASS", tol.reason
+    assert "atol 0.01" in tol.reason and tol.estimate is not None and tol.estimate < 0.01
+    # the flag folded with atol 0 (the ingest's) calls many times more out of tolerance
+    assert agg.count(keys.REG_TOL_EXCEED) / agg.count(keys.REG_N) > max(0.03, 4 * tol.estimate)
