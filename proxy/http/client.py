@@ -148,7 +148,8 @@ class ClientConnection(asyncio.Protocol):
         self._head = ResponseHead()
         self._reason = b""
         self._in_head = False
-        self._head_size = 0
+        self._head_size = 0  # bytes of earlier reads in which the current head did not end
+        self._read_size = 0
         self._interim = False
         self._until_close = False
         self._keep = True
@@ -229,6 +230,7 @@ class ClientConnection(asyncio.Protocol):
         if self._seen is not None:
             self._seen += data
         self._quiet += len(data)
+        self._read_size = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -245,8 +247,13 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._complete:
             self._finish(reuse=self._keep)
+        elif self._in_head:
+            # Counted per read, not per header: a head that spans reads is every byte of them.
+            self._head_size += len(data)
+            if self._head_size > MAX_HEAD:
+                self._fail(UpstreamProtocolError("bad response: head too large"))
         elif self._quiet > MAX_HEAD:
-            self._fail(UpstreamProtocolError("bad response: head line too long"))
+            self._fail(UpstreamProtocolError("bad response: trailer line too long"))
 
     # --- the request's side -------------------------------------------------------------------
 
@@ -256,7 +263,7 @@ class ClientConnection(asyncio.Protocol):
         With ``more``, ``data`` is only the head: send the body with :meth:`send_body` and
         :meth:`end_request`. A connection whose request was not sent whole is never reused.
         """
-        if not self.is_available():
+        if self._state is not ConnectionState.IDLE:  # the pool hands out available ones only
             raise ConnectionResetError(f"{self!r} cannot carry a request")
         assert self._transport is not None and self._loop is not None
         self._state = ConnectionState.ACTIVE
@@ -331,9 +338,6 @@ class ClientConnection(asyncio.Protocol):
         if not self._in_head:
             return  # a trailer: read and dropped, never a header
         head = self._head
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > MAX_HEAD:
-            raise UpstreamProtocolError("response head too large")
         head.lines.append(name + b": " + value)
         if len(name) not in _NAME_LENGTHS:
             return
@@ -356,7 +360,8 @@ class ClientConnection(asyncio.Protocol):
         self._heads += 1
         parser = self._parser
         status = parser.get_status_code()
-        if _CONTROL.search(self._reason):
+        reason = self._reason
+        if reason != b"OK" and _CONTROL.search(reason):
             raise UpstreamProtocolError("a control byte in the reason phrase")
         if status < 200:
             if status == 101:
@@ -364,8 +369,12 @@ class ClientConnection(asyncio.Protocol):
             self._interim = True  # 100 Continue and the like: read past, never handed on
             return
         head = self._head
+        # Only a head that came in more than MAX_HEAD bytes of reads can be too large.
+        big = self._head_size + self._read_size > MAX_HEAD
+        if big and sum(map(len, head.lines)) + len(reason) > MAX_HEAD:
+            raise UpstreamProtocolError("response head too large")
         head.status = status
-        head.reason = self._reason
+        head.reason = reason
         self._keep = parser.should_keep_alive()
         if self._head_request or status in (204, 304) or head.length == 0:
             head.has_body = False
@@ -411,7 +420,9 @@ class ClientConnection(asyncio.Protocol):
             self._state = ConnectionState.IDLE
             # Paused for the caller's sake (a slow client): the answer is complete, so nothing
             # more is due and reading resumes; any byte that now comes closes the connection.
-            self.resume_reading()
+            flow = self.flow
+            if flow is not None and flow.read_paused:
+                flow.resume_reading()
         else:
             self._state = ConnectionState.CLOSED
             if self._transport is not None:

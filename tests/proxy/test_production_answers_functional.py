@@ -224,6 +224,9 @@ BAD_ANSWERS = {
     "two-content-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
     "gzip-transfer-coding": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok",
     "obsolete-line-folding": b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
+    "head-over-64-kib": b"HTTP/1.1 200 OK\r\nX-Big: "
+    + b"a" * 70_000
+    + b"\r\nContent-Length: 2\r\n\r\nok",
     "switching-protocols": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n"
     b"Connection: upgrade\r\n\r\n",
 }
