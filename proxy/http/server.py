@@ -334,20 +334,25 @@ class Connection(asyncio.Protocol):
                     self.abort()
                     return
                 finally:
-                    self._release(size)
-                    left = self._drop_unread(item.stream)
-                if left and not self.closed and self._msg.stream is item.stream:
-                    self._discard_rest()  # production answered before taking the whole body
+                    server.buffered -= size
+                    left = item.stream is not None and self._drop_unread(item.stream)
+                if left:
+                    if not self.closed and self._msg.stream is item.stream:
+                        self._discard_rest()  # production answered before taking it all
+                    else:
+                        self.close()
                     return
-                if not keep or server.draining or left:
+                if not keep or server.draining:
                     self.close()
                     return
                 # Write back-pressure: the next answer waits until the client has taken this one,
                 # and reading stays paused meanwhile once the queue is full.
                 flow = self.flow
-                if flow is not None and flow.write_paused and not self.closed:
-                    await flow.drain()
-                self._update_reading()
+                if flow is not None:
+                    if flow.write_paused and not self.closed:
+                        await flow.drain()
+                    if flow.read_paused:
+                        self._update_reading()
         finally:
             self._task = None
             if self._continue_due:  # every earlier answer is out: the waiting client may go on
