@@ -338,3 +338,27 @@ async def test_saves_are_monotone_in_time_in_the_store(tmp_path: Path) -> None:
         state = await store.load_verdict_state("race")
         assert state is not None and state["at"] == t5.isoformat()
         assert (await store.latest_verdict("race")) == {"n": 5}
+
+
+async def test_a_silent_scrape_target_blocks_promote_and_rejects_at_the_maximum_window() -> None:
+    store = FakeStore()
+    store.add("silent")
+    fill(store, "silent", np.random.default_rng(12), Scenario(), 48)
+    sides = frozenset({"prod", "cand"})
+    v = await judge(store, "silent", POLICY, T0 + timedelta(hours=30), memory_sources=sides)
+    assert v.decision is Decision.KEEP_OBSERVING
+    assert v.check("memory_leak").status is Status.NODATA
+    assert "cand, prod configured but yielded no memory samples" in v.check("memory_leak").reason
+    # the sources are kept in the state: a look that does not know them (the CLI) still sees them
+    v = await judge(store, "silent", POLICY, T0 + timedelta(hours=48))
+    assert v.decision is Decision.REJECT
+    assert "memory_headroom" in v.reasons[0] and "memory_leak" in v.reasons[0]
+
+
+async def test_no_scrape_target_is_na_named_and_does_not_block() -> None:
+    store = FakeStore()
+    store.add("noscrape")
+    fill(store, "noscrape", np.random.default_rng(13), Scenario(), 25)
+    v = await judge(store, "noscrape", POLICY, T0 + timedelta(hours=24), memory_sources=frozenset())
+    assert v.decision is Decision.PROMOTE, v.reasons
+    assert "not judged: memory_leak (no scrape target configured)" in v.reasons
