@@ -6,7 +6,8 @@ The server lives in :mod:`proxy.http.server` (connections, the listening socket)
 
 from __future__ import annotations
 
+from proxy.http.listener import Server
 from proxy.http.message import Limits, Refusal, Request, simple_response
-from proxy.http.server import Connection, Server
+from proxy.http.server import Connection
 
 __all__ = ["Connection", "Limits", "Refusal", "Request", "Server", "simple_response"]

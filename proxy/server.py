@@ -25,8 +25,8 @@ from aiohttp import web
 
 from proxy.admin import create_admin_app
 from proxy.app import DataPort
+from proxy.http.listener import Server
 from proxy.http.message import Limits
-from proxy.http.server import Server
 from proxy.metrics import ProxyStats
 from proxy.settings import ProxySettings, parse_host_port
 

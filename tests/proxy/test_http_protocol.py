@@ -17,9 +17,10 @@ import pytest
 
 from proxy.exceptions import UpstreamTimeout
 from proxy.http.client import ClientConnection, ConnectionState, ResponseHead
+from proxy.http.listener import Server
 from proxy.http.message import Limits, Request
 from proxy.http.production import HIGH_WATER
-from proxy.http.server import PIPELINE_MAX, Connection, Server
+from proxy.http.server import PIPELINE_MAX, Connection
 
 
 class FakeTransport(asyncio.Transport):
