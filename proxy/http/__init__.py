@@ -2,11 +2,17 @@
 
 ::
 
-    flow.FlowControl        pause/resume reading, drain writing; one per connection, both sides
-    client.ClientConnection one upstream connection: llhttp-parsed answers, a state enum
-    pool.Pool               acquire / release / discard / linger, asking connections their state
-    production              ProductionClient, ProductionResponse (streamed, one retry rule)
-    candidate               CandidateClient, CandidateCall (whole answers, lingering)
+    server side   listener.Server         the listening socket, connection and byte limits
+                  server.Connection       one client connection: a queue, dispatch, clocks
+                  parse.RequestParsing    its llhttp callbacks; message.Message per request
+                  message                 Request, Refusal (a frozen record), Limits
+                  body.BodyStream         a large request body, handed over as it arrives
+    both sides    flow.FlowControl        pause/resume reading, drain writing
+    client side   client.ClientConnection one upstream connection, llhttp-parsed answers
+                  exchange                its states (an enum), the answer head, callbacks
+                  pool.Pool               acquire / release / discard / linger
+                  production              ProductionClient (streamed answers, one retry rule)
+                  candidate               CandidateClient, CandidateCall (whole answers)
 
 Upstream errors live in :mod:`proxy.exceptions`; :mod:`proxy.outcomes` maps them to outcomes.
 """

@@ -18,14 +18,12 @@ answer — closes it, so no byte of one exchange can become part of another.
 from __future__ import annotations
 
 import asyncio
-import enum
 import re
-from collections.abc import Iterable
-from typing import Protocol
 
 import httptools
 
 from proxy.exceptions import UpstreamProtocolError, UpstreamTimeout
+from proxy.http.exchange import ConnectionState, Owner, ResponseHead, Sink, encode_request
 from proxy.http.flow import FlowControl
 
 __all__ = [
@@ -40,7 +38,6 @@ __all__ = [
 
 MAX_HEAD = 64 * 1024  # bytes of a response head (or of a trailer section), and of a head line
 
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Names a ``Connection`` header may not list: dropping them as hop-by-hop would change the framing.
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
@@ -48,74 +45,6 @@ _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _NAME_LENGTHS = frozenset(
     len(n) for n in ("content-length", "transfer-encoding", "connection", "x-model-version")
 )
-
-
-def encode_request(
-    method: str,
-    target: bytes,
-    host: bytes,
-    headers: Iterable[tuple[bytes, bytes]],
-    body: bytes,
-    *,
-    always_length: bool = False,
-    length: int | None = None,
-) -> bytes:
-    """One HTTP/1.1 request as bytes. ``headers`` must hold no framing or hop-by-hop header.
-
-    With ``length``, only the head is encoded, announcing a body of that many bytes that the
-    caller sends after it.
-    """
-    parts = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
-    if length is not None:
-        parts.append(b"Content-Length: %d\r\n\r\n" % length)
-        return b"".join(parts)
-    if body or always_length or method in _BODY_METHODS:
-        parts.append(b"Content-Length: %d\r\n" % len(body))
-    parts += (b"\r\n", body)
-    return b"".join(parts)
-
-
-class ConnectionState(enum.Enum):
-    IDLE = "idle"  # connected, nothing out, nothing buffered: may carry the next request
-    ACTIVE = "active"  # a request is out and its answer not complete
-    CLOSED = "closed"  # closing or closed: never used again
-
-
-class ResponseHead:
-    """The parsed head of an answer. ``lines[0]`` is empty; the rest are ``Name: value``."""
-
-    __slots__ = ("chunked", "has_body", "length", "lines", "model_version", "reason", "status")
-
-    def __init__(self) -> None:
-        self.status = 0
-        self.reason = b""
-        self.lines: list[bytes] = [b""]
-        self.length: int | None = None  # the Content-Length, when there is one
-        self.chunked = False
-        self.has_body = True
-        self.model_version: str | None = None
-
-
-class Sink(Protocol):
-    """Receives one answer from a connection."""
-
-    def head(self, conn: ClientConnection, head: ResponseHead) -> None: ...
-
-    def data(self, conn: ClientConnection, chunk: bytes) -> None: ...
-
-    def done(self, conn: ClientConnection) -> None: ...
-
-    def fail(self, exc: Exception) -> None: ...
-
-
-class Owner(Protocol):
-    """The pool a connection reports to."""
-
-    def release(self, conn: ClientConnection) -> None: ...
-
-    def forget(self, conn: ClientConnection) -> None: ...
 
 
 class _Stop(Exception):
