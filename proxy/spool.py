@@ -5,7 +5,8 @@ restart without reading the files. A batch is written to a temporary name and re
 a crash never leaves half a batch that would later be replayed. :meth:`Spool.oldest` hands batches
 back in the order they were written; the shipper deletes one only after the comparator took it.
 
-Faults are counted, never fatal (the sidecar must not restart-loop over its spool):
+Faults are counted, never fatal (the sidecar must not restart-loop over its spool); only a
+directory that cannot be made at all stops the start, with one line (:class:`SpoolError`):
 
 * a write that fails (``ENOSPC``, a read-only volume) returns ``"write_error"``, and the shipper
   counts the batch's pairs as dropped with that reason;
@@ -28,6 +29,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from proxy.exceptions import SpoolError
 
 __all__ = ["REJECTED_DIR", "Spool", "SpooledBatch"]
 
@@ -68,9 +71,8 @@ class Spool:
                 p.stat().st_size for p in self.rejected_dir.iterdir() if p.is_file()
             )
         except OSError as exc:
-            # Not fatal: every write will fail and be counted (spool_write_error).
-            log.error("spool directory %s unusable: %s", self.directory, exc.strerror or exc)
-            return
+            # A spool directory that cannot be made is a configuration error: one line at start.
+            raise SpoolError(f"spool directory {self.directory}: {exc.strerror or exc}") from exc
         for path in entries:
             if path.name == REJECTED_DIR:
                 continue

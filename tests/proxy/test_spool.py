@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from proxy import spool as spool_module
+from proxy.exceptions import SpoolError
 from proxy.spool import Spool
 
 ONE = b'{"pairs":[1]}'
@@ -41,12 +42,11 @@ def test_spool_refuses_past_its_bound(tmp_path: Path) -> None:
     assert len(spool) == 1
 
 
-def test_an_unusable_directory_is_not_fatal_and_every_write_fails_counted(tmp_path: Path) -> None:
+def test_an_unusable_directory_is_a_spool_error_at_start(tmp_path: Path) -> None:
     blocker = tmp_path / "f"
     blocker.write_text("")
-    spool = Spool(blocker / "sub", max_bytes=1000)
-    assert len(spool) == 0 and spool.oldest() is None
-    assert spool.append(ONE, 1) == "write_error" and spool.write_errors == 1
+    with pytest.raises(SpoolError, match="spool directory"):
+        Spool(blocker / "sub", max_bytes=1000)
 
 
 def test_stray_and_unreadable_files_are_moved_aside_at_start_up(tmp_path: Path) -> None:

@@ -1,0 +1,225 @@
+"""The shipper against a real comparator on 127.0.0.1 that misbehaves on purpose: a body limit it
+announces (or not), batches it refuses for good, a batch that fails while the others go through.
+
+After every test the accounting balances exactly: emitted == delivered + dropped + queued + being
+shipped + spooled (:func:`balanced`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from comparator.wire import Outcome, PairBatch
+from proxy import spool as spool_module
+from proxy.metrics import ProxyStats
+from proxy.pairing import CompletedPair, Side
+from proxy.shipper import MIN_BATCH_BYTES, Shipper
+from proxy.spool import Spool
+from tests.proxy.fakes import free_port, serve_app
+
+
+@dataclass
+class Comparator:
+    """``POST /v1/pairs``: 413 past ``limit`` (announced in ``X-Max-Body-Bytes`` if ``announce``),
+    else ``verdict(request ids)`` — a status, 200 by default — and records what it took."""
+
+    limit: int = 64 * 1024 * 1024
+    announce: bool = True
+    verdict: Callable[[list[str]], int] = lambda ids: 200
+    bodies: list[int] = field(default_factory=list)
+    taken: list[Any] = field(default_factory=list)
+    answers: list[int] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=128 * 1024 * 1024)
+        app.router.add_post("/v1/pairs", self._ingest)
+        return app
+
+    async def _ingest(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {"X-Max-Body-Bytes": str(self.limit)} if self.announce else {}
+        if len(body) > self.limit:
+            self.answers.append(413)
+            return web.json_response({"error": "too large"}, status=413, headers=headers)
+        pairs = PairBatch.model_validate_json(body).pairs
+        status = self.verdict([p.request_id for p in pairs])
+        self.answers.append(status)
+        if status == 200:
+            self.bodies.append(len(body))
+            self.taken.extend(pairs)
+        return web.json_response({"status": status}, status=status, headers=headers)
+
+    @property
+    def ids(self) -> list[str]:
+        return [p.request_id for p in self.taken]
+
+
+def pair(i: int, body_bytes: int = 100, rid: str | None = None) -> CompletedPair:
+    body = json.dumps({"outputs": [i], "pad": "x" * body_bytes}).encode()
+    return CompletedPair(
+        request_id=rid or f"r{i:04d}",
+        ts=1_790_000_000.0 + i,
+        route="/v2/models/m/infer",
+        request_sha256="0" * 64,
+        request_body=None,
+        prod=Side(Outcome.OK, status=200, latency_ms=1.0, model_version="1", body=body),
+        candidate=Side(Outcome.OK, status=200, latency_ms=2.0, model_version="2", body=body),
+    )
+
+
+@contextlib.asynccontextmanager
+async def shipper(url: str, tmp_path: Path, **kw: Any) -> AsyncIterator[Shipper]:
+    settings: dict[str, Any] = {
+        "batch_size": 500,
+        "flush_interval_s": 60.0,
+        "timeout_s": 5.0,
+        "retries": 0,
+        "backoff_s": 0.0,
+        "max_queue": 10_000,
+        "max_body_bytes": 1024 * 1024,
+    } | kw
+    async with aiohttp.ClientSession() as session:
+        yield Shipper(
+            session=session,
+            comparator_url=url,
+            token=None,
+            experiment="e",
+            spool=Spool(tmp_path / "spool", 64 * 1024 * 1024),
+            stats=ProxyStats(),
+            **settings,
+        )
+
+
+def balanced(s: Shipper) -> dict[str, Any]:
+    stats: ProxyStats = s._stats
+    acc = stats.accounting(buffer=0, queue=s.queued, spool=s.spool.pairs)
+    # Pairs enter the shipper by enqueue: emitted is its "teed".
+    out = stats.pairs_delivered + stats.pairs_replayed + sum(stats.dropped.values())
+    assert stats.pairs_emitted == out + s.queued + s.shipping + s.spool.pairs, acc
+    assert s.shipping == 0
+    return acc
+
+
+async def test_batches_are_cut_below_the_limit_the_comparator_announces(tmp_path: Path) -> None:
+    comp = Comparator(limit=100 * 1024)
+    async with serve_app(comp.app()) as url, shipper(url, tmp_path) as s:
+        for i in range(60):
+            s.enqueue(pair(i, 5_000))  # ~10 KB a pair: ~600 KB in all, one batch by count
+        await s.ship_pending(retries=0)
+        balanced(s)
+        # The first batch met the limit (413), was sent in halves, and the limit was learnt.
+        assert comp.answers[0] == 413 and s.batch_limit <= 100 * 1024
+        for i in range(60, 120):
+            s.enqueue(pair(i, 5_000))
+        before = len(comp.answers)
+        await s.ship_pending(retries=0)
+        assert 413 not in comp.answers[before:]  # cut below it from then on
+    assert sorted(comp.ids) == [f"r{i:04d}" for i in range(120)]
+    assert max(comp.bodies) <= 100 * 1024
+    assert s._stats.pairs_delivered == 120 and sum(s._stats.dropped.values()) == 0
+
+
+async def test_a_413_without_a_header_halves_the_batch_until_it_fits(tmp_path: Path) -> None:
+    comp = Comparator(limit=80 * 1024, announce=False)
+    async with serve_app(comp.app()) as url, shipper(url, tmp_path) as s:
+        for i in range(40):
+            s.enqueue(pair(i, 5_000))
+        await s.ship_pending(retries=0)
+        balanced(s)
+    assert sorted(comp.ids) == [f"r{i:04d}" for i in range(40)]
+    assert MIN_BATCH_BYTES <= s.batch_limit <= 80 * 1024
+
+
+async def test_a_pair_alone_over_the_limit_travels_with_its_bodies_reduced(tmp_path: Path) -> None:
+    comp = Comparator(limit=MIN_BATCH_BYTES + 8192)
+    async with serve_app(comp.app()) as url, shipper(url, tmp_path) as s:
+        s.enqueue(pair(0, 50))
+        s.enqueue(pair(1, 200_000))  # 400 KB of bodies, under max_pair_body_bytes
+        s.enqueue(pair(2, 50))
+        await s.ship_pending(retries=0)
+        await s.ship_pending(retries=0)  # the first batch taught the limit
+        balanced(s)
+    big = {p.request_id: p for p in comp.taken}["r0001"]
+    assert big.prod.body is None and big.prod.body_bytes is not None
+    assert big.prod.body_bytes > 200_000 and big.candidate.body is None
+    assert sorted(comp.ids) == ["r0000", "r0001", "r0002"]
+
+
+async def test_a_batch_refused_for_good_is_set_aside_and_the_next_go_on(tmp_path: Path) -> None:
+    comp = Comparator(verdict=lambda ids: 400 if "bad" in ids else 200)
+    async with serve_app(comp.app()) as url, shipper(url, tmp_path, batch_size=5) as s:
+        for i in range(15):
+            s.enqueue(pair(i, rid="bad" if i == 7 else None))
+        await s.ship_pending(retries=2)
+        acc = balanced(s)
+    assert acc["dropped_by_reason"] == {"rejected": 5}
+    assert len(comp.ids) == 10 and "bad" not in comp.ids
+    kept = list((tmp_path / "spool" / "rejected").iterdir())
+    assert len(kept) == 1 and kept[0].name.endswith("-5.json")
+    assert b'"request_id":"bad"' in kept[0].read_bytes()
+    assert comp.answers.count(400) == 1  # never retried
+
+
+async def test_a_spooled_batch_that_fails_while_others_go_through_is_set_aside(
+    tmp_path: Path,
+) -> None:
+    """A 503 for one batch only (as PostgreSQL gave for a NUL before the quarantine): after
+    ``poison_after`` strikes it is set aside and the spool drains."""
+    comp = Comparator(verdict=lambda ids: 503 if "poison" in ids else 200)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    async with shipper(url, tmp_path, batch_size=4, poison_after=3) as s:
+        for i in range(24):
+            s.enqueue(pair(i, rid="poison" if i == 1 else None))
+        await s.ship_pending(retries=0)  # the comparator is away: six batches spooled
+        assert (len(s.spool), s._stats.pairs_spooled) == (6, 24)
+        balanced(s)
+        async with serve_app(comp.app(), port=port):
+            await s.ship_pending(retries=0)
+        acc = balanced(s)
+    assert acc["dropped_by_reason"] == {"poison": 4}
+    assert len(s.spool) == 0 and s._stats.pairs_replayed == 20
+    assert sorted(comp.ids) == sorted(f"r{i:04d}" for i in range(24) if i not in (0, 1, 2, 3))
+    assert [p.name for p in (tmp_path / "spool" / "rejected").iterdir()] == [
+        "0000000000000000-4.json"
+    ]
+
+
+async def test_a_full_disk_counts_the_pairs_and_shutdown_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every write of the spool fails with ENOSPC (the os-level write patched): the pairs are
+    counted as dropped (spool_write_error) and the last pass at shutdown completes."""
+    real_open = open
+
+    def full_disk(path: Any, mode: str = "r") -> Any:
+        f = real_open(path, mode)
+        if "w" in mode:
+
+            def write(_: bytes) -> int:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            f.write = write
+        return f
+
+    port = free_port()
+    async with shipper(f"http://127.0.0.1:{port}", tmp_path, batch_size=5) as s:
+        for i in range(10):
+            s.enqueue(pair(i))
+        monkeypatch.setattr(spool_module, "open", full_disk, raising=False)
+        await s.close()
+        monkeypatch.undo()
+        acc = balanced(s)
+    assert acc["dropped_by_reason"] == {"spool_write_error": 10}
+    assert s.spool.write_errors == 2 and len(s.spool) == 0
