@@ -62,6 +62,8 @@ class RequestParsing:
 
         def _refuse_body(self, refusal: Refusal) -> None: ...
 
+        def _refuse(self, refusal: Refusal) -> None: ...
+
         def _send_continue(self) -> None: ...
 
         def _update_reading(self) -> None: ...
@@ -170,7 +172,10 @@ class RequestParsing:
         size = len(body)
         server = self._server
         stream = msg.stream
-        if stream is not None:  # bounded by HIGH_WATER per connection, not by the port's cap
+        if stream is not None:  # forwarded: HIGH_WATER bounds it; read whole: the port's cap
+            if server.buffered + size > self._limits.max_buffered_bytes:
+                self._refuse(Refusal(503, "the proxy holds too many request bytes; retry"))
+                return
             if stream.feed(body):
                 server.buffered += size
             if stream.buffered >= HIGH_WATER:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -267,3 +268,24 @@ async def test_a_body_that_stalls_after_earlier_requests_is_still_cut_off(
         reply = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert reply.startswith(b"HTTP/1.1 408") and b"Connection: close" in reply
         writer.close()
+
+
+async def test_a_large_teed_body_reaches_production_and_the_candidate_whole(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    candidate = FakeCandidate()
+    body = bytes(range(256)) * 12_000  # 3 MiB: over the streaming threshold, under the tee's limit
+    app = prod_app()
+    async with (
+        serve_app(app) as prod,
+        serve_app(candidate.app()) as cand,
+        running_proxy(prod=prod, candidate=cand, spool_dir=str(tmp_path)) as proxy,
+    ):
+        async with client.post(proxy.url + "/v2/models/m/infer", data=io.BytesIO(body)) as resp:
+            assert (await resp.json())["outputs"][0]["data"] == [len(body)]
+        for _ in range(1000):  # bounded: the tee's call lands on its own schedule
+            if candidate.requests:
+                break
+            await asyncio.sleep(0.01)
+    assert app[SEEN][0]["body"] == body
+    assert candidate.requests[0]["body"] == body
