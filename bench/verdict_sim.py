@@ -1,0 +1,85 @@
+"""Verdict rates through the real ingest path, with more runs than the CI suite takes.
+
+    .venv/bin/python bench/verdict_sim.py [--aa-runs 25] [--runs 20]
+
+Uses the generators and the loop of ``tests/comparator/test_simulations.py`` (wire-format pairs →
+``Store.ingest`` into SQLite → a saved look every simulated hour, 100 pairs an hour, the simulation
+policy there) and prints, for A/A (per task) and for each planted regression: runs, decisions, the
+share REJECTed with the REJECT naming the check, and the median hour of the decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from comparator.policy import load_policy
+from comparator.verdict import Decision
+from tests.comparator import test_simulations as sim
+
+
+async def _runs(
+    tmp: Path, plant: sim.Plant, check: str | None, n: int, seed0: int
+) -> list[sim.Run]:
+    (tmp / "p.toml").write_text(sim.SIM_POLICY)
+    policy = load_policy(tmp / "p.toml")
+    store = await sim._store(tmp, plant.task)
+
+    def stop(decision: Decision, why: str) -> bool:
+        if check is None:
+            return decision is not Decision.KEEP_OBSERVING
+        return decision is Decision.PROMOTE or (decision is Decision.REJECT and check in why)
+
+    try:
+        out = []
+        for seed in range(n):
+            out.append(await sim.simulate(store, policy, f"e{seed}", plant, seed0 + seed, stop))
+        return out
+    finally:
+        await store.close()
+
+
+def _row(name: str, runs: list[sim.Run], check: str | None) -> str:
+    rej = [r for r in runs if r.decision is Decision.REJECT]
+    pro = [r for r in runs if r.decision is Decision.PROMOTE]
+    named = [r for r in rej if check is not None and check in r.reasons]
+    hours = [r.hour for r in (named if check else pro)] or [0]
+    share = len(named) if check else len(rej)
+    return (
+        f"| {name} | {len(runs)} | {len(pro)} | {len(rej)} | "
+        f"{share}/{len(runs)} ({100 * share / len(runs):.0f}%) | {statistics.median(hours):g} |"
+    )
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--aa-runs", type=int, default=25, help="A/A runs per task")
+    ap.add_argument("--runs", type=int, default=20, help="runs per planted regression")
+    args = ap.parse_args()
+    print("| experiment | runs | PROMOTE | REJECT | A/A: false REJECT; planted: REJECT naming the check "
+          "| median hour (A/A: of PROMOTE) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        for i, task in enumerate(("classification", "regression", "embedding", "ranking")):
+            tmp = Path(d) / f"aa{i}"
+            tmp.mkdir()
+            runs = await _runs(tmp, sim.Plant(task=task), None, args.aa_runs, 50_000 + 1000 * i)
+            print(_row(f"A/A {task}", runs, None), flush=True)
+        for i, (name, (plant, check)) in enumerate(sim.PLANTS.items()):
+            tmp = Path(d) / f"p{i}"
+            tmp.mkdir()
+            runs = await _runs(tmp, plant, check, args.runs, 60_000 + 1000 * i)
+            print(_row(f"{name} → {check}", runs, check), flush=True)
+    print(f"\n{time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
