@@ -14,7 +14,7 @@ are rounded to the hour the aggregates were kept in).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from comparator.aggregates import Aggregate
 from comparator.store import ExperimentInfo, MemorySample, StoredPair
+from comparator.summary import quarantine_counts
 
 if TYPE_CHECKING:
     from comparator.store import Store
@@ -96,6 +97,8 @@ class ReportData:
     verdict: VerdictSummary | None
     divergent: tuple[StoredPair, ...]  # most divergent pairs of the day, most divergent first
     sample: tuple[StoredPair, ...]  # a bounded sample of the day's pairs
+    # Pairs the comparator refused into its quarantine (whole experiment): {reason: count}.
+    quarantine: dict[str, int] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -173,6 +176,7 @@ async def gather(
         verdict=verdict,
         divergent=tuple(divergent),
         sample=tuple(sorted(sample, key=lambda p: (p.ts, p.request_id))),
+        quarantine=(await quarantine_counts(store, experiment))["by_reason"],
     )
 
 

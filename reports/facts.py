@@ -196,7 +196,11 @@ def _proxy_drops(config: dict[str, Any]) -> tuple[int | None, str]:
     return total, f"whole experiment, reported by {len(reports)} proxy process(es): {detail}"
 
 
-def _traffic(agg: Aggregate, config: dict[str, Any] | None = None) -> dict[str, Any]:
+def _traffic(
+    agg: Aggregate,
+    config: dict[str, Any] | None = None,
+    quarantine: dict[str, int] | None = None,
+) -> dict[str, Any]:
     pairs = agg.count(keys.PAIRS)
     cand = {o: agg.count(keys.outcome("cand", o)) for o in OUTCOMES}
     drops, note = _proxy_drops(config or {})
@@ -216,6 +220,9 @@ def _traffic(agg: Aggregate, config: dict[str, Any] | None = None) -> dict[str, 
         # Pairs never stored are known only from the proxies' own reports (POST .../drops).
         "spool_drops": drops,
         "spool_drops_note": note,
+        # Pairs that reached the comparator but were refused one by one (whole experiment).
+        "quarantined": sum((quarantine or {}).values()),
+        "quarantined_by_reason": dict(sorted((quarantine or {}).items())),
     }
 
 
@@ -327,7 +334,7 @@ def facts(data: ReportData) -> dict[str, Any]:
             "elapsed_hours": _num(v.elapsed_hours),
             "checks": [_check_json(c) for c in v.checks],
         },
-        "traffic": _traffic(agg, info.config),
+        "traffic": _traffic(agg, info.config, data.quarantine),
         "latency": {side: _latency(agg, side) for side in SIDES},
         "divergence": {
             "classification": cls,

@@ -170,9 +170,14 @@ def _traffic_html(f: dict[str, Any]) -> str:
                 "pairs dropped",
                 _e(count(t["spool_drops"]) if t["spool_drops"] is not None else "n/a"),
             ),
+            ("pairs quarantined", _e(count(t.get("quarantined", 0)))),
         ]
     )
     note = f"Pairs dropped by proxies: {_e(t['spool_drops_note'])}."
+    by_reason = t.get("quarantined_by_reason") or {}
+    if by_reason:
+        detail = ", ".join(f"{r} {count(n)}" for r, n in by_reason.items())
+        note += f" Pairs refused by the comparator and kept in its quarantine: {_e(detail)}."
     table = _table(["outcome"] + [_e(_SIDE.get(s, s)) for s in sides], rows)
     return f"<section><h2>Traffic</h2>{tiles}{table}<p class='note'>{note}</p></section>"
 
