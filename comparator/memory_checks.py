@@ -36,7 +36,7 @@ __all__ = ["MIB", "memory_results"]
 
 MIB = 1024.0 * 1024.0
 IDS = ("memory_steady", "memory_headroom", "memory_leak")
-NO_LIMIT = "no memory limit known (no shadowtee_serving_memory_limit_bytes scraped)"
+NO_LIMIT = "no memory limit known: no shadowtee_serving_memory_limit_bytes scraped"
 
 
 def _hourly(
