@@ -41,6 +41,9 @@ KNOWN = {
     "a 100 Continue that this request did not ask for": (
         "pipelined 100 Continue (test_100_continue_is_never_written_inside_another_answer)"
     ),
+    "half-sent request(s)": (
+        "hang-up mid-upload holds production (test_a_client_hanging_up_mid_upload_frees_production_at_once)"
+    ),
 }
 
 

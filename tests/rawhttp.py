@@ -39,6 +39,7 @@ Header = tuple[bytes, bytes]
 Framing = Literal["length", "chunked", "close", "none"]
 
 MAX_HEAD = 64 * 1024
+PIECE = 32 * 1024  # what a slow reader reads between pauses
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HEX = re.compile(rb"^[0-9A-Fa-f]{1,16}$")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -209,7 +210,7 @@ async def _read_head(reader: asyncio.StreamReader) -> bytes:
 
 
 async def _read_chunked(
-    reader: asyncio.StreamReader, raw: bytearray, body: bytearray
+    reader: asyncio.StreamReader, raw: bytearray, body: bytearray, pace_s: float = 0.0
 ) -> tuple[list[Header], bool]:
     """A chunked body into ``body``: ``(trailers, saw_extensions)``; wire bytes go into ``raw``."""
     ext_seen = False
@@ -232,6 +233,8 @@ async def _read_chunked(
         if data[-2:] != b"\r\n":
             raise Malformed("chunk not followed by CRLF")
         body += data[:-2]
+        if pace_s:
+            await asyncio.sleep(pace_s)
     trailer_lines = []
     while True:
         line = await reader.readuntil(b"\r\n")
@@ -242,8 +245,11 @@ async def _read_chunked(
     return _parse_fields(trailer_lines), ext_seen
 
 
-async def read_request(reader: asyncio.StreamReader, conn_id: int) -> RecordedRequest | None:
-    """The next request on a connection, or ``None`` at a clean end of the stream."""
+async def read_request(
+    reader: asyncio.StreamReader, conn_id: int, on_head: Callable[[], None] | None = None
+) -> RecordedRequest | None:
+    """The next request on a connection, or ``None`` at a clean end of the stream.
+    ``on_head`` is called once the head is in and the body (if any) is still to come."""
     try:
         head = await _read_head(reader)
     except asyncio.IncompleteReadError as exc:
@@ -256,6 +262,8 @@ async def read_request(reader: asyncio.StreamReader, conn_id: int) -> RecordedRe
         raise Malformed(f"bad request line {lines[0][:80]!r}")
     headers = _parse_fields(lines[1:])
     length, chunked = _framing_of(headers)
+    if on_head is not None:
+        on_head()
     raw = bytearray(head)
     trailers: list[Header] = []
     if chunked:
@@ -293,6 +301,9 @@ class RawUpstream:
         self.requests: list[RecordedRequest] = []
         self.errors: list[str] = []
         self.connections = 0
+        # Connections whose current request has its head in but not all of its body: a request
+        # half-sent by whoever is on the other side.
+        self.mid_request = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -334,12 +345,21 @@ class RawUpstream:
         self._writers.add(writer)
         self.connections += 1
         conn_id = self.connections
+        in_body = False
+
+        def head_in() -> None:
+            nonlocal in_body
+            in_body = True
+            self.mid_request += 1
+
         try:
             while True:
                 async with asyncio.timeout(self.idle_s):
-                    request = await read_request(reader, conn_id)
+                    request = await read_request(reader, conn_id, head_in)
                 if request is None:
                     break
+                in_body = False
+                self.mid_request -= 1
                 self.requests.append(request)
                 reply = self.respond(request)
                 if reply.drop:
@@ -356,6 +376,8 @@ class RawUpstream:
         except asyncio.CancelledError:
             pass  # close() ends a handler still sleeping in a drip; nobody awaits it
         finally:
+            if in_body:
+                self.mid_request -= 1
             self._writers.discard(writer)
             self._tasks.discard(task)
             writer.close()
@@ -451,6 +473,9 @@ class RawClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        # A slow reader: bodies are read in pieces with this pause between them, so the
+        # server's writes back up (its flow control is under test).
+        self.pace_s = 0.0
 
     @classmethod
     async def connect(cls, port: int, limit_s: float = 5.0) -> RawClient:
@@ -470,6 +495,17 @@ class RawClient:
         with contextlib.suppress(OSError, TimeoutError):
             async with asyncio.timeout(2):
                 await self.writer.wait_closed()
+
+    async def _read_exactly(self, n: int, into: bytearray) -> None:
+        """``n`` bytes into ``into``: in pieces with pauses for a slow reader."""
+        if not self.pace_s:
+            into += await self.reader.readexactly(n)
+            return
+        while n:
+            piece = await self.reader.readexactly(min(n, PIECE))
+            into += piece
+            n -= len(piece)
+            await asyncio.sleep(self.pace_s)
 
     async def read_response(self, method: str, limit_s: float = 5.0) -> Response:
         """The next response (after any 1xx heads). Raises :class:`NoResponse`,
@@ -523,13 +559,16 @@ class RawClient:
         try:
             if chunked:
                 resp.framing = "chunked"
-                resp.trailers, _ = await _read_chunked(reader, bytearray(), decoded)
+                resp.trailers, _ = await _read_chunked(reader, bytearray(), decoded, self.pace_s)
             elif length is not None:
-                decoded += await reader.readexactly(length)
+                await self._read_exactly(length, decoded)
             else:
                 resp.framing = "close"
                 resp.keep_alive = False
-                decoded += await reader.read()
+                while piece := await reader.read(PIECE):
+                    decoded += piece
+                    if self.pace_s:
+                        await asyncio.sleep(self.pace_s)
         except asyncio.IncompleteReadError as exc:
             if length is not None:
                 decoded += exc.partial
