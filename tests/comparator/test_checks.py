@@ -258,3 +258,24 @@ def test_twin_excess_interval_is_stored_under_its_own_key() -> None:
     _, intervals = evaluate(agg, [], ctx)
     # the share and the excess are two statistics: each keeps its own running interval
     assert intervals["top1_disagreement.excess"][1] < intervals["top1_disagreement"][0]
+
+
+def test_js_tail_counts_only_pairs_with_probability_vectors_on_both_sides() -> None:
+    """Label-only pairs have no JS distance: they are not in js_tail's denominator."""
+    agg = Aggregate()
+    agg.add(keys.CLS_N, 100_000)  # 90 000 of them label-only
+    agg.add(keys.CLS_AGREE, 99_000)
+    agg.add_moments(keys.JS, Moments(10_000, 0.05, 10_000 * 0.01))
+    agg.add(keys.JS_TAIL, 800)  # 8% of the pairs with vectors (0.8% of all pairs)
+    r = _run(agg, "classification")["js_tail"]
+    assert r.status is Status.FAIL and r.n == 10_000
+    assert r.estimate == pytest.approx(0.08)
+
+
+def test_no_output_read_is_a_coverage_fail_never_a_pass() -> None:
+    agg = Aggregate()
+    _paired(agg, keys.INVALID, 0, 0, 0, 50_000)  # both sides answered, nothing readable
+    results = _run(agg, None)
+    assert results["coverage"].status is Status.FAIL
+    assert results["coverage"].reason.startswith("outputs compared 0.0000 [")
+    assert results["top1_disagreement"].status is Status.NA  # no task: the divergence checks
