@@ -199,6 +199,8 @@ def comparator_outage(
             metric_dropped_spool_full=proxy.metric(
                 "shadowtee_proxy_pairs_dropped_total", reason="spool_full"
             ),
+            accounting=proxy.status()["accounting"],
+            metric_unaccounted=proxy.metrics().get(("shadowtee_proxy_pairs_unaccounted", ())),
         )
         result.extra["missing"] = len(set(result.rids) - set(ids))
         return result

@@ -31,6 +31,7 @@ def test_every_pair_is_delivered_once_after_the_outage(tmp_path: Path) -> None:
     assert x["pairs"]["replayed"] + x["pairs"]["delivered"] == result.ok
     assert sum(x["pairs"]["dropped"].values()) == 0
     assert x["max_spool_bytes_seen"] <= x["max_spool_bytes"]
+    _balanced(x, result.ok)
 
 
 @pytest.mark.slow
@@ -49,3 +50,13 @@ def test_past_the_spool_bound_drops_are_counted_never_silent(tmp_path: Path) -> 
     # Every pair is accounted for: delivered, or dropped under a named reason.
     assert x["delivered"] + sum(dropped.values()) == result.ok
     assert x["missing"] == sum(dropped.values())
+    _balanced(x, result.ok)
+
+
+def _balanced(x: dict[str, object], teed: int) -> None:
+    """teed == delivered + dropped + in flight, exactly, on /admin/status and /metrics."""
+    acc: dict[str, object] = x["accounting"]  # type: ignore[assignment]
+    assert acc["unaccounted"] == 0 and x["metric_unaccounted"] == 0, acc
+    assert acc["teed"] == teed and acc["inherited"] == 0, acc
+    assert acc["in_flight"] == {"buffer": 0, "queue": 0, "shipping": 0, "spool": 0}, acc
+    assert acc["delivered"] + acc["dropped"] == teed, acc  # type: ignore[operator]
