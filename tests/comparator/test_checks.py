@@ -279,3 +279,12 @@ def test_no_output_read_is_a_coverage_fail_never_a_pass() -> None:
     assert results["coverage"].status is Status.FAIL
     assert results["coverage"].reason.startswith("outputs compared 0.0000 [")
     assert results["top1_disagreement"].status is Status.NA  # no task: the divergence checks
+
+
+def test_an_interval_that_stops_overlapping_is_reported_not_silently_kept() -> None:
+    agg = Aggregate()
+    _paired(agg, keys.ERROR, 99_000, 100, 100, 0)  # Δ 0 now …
+    r = _run(agg, None, prior={"error_delta": [0.004, 0.006]})["error_delta"]  # … 0.5% before
+    assert (r.lower, r.upper) == (0.004, 0.006) and r.status is Status.FAIL
+    assert "DEFECT: this look's interval [" in r.reason
+    assert "does not overlap the stored [0.004, 0.006]: the data changed" in r.reason
