@@ -300,13 +300,13 @@ async def test_with_workers_a_batch_is_not_validated_while_another_is_being_writ
 
     app = create_app(ComparatorSettings(db=db_url, workers=2), CollectorRegistry())
     writing_when_validated: list[int] = []
-    validate = comparator.ingest.validate_json_body
+    validate = comparator.ingest.screen_body
 
-    def spy(body: bytes) -> Any:
+    def spy(body: bytes, content_type: str) -> Any:
         writing_when_validated.append(app[STORE]._writing)
-        return validate(body)
+        return validate(body, content_type)
 
-    monkeypatch.setattr(comparator.ingest, "validate_json_body", spy)
+    monkeypatch.setattr(comparator.ingest, "screen_body", spy)
     batches = [[make_pair(20 * k + i, exp) for i in range(20)] for k in range(6)]
     async with running(app) as base, aiohttp.ClientSession(base_url=base) as http:
         answers = await asyncio.gather(*(post(http, b) for b in batches))
