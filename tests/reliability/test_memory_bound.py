@@ -8,6 +8,7 @@ memory than before them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -177,3 +178,48 @@ def test_four_concurrent_60_mib_uploads_hold_a_bounded_amount(
     assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(b"%d" % size) for a in answers)
     # Streamed, not held: was ~190 MiB per upload (the body, its join, the encoded request).
     assert peak - before < 48, (before, peak)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_half_sent_heads_past_max_connections_hold_a_bounded_amount(
+    lt: LoopThread, start_proxy: Callable[..., ProxyProcess]
+) -> None:
+    limit, clients = 100, 150
+    prod = lt.serve(_blob_production())
+    proxy = start_proxy(
+        prod=prod,
+        candidate="http://127.0.0.1:9",
+        comparator=None,
+        env={"SHADOWTEE_PROXY__MAX_CONNECTIONS": str(limit)},
+    )
+    before = proxy.rss_bytes() / 2**20
+    host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+    pad = b"X-Pad: " + b"p" * 8000 + b"\r\n"
+    socks = [socket.create_connection((host, int(port)), timeout=30) for _ in range(clients)]
+    try:
+        refused = 0
+        for sock in socks:
+            # 56 KiB of a head that never ends: under the 64 KiB limit (a refused one may reset)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(b"GET /blob HTTP/1.1\r\n" + pad * 7)
+        held = _settled_rss(proxy)
+        peak = _peak_rss_mib(proxy.pid)
+        waiting = 0  # the connections being served: still waiting for the rest of a head
+        for sock in socks:
+            sock.settimeout(0.2)
+            try:
+                # A refused one got its 503 at once, then its close (a reset, when its head arrived
+                # after the close).
+                refused += sock.recv(64).startswith(b"HTTP/1.1 503 ")
+            except TimeoutError:
+                waiting += 1
+            except ConnectionResetError:
+                refused += 1
+    finally:
+        for sock in socks:
+            sock.close()
+    print(f"\n{clients} half-sent heads of 56 KiB, max_connections {limit}: RSS {before:.0f} -> "
+          f"{held:.0f} MiB, peak {peak:.0f} MiB; {refused} refused")  # fmt: skip
+    assert (waiting, refused) == (limit, clients - limit)
+    assert peak - before < 32, (before, peak)  # 100 x 56 KiB of heads, and no more connections
