@@ -313,7 +313,8 @@ class Shipper:
 
     def _respool_smaller(self, batch: SpooledBatch, payload: bytes) -> bool:
         """Write a spooled batch the comparator found too large back as two halves (one pair:
-        with its bodies reduced to their sizes); ``False`` when that cannot help."""
+        with its bodies reduced to their sizes), at the end of the spool; ``False`` when that
+        cannot help. A half the spool cannot take is counted as dropped with the reason."""
         try:
             items: list[Any] = json.loads(payload)["pairs"]
         except (ValueError, KeyError, TypeError):
@@ -326,16 +327,14 @@ class Shipper:
             if reduced == items[0]:
                 return False
             parts = [[reduced]]
-        written = []
+        self._strikes.pop(batch, None)
+        self.spool.remove(batch)  # its pairs are spooled again just below, or counted dropped
         for part in parts:
             data = json.dumps({"pairs": part}, separators=(",", ":")).encode()
-            if self.spool.append(data, len(part)) != "ok":
-                break
-            written.append(part)
-        if len(written) != len(parts):
-            return False  # the halves written are replayed, and so is the whole: idempotent
-        self._strikes.pop(batch, None)
-        self.spool.remove(batch)
+            result = self.spool.append(data, len(part))
+            if result != "ok":
+                reason = "spool_full" if result == "full" else "spool_write_error"
+                self._stats.dropped[reason] += len(part)
         return True
 
     def _set_aside(self, batch: SpooledBatch, reason: str) -> None:

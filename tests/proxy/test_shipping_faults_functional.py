@@ -156,6 +156,30 @@ async def test_a_pair_alone_over_the_limit_travels_with_its_bodies_reduced(tmp_p
     assert sorted(comp.ids) == ["r0000", "r0001", "r0002"]
 
 
+async def test_a_spooled_batch_too_large_for_the_comparator_is_spooled_again_in_halves(
+    tmp_path: Path,
+) -> None:
+    """Spooled while the comparator was away, then found over its limit: split, never dropped;
+    a lone pair over it is spooled again with its bodies reduced to their sizes."""
+    comp = Comparator(limit=MIN_BATCH_BYTES + 4096, announce=False)
+    port = free_port()
+    async with shipper(f"http://127.0.0.1:{port}", tmp_path, batch_size=8) as s:
+        for i in range(8):
+            s.enqueue(pair(i, 3_000 if i != 5 else 40_000))
+        await s.ship_pending(retries=0)
+        assert (len(s.spool), s.spool.pairs) == (1, 8)
+        async with serve_app(comp.app(), port=port):
+            for _ in range(10):  # bounded: each pass splits what is too large once more
+                await s.ship_pending(retries=0)
+                if not len(s.spool):
+                    break
+        acc = balanced(s)
+    assert acc["dropped"] == 0 and s._stats.pairs_replayed == 8
+    assert sorted(comp.ids) == [f"r{i:04d}" for i in range(8)]
+    big = {p.request_id: p for p in comp.taken}["r0005"]
+    assert big.prod.body is None and big.prod.body_bytes is not None
+
+
 async def test_a_batch_refused_for_good_is_set_aside_and_the_next_go_on(tmp_path: Path) -> None:
     comp = Comparator(verdict=lambda ids: 400 if "bad" in ids else 200)
     async with serve_app(comp.app()) as url, shipper(url, tmp_path, batch_size=5) as s:
