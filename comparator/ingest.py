@@ -111,13 +111,14 @@ def parse_body(body: bytes, content_type: str) -> list[Any]:
         doc = json.loads(body)
     except ValueError as exc:
         raise UnparseableBody(f"body is not JSON: {exc}") from None
+    # Not a batch at all: 400, like a body that is not JSON (DESIGN §4).
     if not isinstance(doc, dict) or "pairs" not in doc:
-        raise InvalidPair('pairs: expected an object {"pairs": [...]}')
+        raise UnparseableBody('pairs: expected an object {"pairs": [...]}')
     if not isinstance(doc["pairs"], list):
-        raise InvalidPair("pairs: expected a list")
+        raise UnparseableBody("pairs: expected a list")
     extra = sorted(set(doc) - {"pairs"})
     if extra:
-        raise InvalidPair(f"{extra[0]}: unexpected key (only 'pairs' is allowed)")
+        raise UnparseableBody(f"{extra[0]}: unexpected key (only 'pairs' is allowed)")
     return doc["pairs"]
 
 
