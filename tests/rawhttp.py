@@ -417,8 +417,10 @@ def encode_request(
     chunked: bool = False,
     chunk_size: int = 8192,
     version: bytes = b"HTTP/1.1",
+    trailers: tuple[Header, ...] = (),
 ) -> bytes:
-    """A request as bytes, with ``Content-Length`` (when there is a body) or chunked framing."""
+    """A request as bytes, with ``Content-Length`` (when there is a body) or chunked framing
+    (with ``trailers`` after the last chunk)."""
     parts = [method.encode("ascii"), b" ", target, b" ", version, b"\r\nHost: ", host, b"\r\n"]
     for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
@@ -427,7 +429,9 @@ def encode_request(
         for i in range(0, len(body), chunk_size):
             piece = body[i : i + chunk_size]
             parts.append(b"%x\r\n%s\r\n" % (len(piece), piece))
-        parts.append(b"0\r\n\r\n")
+        parts.append(b"0\r\n")
+        parts += [name + b": " + value + b"\r\n" for name, value in trailers]
+        parts.append(b"\r\n")
     else:
         if body or method in ("POST", "PUT", "PATCH"):
             parts.append(b"Content-Length: %d\r\n" % len(body))
@@ -484,7 +488,13 @@ class RawClient:
         return cls(reader, writer)
 
     async def send(self, data: bytes) -> None:
-        self.writer.write(data)
+        """Write ``data``; ``ConnectionResetError`` once the server has closed the connection."""
+        if self.writer.transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        try:
+            self.writer.write(data)
+        except RuntimeError as exc:  # uvloop: a write on a transport closed meanwhile
+            raise ConnectionResetError(str(exc)) from exc
         await self.writer.drain()
 
     def abort(self) -> None:
