@@ -6,9 +6,14 @@ today's, so a bound only ever tightens and a PASS or FAIL never flips back; the 
 returned for the caller to store. Statuses follow VERDICT.md:
 
 * bad-if-high θ with margin δ: FAIL if lower > δ, PASS if upper ≤ δ, else INCONCLUSIVE;
+* bad-if-low (coverage): PASS if lower ≥ δ, FAIL if upper < δ;
 * two-sided: PASS if the CS ⊂ [−δ, δ], FAIL if disjoint from it;
-* point-estimate bands (PSI, memory): PASS / WARN / FAIL;
-* NODATA below the minimum counts, NA when the check does not apply (other task, no memory limit).
+* two statistics at α/2 each (latency: ratio and difference; a share with a production twin: the
+  share and its paired excess over the twin; memory_steady: ratio and difference): PASS if either
+  is within its margin, FAIL only if both are beyond;
+* point-estimate band (class_psi): PASS / WARN / FAIL;
+* NODATA below the minimum counts, NA when the check does not apply (other task, no memory limit,
+  no scrape target).
 
 The PASS and FAIL conditions of every rule exclude each other and read only the running
 intersection, so a decided status never returns (``tests/comparator/test_monotone.py``). When
