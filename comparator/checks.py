@@ -8,9 +8,10 @@ returned for the caller to store. Statuses follow VERDICT.md:
 * bad-if-high θ with margin δ: FAIL if lower > δ, PASS if upper ≤ δ, else INCONCLUSIVE;
 * bad-if-low (coverage): PASS if lower ≥ δ, FAIL if upper < δ;
 * two-sided: PASS if the CS ⊂ [−δ, δ], FAIL if disjoint from it;
-* two statistics at α/2 each (latency: ratio and difference; a share with a production twin: the
-  share and its paired excess over the twin; memory_steady: ratio and difference): PASS if either
-  is within its margin, FAIL only if both are beyond;
+* two statistics, PASS if either is within its margin, FAIL only if both are beyond: latency and
+  memory_steady (ratio and difference, from the same per-side bands at α/2 a side); a share or
+  rank_rbo with a production twin (the check's statistic and its paired excess over the twin, α/2
+  each);
 * point-estimate band (class_psi): PASS / WARN / FAIL;
 * NODATA below the minimum counts, NA when the check does not apply (other task, no memory limit,
   no scrape target).
