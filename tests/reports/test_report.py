@@ -55,6 +55,8 @@ def test_report_json_numbers_match_a_recomputation_from_the_pairs(
     assert traffic["spool_drops"] is None
     assert traffic["spool_drops_note"] == "not reported by proxies"
     assert traffic["paired"]["error"]["cand_rate"] == pytest.approx(want["cand_error_rate"])
+    # every answer of this day is readable: all pairs with both sides ok were compared
+    assert traffic["coverage"] == {"compared": want["cls_n"], "both_ok": want["cls_n"]}
 
     cls = report["divergence"]["classification"]
     assert cls["n"] == want["cls_n"]
