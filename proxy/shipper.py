@@ -357,7 +357,8 @@ class Shipper:
 
     async def _post(self, payload: bytes, *, retries: int) -> str:
         """``"ok"``, ``"too_large"`` (413), ``"rejected"`` (refused for good: do not retry),
-        ``"failed"`` (answered 408, 429 or 5xx: retry later) or ``"unreachable"`` (no answer)."""
+        ``"failed"`` (answered 408, 429 or 5xx, or timed out: retry later) or ``"unreachable"``
+        (no connection)."""
         assert self._session is not None and self._url is not None
         failure = "failed"
         for attempt in range(retries + 1):
@@ -385,7 +386,11 @@ class Shipper:
                     self._stats.ship_failures += 1
                     failure = "failed"
                     log.warning("comparator answered %d: %s", resp.status, text[:200])
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except TimeoutError:  # reached but not done in time: maybe this batch's fault
+                self._stats.ship_failures += 1
+                failure = "failed"
+                log.warning("comparator did not answer a batch of %d bytes in time", len(payload))
+            except (aiohttp.ClientError, OSError) as exc:
                 self._stats.ship_failures += 1
                 failure = "unreachable"
                 log.warning("comparator unreachable: %s", exc or type(exc).__name__)
