@@ -22,7 +22,10 @@ goes away is routine: writes become no-ops and the handler sees :attr:`Connectio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -42,6 +45,8 @@ log = logging.getLogger("shadowtee.proxy")
 
 PIPELINE_MAX = 8  # queued requests per connection before reading pauses
 PIPELINE_MAX_BYTES = 1024 * 1024  # queued body bytes per connection before reading pauses
+LINGER_S = 2.0  # after a refusal, how long what the client still sends is read and dropped
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 
 class Connection(RequestParsing, asyncio.Protocol):
@@ -57,6 +62,8 @@ class Connection(RequestParsing, asyncio.Protocol):
         self._queued_bytes = 0  # body bytes of the requests in the queue
         self._stop_reading = False  # a refusal is queued, or an upgrade: reading never resumes
         self._continue_due = False  # the message being read waits for a 100 Continue
+        self._lingering = False  # refused and closing: what the client still sends is dropped
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.closed = False
         self._msg = Message()
@@ -91,7 +98,7 @@ class Connection(RequestParsing, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._server.connections.discard(self)
-        for timer in (self._idle_timer, self._body_timer):
+        for timer in (self._idle_timer, self._body_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
         self._release(self._queued_bytes + self._msg.body_size)
@@ -117,6 +124,11 @@ class Connection(RequestParsing, asyncio.Protocol):
             self.flow.resume_writing()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # answered and closing: drop what the client still sends (bounded)
+            self._discard_left -= len(data)
+            if self._discard_left <= 0:
+                self.abort()
+            return
         if self.closed:
             return
         if self._body_due is None:  # a head is (or may be) on its way
@@ -140,8 +152,16 @@ class Connection(RequestParsing, asyncio.Protocol):
                 self._refuse(Refusal(400, f"bad request: {exc}"))
 
     def eof_received(self) -> bool | None:
-        # The client half-closed: finish what is queued, then close.
+        if self._lingering:
+            return False  # the client has read its refusal and is done: close
         self._eof = True
+        stream = self._msg.stream
+        if stream is not None:
+            # A body being forwarded will never be whole: production's connection is closed at
+            # once (by the handler, whose body read fails), not left with half a request.
+            self._release(stream.fail(ConnectionResetError("the client closed mid-body")))
+            return False
+        # The client half-closed: finish what is queued, then close.
         return self._task is not None
 
     # --- dispatch -----------------------------------------------------------------------------
@@ -168,7 +188,7 @@ class Connection(RequestParsing, asyncio.Protocol):
                 item = queue.popleft()
                 if isinstance(item, Refusal):
                     self.write(item.response())
-                    self.close()
+                    self._close_lingering()
                     return
                 size = len(item.body)
                 self._queued_bytes -= size
@@ -225,7 +245,7 @@ class Connection(RequestParsing, asyncio.Protocol):
             self._update_reading()
             return
         self.write(refusal.response())
-        self.close()
+        self._close_lingering()
 
     def _refuse_body(self, refusal: Refusal) -> None:
         """Refuse a request whose body is on its way: answer now, then read and drop what the
@@ -333,7 +353,32 @@ class Connection(RequestParsing, asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
-        """Cut the connection at once (production broke off after the head was sent)."""
+        """Cut the connection at once with a reset (production broke off after the head was
+        sent): a clean close would pass a close-delimited body off as complete."""
         self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
+        transport = self.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            transport.abort()
+
+    def _close_lingering(self) -> None:
+        """After a refusal: close the sending side, read and drop what the client still sends
+        (up to DISCARD_MAX bytes, LINGER_S seconds), then close (RFC 9112 §9.6). Closing with
+        its body unread would reset the connection and could throw the refusal away."""
+        self.closed = True
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._lingering = True
+        self._discard_left = DISCARD_MAX
+        self._stop_reading = False
+        if self.flow is not None:
+            self.flow.resume_reading()
+        self._linger_timer = self._loop.call_later(LINGER_S, self.abort)

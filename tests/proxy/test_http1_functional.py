@@ -238,3 +238,25 @@ async def test_past_max_buffered_bytes_a_body_is_503_and_the_bytes_are_given_bac
         w1.close()
         w3.close()
     assert status.startswith(b"HTTP/1.1 503")
+
+
+async def test_a_refusal_is_not_lost_while_the_refused_body_is_still_arriving(
+    tmp_path: Path,
+) -> None:
+    app = prod_app()
+    body = b"x" * 300_000
+    async with _proxied(app, tmp_path) as proxy:
+        reader, writer = await _connect(proxy.url)
+        writer.write(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: %d\r\n\r\n"
+            % len(body)
+            + body
+        )
+        # The client is still sending when the proxy answers; it reads only afterwards. The
+        # proxy closes its side, drops what is still coming, then closes: no reset eats the 417.
+        await writer.drain()
+        status, _, _ = await _read_response(reader)
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+    assert status.startswith(b"HTTP/1.1 417")
+    assert app[SEEN] == []

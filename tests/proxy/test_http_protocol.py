@@ -20,7 +20,7 @@ from proxy.http.client import ClientConnection, ConnectionState, ResponseHead
 from proxy.http.listener import Server
 from proxy.http.message import Limits, Request
 from proxy.http.production import HIGH_WATER
-from proxy.http.server import PIPELINE_MAX, Connection
+from proxy.http.server import LINGER_S, PIPELINE_MAX, Connection
 
 
 class FakeTransport(asyncio.Transport):
@@ -31,9 +31,16 @@ class FakeTransport(asyncio.Transport):
         self.reading = True
         self.pauses = 0
         self.closing = False
+        self.eof_written = False
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_written = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        assert not self.closing, "write after close"
+        assert not self.closing and not self.eof_written, "write after close"
         self.written += data
 
     def pause_reading(self) -> None:
@@ -207,8 +214,13 @@ async def test_the_body_clock_answers_408_to_a_body_that_stalls() -> None:
     conn.connection_made(transport)
     conn.data_received(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
     clock.advance(LIMITS.body_timeout_s + 0.1)
-    assert transport.take().startswith(b"HTTP/1.1 408 ") and transport.closing
-    assert timeouts == [1]
+    assert transport.take().startswith(b"HTTP/1.1 408 ") and timeouts == [1]
+    # Then a lingering close: the answer and a FIN, what the client still sends read and
+    # dropped for a while, then the connection closed.
+    assert transport.eof_written and not transport.closing
+    conn.data_received(b"defg")
+    clock.advance(LINGER_S + 0.1)
+    assert transport.closing
     await settle()
     assert server.buffered == 0  # the three bytes it held were given back
 
