@@ -187,7 +187,7 @@ async def _store_batch(request: web.Request) -> web.Response:
     metrics.pairs_received.inc(result.received)
     metrics.pairs_inserted.inc(result.inserted)
     metrics.pairs_duplicate.inc(result.duplicates)
-    for refused in result.quarantined:
+    for refused in result.quarantined + result.repaired:
         metrics.quarantined[refused.reason].inc()
     # Each refused pair by its index in the batch and its reason; the rest are stored.
     return web.json_response(
@@ -196,6 +196,7 @@ async def _store_batch(request: web.Request) -> web.Response:
             "inserted": result.inserted,
             "duplicates": result.duplicates,
             "quarantined": len(result.quarantined),
+            "repaired": len(result.repaired),
             "refused": [
                 {"index": r.index, "reason": r.reason, "detail": r.detail}
                 for r in result.quarantined

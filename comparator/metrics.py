@@ -13,7 +13,7 @@ __all__ = ["QUARANTINE_REASONS", "REJECT_REASONS", "ComparatorMetrics"]
 
 REJECT_REASONS = ("unauthorized", "too_large", "unparseable", "invalid", "unsupported", "store")
 # comparator.ingest.QUARANTINE_REASONS, kept here so the metrics import nothing of ingest.
-QUARANTINE_REASONS = ("invalid", "unstorable_text", "too_old", "future")
+QUARANTINE_REASONS = ("invalid", "unstorable_text", "too_old", "future", "repaired")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ writer would have stored.
 The window: a pair dated more than ``max_backdate`` before the experiment's first pair as stored
 (the first batch of an experiment sets it) or more than ``max_ahead`` after
 the comparator's clock is refused into the quarantine (reasons ``too_old``, ``future``) with the
-pairs the caller refused (comparator.ingest.Refused), in the same transaction. So no pair can move
+pairs the caller refused (comparator.ingest.Refused), in the same transaction; so are the new pairs
+a proxy had to repair (``Pair.repaired``), reason ``repaired``, though those are stored too. So no pair can move
 an experiment's start back by more than ``max_backdate`` (2 h: far less than the 24 h a verdict
 waits for) or stand for traffic not seen yet. Checked in :meth:`Ingest.prepare` against what this
 store last saw of the experiment, and again under the lock against its stored start.
@@ -157,6 +158,8 @@ class IngestResult:
     duplicates: int
     experiments: tuple[str, ...] = ()
     quarantined: tuple[Refused, ...] = ()
+    # New pairs stored that the proxy had to repair (Pair.repaired): also listed in the quarantine.
+    repaired: tuple[Refused, ...] = ()
 
 
 def insert_for(dialect: str, table: Any) -> Any:
@@ -452,6 +455,7 @@ class Ingest:
 
         inserted = 0
         refused = list(prepared.refused)
+        repaired: list[Refused] = []
         exps = await self._lock_experiments(conn, prepared.parts) if prepared.parts else {}
         for part in prepared.parts:
             exp = exps[part.name]
@@ -494,6 +498,18 @@ class Ingest:
                     )
                 await self.merge_hours(conn, exp.id, hours)
             inserted += len(new_pairs)
+            repaired += [
+                Refused(
+                    prepared.index.get(id(p), -1),
+                    "repaired",
+                    "stored; repaired by the proxy: " + ", ".join(p.repaired),
+                    p.model_dump(mode="json"),
+                    p.experiment,
+                    p.request_id,
+                )
+                for p in new_pairs
+                if p.repaired
+            ]
             task = exp.task or (metrics.task if metrics.task in KNOWN_TASKS else None)
             last = new_pairs[int(np.argmax(times))].ts if new_pairs else None
             await self._update_experiment(
@@ -507,12 +523,14 @@ class Ingest:
                 cand_version=exp.cand_version or part.first.candidate.model_version,
             )
             self._seen[part.name] = (exp.id, task, started)
-        if refused:
-            await self._quarantine(conn, refused)
+        if refused or repaired:
+            await self._quarantine(conn, refused + repaired)
         names = tuple(part.name for part in prepared.parts)
         refused.sort(key=lambda r: r.index)
         duplicates = prepared.received - inserted - len(refused)
-        return IngestResult(prepared.received, inserted, duplicates, names, tuple(refused))
+        return IngestResult(
+            prepared.received, inserted, duplicates, names, tuple(refused), tuple(repaired)
+        )
 
     async def _quarantine(self, conn: AsyncConnection, refused: Sequence[Refused]) -> None:
         """Keep the refused pairs with their reasons (see comparator.models.QuarantineRow)."""

@@ -104,6 +104,13 @@ class Pair(_Strict):
     candidate: SideResult
     # Optional production twin on a hash slice of traffic: the noise floor (VERDICT.md).
     twin: SideResult | None = None
+    # Fields the proxy had to repair to make the pair storable (a NUL or a lone surrogate
+    # replaced by U+FFFD, a status outside 100-599 recorded as a protocol error, a JSON body
+    # holding a NUL sent as its size): the pair is stored, and listed in the quarantine.
+    repaired: (
+        Annotated[list[Annotated[str, Field(pattern=r"^[a-z_.]{1,40}$")]], Field(max_length=16)]
+        | None
+    ) = None
 
     @field_validator("ts")
     @classmethod

@@ -93,6 +93,34 @@ def _timestamp(ts: float) -> bytes:
     return b"%s.%03dZ" % (text, micros // 1000)
 
 
+def _needs_repair(value: str | None) -> bool:
+    """Whether :func:`_text` changes ``value`` (a NUL or a lone surrogate in it)."""
+    if value is None or (value.isascii() and "\x00" not in value):
+        return False
+    if "\x00" in value:
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _repairs(pair: CompletedPair) -> list[str]:
+    """The fields of ``pair`` the encoding repairs, named as in the wire pair (DESIGN §5)."""
+    out = [name for name in ("request_id", "route") if _needs_repair(getattr(pair, name))]
+    for name, side in (("prod", pair.prod), ("candidate", pair.candidate)):
+        if side.status is not None and not 100 <= side.status <= 599:
+            out.append(f"{name}.status")
+        if _needs_repair(side.model_version):
+            out.append(f"{name}.model_version")
+        if _needs_repair(side.error):
+            out.append(f"{name}.error")
+        if side.body is not None and b"\\u0000" in side.body:
+            out.append(f"{name}.body")
+    return out
+
+
 def _side(
     side: Side, body: bytes | None, body_bytes: int | None, binary: bytes | None = None
 ) -> bytes:
@@ -158,9 +186,18 @@ def encode_pair(pair: CompletedPair, *, experiment: str, max_body_bytes: int) ->
             ),
             b',"candidate":',
             _side(pair.candidate, *cand_checked, _binary(cand, cand_checked[0], max_body_bytes)),
+            _repaired(pair),
             b"}",
         )
     )
+
+
+def _repaired(pair: CompletedPair) -> bytes:
+    """``,"repaired":[...]`` when the encoding had to repair a field of ``pair``, else nothing."""
+    fields = _repairs(pair)
+    if not fields:
+        return b""
+    return b',"repaired":[' + b",".join(b'"%s"' % f.encode() for f in fields) + b"]"
 
 
 def join_batch(items: list[bytes]) -> bytes:

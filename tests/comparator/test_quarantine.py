@@ -202,3 +202,18 @@ def test_the_clean_fast_path_and_the_item_path_agree() -> None:
         (2, "invalid", "req-000002")
     ]
     assert T0.tzinfo is UTC
+
+
+async def test_a_pair_the_proxy_repaired_is_stored_and_listed_once(api: Any, exp: str) -> None:
+    http, store = api
+    batch = [make_pair(i, exp) for i in range(3)]
+    batch[1]["route"] = "/v2/models/a\ufffdb/infer"
+    batch[1]["repaired"] = ["route"]
+    for _ in range(2):  # a retried batch lists it once
+        status, out = await post_raw(http, json.dumps({"pairs": batch}).encode())
+        assert status == 200 and out["refused"] == []
+    assert (out["inserted"], out["duplicates"]) == (0, 3)
+    assert await store.count_pairs(exp) == 3
+    assert await quarantined(store, exp) == [("req-000001", "repaired")]
+    async with http.get(f"/v1/experiments/{exp}/summary") as r:
+        assert (await r.json())["quarantine"]["by_reason"] == {"repaired": 1}

@@ -206,7 +206,8 @@ async def test_answers_of_20_to_120_kb_deliver_every_pair(
 async def test_poisoned_requests_lose_no_other_pair(db_url: str, exp: str, tmp_path: Path) -> None:
     """A NUL route, a ``%ff`` path, a status of 999 and a NUL model version from either side: the
     proxy records each in a form every store accepts (U+FFFD for the text, a protocol error for
-    the status), so every pair is stored and none is lost."""
+    the status), so every pair is stored and none is lost; each repaired pair is also listed in
+    the comparator's quarantine (reason ``repaired``)."""
     odd = [
         "/v2/models/a%00b/infer",
         "/v2/models/%ff/infer",
@@ -243,8 +244,22 @@ async def test_poisoned_requests_lose_no_other_pair(db_url: str, exp: str, tmp_p
     assert by_path["/v2/models/nulversion-prod/infer"][2] == "error"  # unreadable: a 502
     assert by_path[INFER][2:] == ("ok", "ok")
     async with comparator(db_url) as (_, store2), store2.engine.connect() as conn:
-        q = select(QUARANTINE.c.id).where(QUARANTINE.c.experiment == exp)
-        assert (await conn.execute(q)).all() == []  # nothing needed refusing
+        q = select(QUARANTINE.c.request_id, QUARANTINE.c.reason, QUARANTINE.c.detail).where(
+            QUARANTINE.c.experiment == exp
+        )
+        kept = {r[0].split("~")[0]: (r[1], r[2]) for r in (await conn.execute(q)).all()}
+    # Each repaired pair is listed in the quarantine (and stored); a NUL in a model's
+    # X-Model-Version makes its whole answer malformed HTTP: that side's protocol error.
+    assert kept == {
+        ids[paths.index(p)]: ("repaired", f"stored; repaired by the proxy: {field}")
+        for p, field in (
+            ("/v2/models/a%00b/infer", "route"),
+            ("/v2/models/%ff/infer", "route"),
+            ("/v2/models/status999-prod/infer", "prod.status"),
+            ("/v2/models/status999-cand/infer", "candidate.status"),
+        )
+    }
+    assert by_path["/v2/models/nulversion-cand/infer"][2:] == ("ok", "error")
 
 
 async def test_a_stray_spool_file_is_moved_aside_and_shipping_goes_on(

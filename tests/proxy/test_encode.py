@@ -102,6 +102,7 @@ def test_what_the_proxy_saw_is_recorded_in_a_form_every_store_accepts() -> None:
     assert doc.route == "/v2/models/a\ufffdb/infer" and doc.prod.model_version == "1\ufffd"
     assert doc.candidate.outcome is Outcome.ERROR and doc.candidate.status is None
     assert doc.candidate.error == "protocol error: status 999"
+    assert doc.repaired == ["route", "prod.model_version", "candidate.status"]
 
 
 def test_a_percent_ff_path_and_a_status_from_either_side_are_recorded() -> None:
@@ -117,3 +118,11 @@ def test_a_json_body_holding_a_nul_travels_as_its_size() -> None:
     body = b'{"text":"a\\u0000b"}'
     doc = _clean(encode_pair(_pair(body, None), experiment="e", max_body_bytes=1000))
     assert doc.prod.body is None and doc.prod.body_bytes == len(body)
+    assert doc.repaired == ["prod.body"]
+
+
+def test_a_clean_pair_lists_no_repair() -> None:
+    assert (
+        _clean(encode_pair(_pair(b"{}", b"{}"), experiment="e", max_body_bytes=100)).repaired
+        is None
+    )
