@@ -217,3 +217,38 @@ async def test_a_pair_the_proxy_repaired_is_stored_and_listed_once(api: Any, exp
     assert await quarantined(store, exp) == [("req-000001", "repaired")]
     async with http.get(f"/v1/experiments/{exp}/summary") as r:
         assert (await r.json())["quarantine"]["by_reason"] == {"repaired": 1}
+
+
+async def test_under_the_lock_a_pair_far_before_another_writers_start_is_quarantined(
+    db_url: str, exp: str
+) -> None:
+    """Two stores on one database (two comparator processes): the second has never seen the
+    experiment, so only the locked row tells it where the experiment starts."""
+    from comparator.aggregates import keys
+    from comparator.wire import Pair
+
+    first, second = await Store.open(db_url), await Store.open(db_url)
+    try:
+        start = T0 + timedelta(hours=10)
+        early = [
+            Pair.model_validate(make_pair(i, exp, ts=start + timedelta(seconds=i)))
+            for i in range(5)
+        ]
+        await first.ingest(early)
+        late = [
+            Pair.model_validate(make_pair(10, exp, ts=start - MAX_BACKDATE - timedelta(hours=1))),
+            Pair.model_validate(make_pair(11, exp, ts=start - timedelta(minutes=30))),
+            Pair.model_validate(make_pair(12, exp, ts=start + timedelta(minutes=5))),
+        ]
+        result = await second.ingest(late)
+        assert [(r.index, r.reason) for r in result.quarantined] == [(0, "too_old")]
+        assert (result.inserted, result.duplicates) == (2, 0)
+        info = await second.get_experiment(exp)
+        assert info is not None and info.n_pairs == 7
+        assert info.started_at == start - timedelta(minutes=30)
+        hours = await second.hourly_aggregates(exp)
+        assert sum(a.count(keys.PAIRS) for _, a in hours) == 7
+        assert await quarantined(second, exp) == [("req-000010", "too_old")]
+    finally:
+        await first.close()
+        await second.close()
