@@ -204,7 +204,7 @@ class QuarantineRow(Base):
 
     ``experiment`` and ``request_id`` are the pair's own names as far as they could be read (text
     made safe for every store, cut to the column), ``item`` the pair as JSON with every non-ASCII
-    character escaped (so a NUL is the six characters ``\\u0000``), cut at 64 KiB. No key to
+    character escaped (so a NUL is the six characters ``\\u0000``), cut at 16 KiB. No key to
     ``experiments``: a refused pair may name an experiment that was never stored.
     """
 

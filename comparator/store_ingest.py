@@ -137,7 +137,7 @@ HOURS = cast(Table, HourlyAggregateRow.__table__)
 QUARANTINE = cast(Table, QuarantineRow.__table__)
 MAX_BACKDATE = timedelta(hours=2)
 MAX_AHEAD = timedelta(minutes=5)
-_ITEM_CHARS = 64 * 1024
+_ITEM_CHARS = 16 * 1024  # a 32 MiB batch of refused pairs stays a bounded write
 _PG_DIALECT: Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
 _PG_ARRAYS = ", ".join(
     f"${i}::{c.type.compile(dialect=_PG_DIALECT)}[]" for i, c in enumerate(PAIRS.columns, start=1)
