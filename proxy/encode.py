@@ -109,6 +109,8 @@ def _needs_repair(value: str | None) -> bool:
 def _repairs(pair: CompletedPair) -> list[str]:
     """The fields of ``pair`` the encoding repairs, named as in the wire pair (DESIGN §5)."""
     out = [name for name in ("request_id", "route") if _needs_repair(getattr(pair, name))]
+    if pair.request_body is not None and b"\\u0000" in pair.request_body:
+        out.append("request.body")
     for name, side in (("prod", pair.prod), ("candidate", pair.candidate)):
         if side.status is not None and not 100 <= side.status <= 599:
             out.append(f"{name}.status")

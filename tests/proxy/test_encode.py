@@ -121,6 +121,13 @@ def test_a_json_body_holding_a_nul_travels_as_its_size() -> None:
     assert doc.repaired == ["prod.body"]
 
 
+def test_a_request_body_holding_a_nul_travels_as_null_and_is_named() -> None:
+    doc = _clean(
+        encode_pair(_pair(b"{}", None, b'{"q":"\\u0000"}'), experiment="e", max_body_bytes=100)
+    )
+    assert doc.request.body is None and doc.repaired == ["request.body"]
+
+
 def test_a_clean_pair_lists_no_repair() -> None:
     assert (
         _clean(encode_pair(_pair(b"{}", b"{}"), experiment="e", max_body_bytes=100)).repaired
