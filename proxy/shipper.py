@@ -112,6 +112,9 @@ class Shipper:
         self._queue: deque[CompletedPair] = deque()
         self._wake = asyncio.Event()
         self._stopping = False
+        # One pass at a time: close()'s last pass waits for a pass of run() in progress, so no
+        # spooled batch is sent (and counted) by two passes at once.
+        self._pass = asyncio.Lock()
 
     @property
     def queued(self) -> int:
@@ -163,6 +166,10 @@ class Shipper:
         """Replay the spool in order, then send (or spool) everything queued."""
         if self._url is None:
             return
+        async with self._pass:
+            await self._ship_pending(retries)
+
+    async def _ship_pending(self, retries: int) -> None:
         replaying = await self._replay()
         while self._queue:
             pairs, items = await self._next_batch()

@@ -7,6 +7,7 @@ shipped + spooled (:func:`balanced`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -247,3 +248,34 @@ async def test_a_full_disk_counts_the_pairs_and_shutdown_completes(
         acc = balanced(s)
     assert acc["dropped_by_reason"] == {"spool_write_error": 10}
     assert s.spool.write_errors == 2 and len(s.spool) == 0
+
+
+async def test_shutdown_waits_for_the_pass_in_progress_and_counts_each_pair_once(
+    tmp_path: Path,
+) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+    comp = Comparator()
+    app = comp.app()
+
+    @web.middleware
+    async def slow(request: web.Request, handler: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return await handler(request)
+
+    app.middlewares.append(slow)
+    port = free_port()
+    async with shipper(f"http://127.0.0.1:{port}", tmp_path, batch_size=4) as s:
+        for i in range(4):
+            s.enqueue(pair(i))
+        await s.ship_pending(retries=0)  # the comparator is away: spooled
+        async with serve_app(app, port=port):
+            running = asyncio.create_task(s.ship_pending(retries=0))
+            await asyncio.wait_for(entered.wait(), 10)
+            closing = asyncio.create_task(s.close())
+            await asyncio.sleep(0)
+            release.set()
+            await asyncio.wait_for(asyncio.gather(running, closing), 10)
+        balanced(s)
+    assert comp.ids == [f"r{i:04d}" for i in range(4)]
+    assert s._stats.pairs_replayed == 4
