@@ -114,11 +114,9 @@ ALL_FEATURES = frozenset(
     }
 )
 # Features excluded from CI until the known bugs (the xfail tests below) are fixed:
-# "abort_large_upload" — test_a_client_hanging_up_mid_upload_frees_production_at_once;
-# "http10_chunked" — test_a_refused_request_with_a_body_on_its_way_still_gets_its_answer;
-# "http10_cut" — test_a_broken_answer_to_an_http10_client_is_not_passed_off_as_complete.
+# "abort_large_upload" — test_a_client_hanging_up_mid_upload_is_not_a_server_error;
 # "pipeline_cut" — test_a_broken_answer_does_not_destroy_earlier_pipelined_answers.
-KNOWN_BAD = frozenset({"abort_large_upload", "http10_chunked", "http10_cut", "pipeline_cut"})
+KNOWN_BAD = frozenset({"abort_large_upload", "pipeline_cut"})
 CI_FEATURES = ALL_FEATURES - KNOWN_BAD
 
 
@@ -1136,21 +1134,7 @@ def test_a_malformed_answer_is_a_502_and_the_port_keeps_serving(raw: bytes) -> N
     run(body())
 
 
-@pytest.mark.parametrize(
-    "chunked",
-    [
-        pytest.param(
-            False,
-            id="content-length",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 16: a client hanging up mid-upload (Content-Length, > 1 MiB) leaves "
-                "production's connection with a half-sent request until production's read timeout",
-            ),
-        ),
-        pytest.param(True, id="chunked"),
-    ],
-)
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_a_client_hanging_up_mid_upload_frees_production_at_once(chunked: bool) -> None:
     """A body over 1 MiB on a route that is not teed is forwarded as it arrives. When its client
     hangs up half-way, production's connection (a request half-sent on it) must be closed at
@@ -1177,11 +1161,6 @@ def test_a_client_hanging_up_mid_upload_frees_production_at_once(chunked: bool) 
 BIG = fill(b"x", 300_000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16: a request refused at its head (400/417) while its body is on its way: "
-    "the proxy closes with the body unread and the reset throws the answer away",
-)
 @pytest.mark.parametrize(
     "request_bytes",
     [
@@ -1226,11 +1205,6 @@ def test_a_refused_request_with_a_body_on_its_way_still_gets_its_answer(
     assert isinstance(status, int) and 400 <= status < 500, status
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16: production breaking off mid-body is relayed to an HTTP/1.0 client as a "
-    "close-delimited body that ends cleanly (a FIN, not a reset): the truncation is invisible",
-)
 def test_a_broken_answer_to_an_http10_client_is_not_passed_off_as_complete() -> None:
     """An unsized (chunked) answer goes to an HTTP/1.0 client delimited by the close of the
     connection. When production breaks off mid-body, only a reset (not a clean close) tells the
