@@ -105,7 +105,7 @@ class ProxySettings(BaseSettings):
     # Shipping by size: a batch stays below this many bytes (and below the limit the comparator
     # announces); a spooled batch failing while this many others go through is set aside.
     max_batch_bytes: Annotated[int, Field(ge=16 * 1024)] = 8 * 1024 * 1024
-    ship_poison_after: Annotated[int, Field(ge=1)] = 3
+    ship_poison_after: Annotated[int, Field(ge=1)] = 5
 
     # The data port's bounds on what clients make it hold (README, "Bounded memory").
     max_connections: Annotated[int, Field(ge=1)] = 4096

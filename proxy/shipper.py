@@ -79,7 +79,7 @@ class Shipper:
         max_queue: int,
         max_body_bytes: int,
         max_batch_bytes: int = 8 * 1024 * 1024,
-        poison_after: int = 3,
+        poison_after: int = 5,
     ) -> None:
         self._session = session
         self._url = comparator_url.rstrip("/") + "/v1/pairs" if comparator_url else None
@@ -279,7 +279,7 @@ class Shipper:
             if result == "unreachable":
                 return True
             if result == "failed":  # an answer: maybe this batch's fault, not the comparator's
-                if not await self._try_behind(batch):
+                if not await self._try_behind(batch, payload):
                     return True
                 continue
             if result == "too_large":
@@ -295,11 +295,13 @@ class Shipper:
                 self._set_aside(batch, "rejected")
         return False
 
-    async def _try_behind(self, head: SpooledBatch) -> bool:
-        """The head failed: try the batch behind it once. If that one goes through, the head
+    async def _try_behind(self, head: SpooledBatch, head_payload: bytes) -> bool:
+        """The head failed with an answer: try the batch behind it once and, if that one goes
+        through, the head once more. If the head fails again right after the other succeeded it
         takes a strike, and after ``poison_after`` strikes it is set aside (``poison``): a batch
-        that fails while others succeed is the batch's fault, not the comparator's. ``True`` when
-        the replay may go on."""
+        that fails while others succeed is the batch's fault, not the comparator's (a comparator
+        failing at random sets a batch aside with a probability of about 6^-poison_after at
+        even odds). ``True`` when the replay may go on."""
         batches = self.spool.batches
         if len(batches) < 2:
             return False
@@ -312,6 +314,11 @@ class Shipper:
             return False
         self.spool.remove(nxt)
         self._stats.pairs_replayed += nxt.pairs
+        if await self._post(head_payload, retries=0) == "ok":
+            self._strikes.pop(head, None)
+            self.spool.remove(head)
+            self._stats.pairs_replayed += head.pairs
+            return True
         strikes = self._strikes[head] = self._strikes.get(head, 0) + 1
         if strikes >= self._poison_after:
             log.error("spooled batch %s keeps failing while others go through", head.path.name)

@@ -279,3 +279,30 @@ async def test_shutdown_waits_for_the_pass_in_progress_and_counts_each_pair_once
         balanced(s)
     assert comp.ids == [f"r{i:04d}" for i in range(4)]
     assert s._stats.pairs_replayed == 4
+
+
+async def test_a_comparator_failing_every_third_request_sets_no_batch_aside(
+    tmp_path: Path,
+) -> None:
+    """Failures that are the comparator's, not a batch's: each head fails once, then goes
+    through on its second try right after the batch behind it, and takes no strike."""
+    calls = {"n": 0}
+
+    def every_third(ids: list[str]) -> int:
+        calls["n"] += 1
+        return 503 if calls["n"] % 3 == 1 else 200
+
+    comp = Comparator(verdict=every_third)
+    port = free_port()
+    async with shipper(f"http://127.0.0.1:{port}", tmp_path, batch_size=4, poison_after=1) as s:
+        for i in range(24):
+            s.enqueue(pair(i))
+        await s.ship_pending(retries=0)  # six batches spooled
+        async with serve_app(comp.app(), port=port):
+            for _ in range(12):
+                await s.ship_pending(retries=0)
+                if not len(s.spool):
+                    break
+        acc = balanced(s)
+    assert acc["dropped"] == 0 and s._stats.pairs_replayed == 24
+    assert sorted(comp.ids) == [f"r{i:04d}" for i in range(24)]
