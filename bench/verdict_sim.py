@@ -1,11 +1,12 @@
 """Verdict rates through the real ingest path, with more runs than the CI suite takes.
 
-    .venv/bin/python bench/verdict_sim.py [--aa-runs 25] [--runs 20]
+    .venv/bin/python bench/verdict_sim.py [--aa-runs 25] [--runs 20] [--near]
 
 Uses the generators and the loop of ``tests/comparator/test_simulations.py`` (wire-format pairs →
 ``Store.ingest`` into SQLite → a saved look every simulated hour, 100 pairs an hour, the simulation
 policy there) and prints, for A/A (per task) and for each planted regression: runs, decisions, the
-share REJECTed with the REJECT naming the check, and the median hour of the decision.
+share REJECTed with the REJECT naming the check, and the median hour of the decision. ``--near``
+plants each regression at about twice its margin instead (no A/A).
 """
 
 from __future__ import annotations
@@ -23,6 +24,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from comparator.policy import load_policy
 from comparator.verdict import Decision
 from tests.comparator import test_simulations as sim
+
+Plant = sim.Plant
+#: About twice each margin (the CI suite's plants are further out).
+NEAR = {
+    "errors +2 pp (margin 1)": (Plant(cand_error=0.02), "error_delta"),
+    "timeouts +2 pp (margin 1)": (Plant(cand_timeout=0.02), "timeout_delta"),
+    "NaN in 1% (margin 0.5 pp)": (Plant(cand_invalid=0.01), "invalid_delta"),
+    "top-1 moved in 10% (margin 5%)": (Plant(flip=0.1), "top1_disagreement"),
+    "JS > 0.1 in 10% (margin 5%)": (Plant(js=0.1), "js_tail"),
+    "shift 0.2 sd (margin 0.1)": (Plant(task="regression", bias=0.2), "reg_bias"),
+    "10% embeddings replaced (margin 5%)": (Plant(task="embedding", drift=0.1), "emb_cosine_tail"),
+    "candidate 1.3× slower (p95 margin 1.10)": (Plant(slow=1.3), "latency_p9"),
+    "RSS +35 MiB/h (limit in 168 h: ~18)": (Plant(leak_mib_h=35.0), "memory_leak"),
+    "10% not JSON (coverage 90%, margin 95%)": (Plant(unreadable=0.1), "coverage"),
+}
 
 
 async def _runs(
@@ -62,18 +78,21 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--aa-runs", type=int, default=25, help="A/A runs per task")
     ap.add_argument("--runs", type=int, default=20, help="runs per planted regression")
+    ap.add_argument("--near", action="store_true", help="regressions at about twice the margin")
     args = ap.parse_args()
     print("| experiment | runs | PROMOTE | REJECT | A/A: false REJECT; planted: REJECT naming the check "
           "| median hour (A/A: of PROMOTE) |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
-        for i, task in enumerate(("classification", "regression", "embedding", "ranking")):
+        tasks = () if args.near else ("classification", "regression", "embedding", "ranking")
+        for i, task in enumerate(tasks):
             tmp = Path(d) / f"aa{i}"
             tmp.mkdir()
             runs = await _runs(tmp, sim.Plant(task=task), None, args.aa_runs, 50_000 + 1000 * i)
             print(_row(f"A/A {task}", runs, None), flush=True)
-        for i, (name, (plant, check)) in enumerate(sim.PLANTS.items()):
+        plants = NEAR if args.near else sim.PLANTS
+        for i, (name, (plant, check)) in enumerate(plants.items()):
             tmp = Path(d) / f"p{i}"
             tmp.mkdir()
             runs = await _runs(tmp, plant, check, args.runs, 60_000 + 1000 * i)

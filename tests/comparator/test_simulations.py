@@ -192,11 +192,13 @@ async def simulate(
     seed: int,
     stop: Callable[[Decision, str], bool],
 ) -> Run:
-    """Hourly ingest and a saved look after each hour, to 48 h or until ``stop``."""
+    """Hourly ingest and a saved look after each hour, until ``stop`` or the look past the
+    maximum window (the first pair comes seconds after the hour: the 49th look is the first with
+    48 h elapsed)."""
     rng = np.random.default_rng(seed)
     start = _START
     decision, reasons = Decision.KEEP_OBSERVING, ""
-    for hour in range(48):
+    for hour in range(49):
         batch = PairBatch.model_validate({"pairs": hour_of_pairs(rng, pl, experiment, start, hour)})
         result = await store.ingest(list(batch.pairs))
         assert result.inserted == PAIRS_PER_HOUR, result
@@ -207,7 +209,7 @@ async def simulate(
         decision, reasons = v.decision, " | ".join(v.reasons)
         if stop(decision, reasons):
             return Run(decision, hour + 1, reasons)
-    return Run(decision, 48, reasons)
+    return Run(decision, 49, reasons)
 
 
 # The first pair's time is the experiment's start: whole hours in the past, so that every pair
