@@ -3,12 +3,13 @@
 ::
 
     server side   listener.Server         the listening socket, connection and byte limits
-                  server.Connection       one client connection: a queue, dispatch, clocks
-                  parse.RequestParsing    its llhttp callbacks; message.Message per request
+                  server.Connection       one client connection: a queue, dispatch, closing
+                  parse.RequestParsing    its llhttp callbacks and clocks; a Message per request
                   message                 Request, Refusal (a frozen record), Limits
                   body.BodyStream         a large request body, handed over as it arrives
     both sides    flow.FlowControl        pause/resume reading, drain writing
-    client side   client.ClientConnection one upstream connection, llhttp-parsed answers
+    client side   client.ClientConnection one upstream connection: send, finish, timeout
+                  answer.AnswerParsing    its llhttp callbacks and the checks llhttp lacks
                   exchange                its states (an enum), the answer head, callbacks
                   pool.Pool               acquire / release / discard / linger
                   production              ProductionClient (streamed answers, one retry rule)

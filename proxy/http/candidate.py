@@ -18,7 +18,8 @@ import logging
 from dataclasses import dataclass
 
 from proxy.exceptions import UpstreamProtocolError
-from proxy.http.client import ClientConnection, ResponseHead
+from proxy.http.client import ClientConnection
+from proxy.http.exchange import ResponseHead, Upstream
 from proxy.http.pool import Pool
 
 __all__ = ["CandidateCall", "CandidateClient", "CandidateResponse"]
@@ -181,13 +182,13 @@ class CandidateCall(abc.ABC):
 
     # --- Sink (called by the connection) ------------------------------------------------------
 
-    def head(self, conn: ClientConnection, head: ResponseHead) -> None:
+    def head(self, conn: Upstream, head: ResponseHead) -> None:
         if head.length is not None and head.length > self._client.max_body_bytes:
             raise UpstreamProtocolError("response body too large")
         self._status = head.status
         self._version = head.model_version
 
-    def data(self, conn: ClientConnection, chunk: bytes) -> None:
+    def data(self, conn: Upstream, chunk: bytes) -> None:
         # A body past ``keep_bytes`` is still read to its end (so the latency is the whole
         # answer's and the connection can be reused) but not held: memory per call stays bounded.
         self._size += len(chunk)
@@ -202,7 +203,7 @@ class CandidateCall(abc.ABC):
         else:
             self._chunks.append(chunk)
 
-    def done(self, conn: ClientConnection) -> None:
+    def done(self, conn: Upstream) -> None:
         if self._live:
             chunks = self._chunks
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)

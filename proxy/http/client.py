@@ -18,11 +18,11 @@ answer — closes it, so no byte of one exchange can become part of another.
 from __future__ import annotations
 
 import asyncio
-import re
 
 import httptools
 
 from proxy.exceptions import UpstreamProtocolError, UpstreamTimeout
+from proxy.http.answer import MAX_HEAD, NO_BODY, TRAILING, AnswerParsing
 from proxy.http.exchange import ConnectionState, Owner, ResponseHead, Sink, encode_request
 from proxy.http.flow import FlowControl
 
@@ -36,26 +36,8 @@ __all__ = [
     "encode_request",
 ]
 
-MAX_HEAD = 64 * 1024  # bytes of a response head (or of a trailer section), and of a head line
 
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-# Names a ``Connection`` header may not list: dropping them as hop-by-hop would change the framing.
-_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
-# The lengths of the header names the parser acts on, so most names are never lower-cased.
-_NAME_LENGTHS = frozenset(
-    len(n) for n in ("content-length", "transfer-encoding", "connection", "x-model-version")
-)
-
-
-class _Stop(Exception):
-    """Raised inside a parser callback to stop llhttp; never leaves this module."""
-
-
-_TRAILING = _Stop("bytes after the answer")
-_NO_BODY = _Stop("the answer to a HEAD request ends with its head")
-
-
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(AnswerParsing, asyncio.Protocol):
     """One keep-alive connection; at most one request on it at a time."""
 
     def __init__(
@@ -167,9 +149,9 @@ class ClientConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             cause = exc.__context__
-            if cause is _TRAILING:
+            if cause is TRAILING:
                 self._finish(reuse=False)
-            elif cause is _NO_BODY:
+            elif cause is NO_BODY:
                 self._finish(reuse=self._keep and self._head_ends_input())
             else:
                 self._fail(UpstreamProtocolError(f"bad response: {cause or exc}"))
@@ -246,85 +228,6 @@ class ClientConnection(asyncio.Protocol):
         self._state = ConnectionState.CLOSED
         if self._transport is not None:
             self._transport.abort()
-
-    # --- llhttp callbacks ---------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self._complete:
-            raise _TRAILING
-        self._in_head = True
-        self._head = ResponseHead()
-        self._reason = b""
-        self._head_size = 0
-        self._quiet = 0
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-        self._quiet = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._quiet = 0
-        if not self._in_head:
-            return  # a trailer: read and dropped, never a header
-        head = self._head
-        head.lines.append(name + b": " + value)
-        if len(name) not in _NAME_LENGTHS:
-            return
-        key = name.lower()
-        if key == b"content-length":
-            head.length = int(value)  # llhttp has checked it: digits, no second value
-        elif key == b"transfer-encoding":
-            if value.strip().lower() != b"chunked":
-                raise UpstreamProtocolError("a transfer coding other than chunked")
-            head.chunked = True
-        elif key == b"connection":
-            if any(token.strip().lower() in _FRAMING for token in value.split(b",")):
-                raise UpstreamProtocolError("Connection names a framing header")
-        elif key == b"x-model-version":
-            head.model_version = value.strip().decode("latin-1")
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._quiet = 0
-        self._heads += 1
-        parser = self._parser
-        status = parser.get_status_code()
-        reason = self._reason
-        if reason != b"OK" and _CONTROL.search(reason):
-            raise UpstreamProtocolError("a control byte in the reason phrase")
-        if status < 200:
-            if status == 101:
-                raise UpstreamProtocolError("101 Switching Protocols nobody asked for")
-            self._interim = True  # 100 Continue and the like: read past, never handed on
-            return
-        head = self._head
-        # Only a head that came in more than MAX_HEAD bytes of reads can be too large.
-        big = self._head_size + self._read_size > MAX_HEAD
-        if big and sum(map(len, head.lines)) + len(reason) > MAX_HEAD:
-            raise UpstreamProtocolError("response head too large")
-        head.status = status
-        head.reason = reason
-        self._keep = parser.should_keep_alive()
-        if self._head_request or status in (204, 304) or head.length == 0:
-            head.has_body = False
-        elif not head.chunked and head.length is None:
-            self._until_close = True  # the body ends when the connection does
-            self._keep = False
-        if self._sink is not None:
-            self._sink.head(self, head)
-        if self._head_request:
-            raise _NO_BODY
-
-    def on_body(self, body: bytes) -> None:
-        self._quiet = 0
-        if self._sink is not None:
-            self._sink.data(self, body)
-
-    def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
-            return
-        self._complete = True
 
     # --- ends -----------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from proxy.http.client import ClientConnection
 
-__all__ = ["ConnectionState", "Owner", "ResponseHead", "Sink", "encode_request"]
+__all__ = ["ConnectionState", "Owner", "ResponseHead", "Sink", "Upstream", "encode_request"]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -63,14 +63,26 @@ class ResponseHead:
         self.model_version: str | None = None
 
 
+class Upstream(Protocol):
+    """What an answer's sink may ask of the connection the answer comes on."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def detach(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Sink(Protocol):
     """Receives one answer from a connection."""
 
-    def head(self, conn: ClientConnection, head: ResponseHead) -> None: ...
+    def head(self, conn: Upstream, head: ResponseHead) -> None: ...
 
-    def data(self, conn: ClientConnection, chunk: bytes) -> None: ...
+    def data(self, conn: Upstream, chunk: bytes) -> None: ...
 
-    def done(self, conn: ClientConnection) -> None: ...
+    def done(self, conn: Upstream) -> None: ...
 
     def fail(self, exc: Exception) -> None: ...
 

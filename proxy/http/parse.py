@@ -37,7 +37,7 @@ class Refused(Exception):
 
 
 class RequestParsing:
-    """llhttp's callbacks and the body bookkeeping of a server connection (a mixin of it)."""
+    """llhttp's callbacks, the body bookkeeping and the clocks of a server connection (a mixin)."""
 
     _msg: Message
     _limits: Limits
@@ -53,6 +53,9 @@ class RequestParsing:
     _body_due: float | None
     _body_close_only: bool
     _body_timer: asyncio.TimerHandle | None
+    _idle_since: float
+    _idle_timer: asyncio.TimerHandle | None
+    closed: bool
 
     if TYPE_CHECKING:  # the connection's side, which these callbacks drive
 
@@ -69,8 +72,6 @@ class RequestParsing:
         def _update_reading(self) -> None: ...
 
         def _release(self, size: int) -> None: ...
-
-        def _body_check(self) -> None: ...
 
     def on_message_begin(self) -> None:
         self._msg = Message()
@@ -257,3 +258,42 @@ class RequestParsing:
         self._body_due = self._loop.time() + self._limits.body_timeout_s
         if self._body_timer is None:
             self._body_timer = self._loop.call_at(self._body_due, self._body_check)
+
+    # --- clocks -------------------------------------------------------------------------------
+
+    def _body_check(self) -> None:
+        self._body_timer = None
+        due = self._body_due
+        if due is None or self.closed:
+            return
+        if self._loop.time() < due:
+            self._body_timer = self._loop.call_at(due, self._body_check)
+            return
+        self._body_due = None
+        if self._body_close_only:
+            self.close()
+        else:
+            self._refuse(Refusal(408, "request body timed out"))
+
+    def _set_idle(self) -> None:
+        """Start the keep-alive clock: a client has this long to send its next complete head."""
+        if self._server.draining:
+            self.close()
+            return
+        self._idle_since = self._loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_at(
+                self._idle_since + self._limits.keepalive_timeout_s, self._idle_check
+            )
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self.closed or self._task is not None or self._queue:
+            return
+        if self._body_due is not None:  # a body is on its way: its own clock runs
+            return
+        deadline = self._idle_since + self._limits.keepalive_timeout_s
+        if self._loop.time() >= deadline:
+            self.close()  # no answer: the client sent nothing worth one in time
+        else:
+            self._idle_timer = self._loop.call_at(deadline, self._idle_check)

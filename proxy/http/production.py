@@ -14,7 +14,8 @@ from collections import deque
 
 from proxy.exceptions import UpstreamProtocolError
 from proxy.http.body import BodyStream
-from proxy.http.client import ClientConnection, ResponseHead
+from proxy.http.client import ClientConnection
+from proxy.http.exchange import ResponseHead, Upstream
 from proxy.http.pool import Pool
 
 __all__ = ["HIGH_WATER", "IDEMPOTENT", "ProductionClient", "ProductionResponse"]
@@ -50,12 +51,12 @@ class ProductionResponse:
         "status",
     )
 
-    def __init__(self, waiter: asyncio.Future[None], inline: int, conn: ClientConnection) -> None:
+    def __init__(self, waiter: asyncio.Future[None], inline: int, conn: Upstream) -> None:
         self._waiter: asyncio.Future[None] | None = waiter
         self._inline = inline
         self._chunks: deque[bytes] = deque()
         self._pending = 0
-        self._conn: ClientConnection | None = conn
+        self._conn: Upstream | None = conn
         self._error: Exception | None = None
         self.status = 0
         self.reason = b""
@@ -69,7 +70,7 @@ class ProductionResponse:
 
     # --- Sink (called by the connection) ------------------------------------------------------
 
-    def head(self, conn: ClientConnection, head: ResponseHead) -> None:
+    def head(self, conn: Upstream, head: ResponseHead) -> None:
         self._conn = conn
         self.status = head.status
         self.reason = head.reason
@@ -85,7 +86,7 @@ class ProductionResponse:
         # Otherwise it is streamed, from its first body byte on: a body that is malformed from
         # its start (a bad first chunk size) is still a 502, not a 200 cut short.
 
-    def data(self, conn: ClientConnection, chunk: bytes) -> None:
+    def data(self, conn: Upstream, chunk: bytes) -> None:
         self._chunks.append(chunk)
         self._pending += len(chunk)
         if self.inline:
@@ -94,7 +95,7 @@ class ProductionResponse:
         if self._pending >= HIGH_WATER:
             conn.pause_reading()
 
-    def done(self, conn: ClientConnection) -> None:
+    def done(self, conn: Upstream) -> None:
         self.done_flag = True
         self._conn = None
         if self.inline:

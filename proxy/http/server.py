@@ -293,43 +293,6 @@ class Connection(RequestParsing, asyncio.Protocol):
         else:
             flow.resume_reading()
 
-    def _body_check(self) -> None:
-        self._body_timer = None
-        due = self._body_due
-        if due is None or self.closed:
-            return
-        if self._loop.time() < due:
-            self._body_timer = self._loop.call_at(due, self._body_check)
-            return
-        self._body_due = None
-        if self._body_close_only:
-            self.close()
-        else:
-            self._refuse(Refusal(408, "request body timed out"))
-
-    def _set_idle(self) -> None:
-        """Start the keep-alive clock: a client has this long to send its next complete head."""
-        if self._server.draining:
-            self.close()
-            return
-        self._idle_since = self._loop.time()
-        if self._idle_timer is None:
-            self._idle_timer = self._loop.call_at(
-                self._idle_since + self._limits.keepalive_timeout_s, self._idle_check
-            )
-
-    def _idle_check(self) -> None:
-        self._idle_timer = None
-        if self.closed or self._task is not None or self._queue:
-            return
-        if self._body_due is not None:  # a body is on its way: its own clock runs
-            return
-        deadline = self._idle_since + self._limits.keepalive_timeout_s
-        if self._loop.time() >= deadline:
-            self.close()  # no answer: the client sent nothing worth one in time
-        else:
-            self._idle_timer = self._loop.call_at(deadline, self._idle_check)
-
     # --- the handler's side -------------------------------------------------------------------
 
     @property

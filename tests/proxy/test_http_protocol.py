@@ -17,6 +17,7 @@ import pytest
 
 from proxy.exceptions import UpstreamTimeout
 from proxy.http.client import ClientConnection, ConnectionState, ResponseHead
+from proxy.http.exchange import Upstream
 from proxy.http.listener import Server
 from proxy.http.message import Limits, Request
 from proxy.http.production import HIGH_WATER
@@ -277,15 +278,15 @@ class Sink:
         self.completed = False
         self.error: Exception | None = None
 
-    def head(self, conn: ClientConnection, head: ResponseHead) -> None:
+    def head(self, conn: Upstream, head: ResponseHead) -> None:
         self.status = head.status
 
-    def data(self, conn: ClientConnection, chunk: bytes) -> None:
+    def data(self, conn: Upstream, chunk: bytes) -> None:
         self.body += chunk
         if len(self.body) >= HIGH_WATER:
             conn.pause_reading()
 
-    def done(self, conn: ClientConnection) -> None:
+    def done(self, conn: Upstream) -> None:
         self.completed = True
 
     def fail(self, exc: Exception) -> None:
