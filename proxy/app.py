@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -103,7 +104,8 @@ class DataPort:
         self._extra_drop = ("host", "content-length", "expect", s.request_id_header)
         self._req_drop = drop_set(self._extra_drop)
         self._resp_drop = drop_set((s.request_id_header,))
-        # Unique, cheap request ids: a random per-process prefix and a counter.
+        # Minted request ids: a random per-process prefix and a counter (unique), and 64 random
+        # bits per id (unguessable: see _pair_key).
         self._prefix = os.urandom(6).hex() + "-"
         self._counter = itertools.count(1)
         self._shipper_task: asyncio.Task[None] | None = None
@@ -140,6 +142,8 @@ class DataPort:
             backoff_s=s.retry_backoff_ms / 1000.0,
             max_queue=s.ship_queue_max_pairs,
             max_body_bytes=s.max_pair_body_bytes,
+            max_batch_bytes=s.max_batch_bytes,
+            poison_after=s.ship_poison_after,
         )
         self._shipper_task = asyncio.create_task(state.shipper.run(), name="shadowtee-shipper")
         state.pairing = PairingBuffer(
@@ -213,6 +217,22 @@ class DataPort:
         state.stats.prod_unreachable += 1
         return simple_response(502, f"production unreachable: {reason}\n", close=not keep)
 
+    def _pair_key(self, client_id: str) -> tuple[str, str]:
+        """The request id sent upstream and to the client, and the key of the request's pair.
+
+        A client may bring its own id: it goes upstream and back unchanged, and it is the sampling
+        key (so a replay samples the same requests). But the pair is keyed by the client's id plus
+        64 random bits minted here, so that no id a client chooses can meet another request's pair
+        — in the pairing buffer or in the comparator, which keeps one pair per key and counts a
+        second as a retried duplicate. Without an id (or with one over 180 characters) the proxy
+        mints one: unique (prefix, counter) and unguessable (64 random bits), so no client can
+        pre-claim the id another request will get.
+        """
+        if not client_id or len(client_id) > 180:
+            minted = f"{self._prefix}{next(self._counter):x}-{secrets.token_hex(8)}"
+            return minted, minted
+        return client_id, f"{client_id}~{secrets.token_hex(8)}"
+
     async def handle(self, req: Request, conn: Connection) -> bool:
         """Answer one request from production; returns whether the connection stays open."""
         state = self.state
@@ -222,10 +242,7 @@ class DataPort:
         assert pairing is not None and tee is not None and prod is not None
         raw_rid = req.header(self._rid_lower)
         rid = raw_rid.decode("latin-1") if raw_rid else ""
-        # A client may bring its own id (so a replay samples the same requests), but one that is
-        # too long or already waiting for its pair would mix two requests up: mint a new one.
-        if not rid or len(rid) > 200 or rid in pairing:
-            rid = f"{self._prefix}{next(self._counter):x}"
+        rid, pair_id = self._pair_key(rid)
         rid_bytes = rid.encode("latin-1")
         drop = (
             self._req_drop if req.connection is None else drop_set(self._extra_drop, req.connection)
@@ -246,7 +263,7 @@ class DataPort:
             if self._rules.sampled(key):
                 if req.stream is not None:  # a large body, still arriving: teed, so read whole
                     body = await req.read_body()
-                paired = tee.submit(rid, method, req.target, path, headers, body)
+                paired = tee.submit(pair_id, method, req.target, path, headers, body)
             else:
                 stats.not_sampled += 1
 
@@ -260,10 +277,10 @@ class DataPort:
             resp = await prod.request(data, method, stream)
         except asyncio.CancelledError:
             if paired:
-                pairing.set_prod(rid, Side(Outcome.ERROR, error="client request cancelled"))
+                pairing.set_prod(pair_id, Side(Outcome.ERROR, error="client request cancelled"))
             raise
         except Exception as exc:
-            conn.write(self._gateway_error(exc, rid, paired, keep))
+            conn.write(self._gateway_error(exc, pair_id, paired, keep))
             return keep
 
         head = [b"HTTP/1.1 %d %s" % (resp.status, resp.reason)]
@@ -287,12 +304,12 @@ class DataPort:
                     outcome, reason = classify(failure, state.settings.prod_timeout_ms)
                     waited = state.settings.prod_timeout_ms if outcome is Outcome.TIMEOUT else None
                     side = Side(outcome, status=resp.status, latency_ms=waited, error=reason)
-                    pairing.set_prod(rid, side)
+                    pairing.set_prod(pair_id, side)
                 return False
         stats.prod_latency.observe(elapsed)
         if paired:
             pairing.set_prod(
-                rid,
+                pair_id,
                 Side(
                     Outcome.OK,
                     status=resp.status,
