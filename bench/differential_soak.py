@@ -79,6 +79,17 @@ def _pipeline_cut(problem: str, keys: set[str]) -> str | None:
     return None
 
 
+def _late_stray(problem: str, late: bool) -> str | None:
+    """With stray bytes a moment after a bodiless answer in the plan, the next request on that
+    pooled connection gets them (or a 502, or misses the key's headers and body)."""
+    if late and any(s in problem for s in ("POISON", "status 502", "protocol error", "headers [")):
+        return (
+            "late bytes after a bodiless answer "
+            "(test_late_bytes_after_a_bodiless_answer_never_reach_the_next_request)"
+        )
+    return None
+
+
 def _known(problem: str) -> str | None:
     for parts, name in KNOWN.items():
         if all(part in problem for part in parts):
@@ -107,7 +118,11 @@ async def soak(args: argparse.Namespace) -> int:
         exchanges += len(plan.exchanges)
         body_bytes += sum(len(ex.body) + len(ex.reply.body) for ex in plan.exchanges)
         cut_pipelines = _pipelines_with_a_cut(plan)
-        named = [(p, _known(p) or _pipeline_cut(p, cut_pipelines)) for p in problems]
+        late = any(ex.reply.after_delay_s for ex in plan.exchanges)
+        named = [
+            (p, _known(p) or _pipeline_cut(p, cut_pipelines) or _late_stray(p, late))
+            for p in problems
+        ]
         unexplained = [p for p, name in named if name is None]
         for _, name in named:
             if name is not None:
