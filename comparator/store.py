@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import Select, Table, delete, func, select, text, update
@@ -419,7 +419,9 @@ class Store:
         q = select(VSTATE.c.state).join(EXP, EXP.c.id == VSTATE.c.experiment_id)
         async with self.engine.connect() as conn:
             state = (await conn.execute(q.where(EXP.c.name == name))).scalar()
-        return None if state is None else dict(state)
+        if state is None or _from_the_future(state.get("at")):
+            return None
+        return dict(state)
 
     async def save_verdict(
         self, name: str, at: datetime, decision: str, payload: dict[str, Any], state: dict[str, Any]
@@ -444,7 +446,11 @@ class Store:
             ).first()
             prev = row.decision if row is not None else None
             stored_at = (row.state or {}).get("at") if row is not None else None
-            if stored_at is not None and datetime.fromisoformat(stored_at) > at:
+            if (
+                stored_at is not None
+                and datetime.fromisoformat(stored_at) > at
+                and not _from_the_future(stored_at, now)
+            ):
                 return False
             await conn.execute(
                 self._insert(VERDICTS),
@@ -466,10 +472,11 @@ class Store:
         return prev != decision
 
     async def latest_verdict(self, name: str) -> dict[str, Any] | None:
+        """The newest stored verdict, leaving out any dated ahead of the clock (see _from_the_future)."""
         q = (
             select(VERDICTS.c.payload)
             .join(EXP, EXP.c.id == VERDICTS.c.experiment_id)
-            .where(EXP.c.name == name)
+            .where(EXP.c.name == name, VERDICTS.c.at <= datetime.now(UTC) + FUTURE_SKEW)
             .order_by(VERDICTS.c.at.desc(), VERDICTS.c.id.desc())
             .limit(1)
         )
@@ -529,3 +536,25 @@ class Store:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+
+
+#: How far ahead of this machine's clock a stored look's ``at`` may be (clock skew between replicas).
+FUTURE_SKEW = timedelta(minutes=5)
+
+
+def _from_the_future(at: object, now: datetime | None = None) -> bool:
+    """True for a stored verdict state dated ahead of the clock by more than :data:`FUTURE_SKEW`.
+
+    Only a look computed with a future ``at`` writes such a state (the read route could, before it
+    became read-only). It would block every later periodic save and carry a window nobody observed, so
+    it is neither trusted nor kept: the next look starts afresh and replaces it.
+    """
+    if not isinstance(at, str):
+        return False
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when > (now or datetime.now(UTC)) + FUTURE_SKEW

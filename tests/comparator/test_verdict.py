@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -362,3 +362,21 @@ async def test_no_scrape_target_is_na_named_and_does_not_block() -> None:
     v = await judge(store, "noscrape", POLICY, T0 + timedelta(hours=24), memory_sources=frozenset())
     assert v.decision is Decision.PROMOTE, v.reasons
     assert "not judged: memory_leak (no scrape target configured)" in v.reasons
+
+
+async def test_a_state_dated_in_the_future_is_neither_trusted_nor_blocking(tmp_path: Path) -> None:
+    """A state a forged future look stored (before GET …/verdict became read-only) must not stick."""
+    async with await Store.open(f"sqlite:///{tmp_path / 'f.sqlite'}") as store:
+        await store.ingest([wire_pair(0, "forged", cand_error=False)])
+        future = datetime(2099, 1, 1, tzinfo=UTC)
+        assert await store.save_verdict(
+            "forged", future, "PROMOTE", {"n": 0}, {"at": future.isoformat()}
+        )
+        assert await store.load_verdict_state("forged") is None
+        t1 = START + timedelta(hours=1)
+        assert await store.save_verdict(
+            "forged", t1, "KEEP_OBSERVING", {"n": 1}, {"at": t1.isoformat()}
+        )
+        state = await store.load_verdict_state("forged")
+        assert state is not None and state["at"] == t1.isoformat()
+        assert (await store.latest_verdict("forged")) == {"n": 1}
