@@ -1354,3 +1354,37 @@ def test_late_bytes_after_a_bodiless_answer_never_reach_the_next_request(
         return got
 
     assert run(body()) == [(200, ok.body)] * 3
+
+
+def test_chunked_request_trailers_never_become_headers() -> None:
+    """Trailer fields after a chunked request body are not headers: production must not get them
+    as header fields (a client could smuggle ``Authorization`` or the request id past the head's
+    checks that way). Found by the random plans (``trailers``, ``chunked_request``) on the proxy
+    of commit bd29588."""
+    body = fill(b"[body]", 5000)
+    request = encode_request(
+        "POST",
+        b"/t",
+        b"p",
+        [(b"X-Key", b"k")],
+        body,
+        chunked=True,
+        chunk_size=1000,
+        trailers=((b"X-Trailer-Field", b"1"), (b"Authorization", b"Bearer smuggled")),
+    )
+
+    async def seen() -> RecordedRequest:
+        async with _scripted(lambda _: Reply(body=b"<ok>")) as (upstream, port):
+            client = await RawClient.connect(port)
+            try:
+                await client.send(request)
+                assert (await client.read_response("POST", RESPONSE_LIMIT_S)).status == 200
+            finally:
+                await client.close()
+            assert len(upstream.requests) == 1
+            return upstream.requests[0]
+
+    got = run(seen())
+    assert got.body == body
+    names = {name.lower() for name, _ in got.headers}
+    assert b"x-trailer-field" not in names and b"authorization" not in names
