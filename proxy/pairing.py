@@ -53,6 +53,7 @@ class _Pending:
     route: str
     body: bytes
     deadline: float
+    opened: float | None = None  # time.monotonic() when the pair opened, to censor a missing prod
     prod: Side | None = None
     candidate: Side | None = None
 
@@ -89,12 +90,17 @@ class PairingBuffer:
         body: bytes,
         deadline: float,
         candidate: Side | None = None,
+        now: float | None = None,
     ) -> bool:
-        """Start a pair. Returns ``False`` (and counts it) when the buffer is full."""
+        """Start a pair. Returns ``False`` (and counts it) when the buffer is full.
+
+        ``now`` (the caller's ``time.monotonic()``) lets a production side still missing when the pair
+        is emitted carry the time waited as its right-censored latency.
+        """
         if len(self._pending) >= self.max_pairs:
             self.dropped_full += 1
             return False
-        self._pending[request_id] = _Pending(ts, route, body, deadline, candidate=candidate)
+        self._pending[request_id] = _Pending(ts, route, body, deadline, now, candidate=candidate)
         return True
 
     def set_prod(self, request_id: str, side: Side) -> None:
@@ -123,22 +129,30 @@ class PairingBuffer:
                 break
             due.append(rid)
         for rid in due:
-            self._emit(rid, self._pending[rid])
+            self._emit(rid, self._pending[rid], now)
         self.expired += len(due)
         return len(due)
 
-    def drain(self) -> int:
+    def drain(self, now: float | None = None) -> int:
         """Emit every pending pair now, however incomplete (used at shutdown)."""
         rids = list(self._pending)
         for rid in rids:
-            self._emit(rid, self._pending[rid])
+            self._emit(rid, self._pending[rid], now)
         return len(rids)
 
-    def _emit(self, request_id: str, entry: _Pending) -> None:
+    def _emit(self, request_id: str, entry: _Pending, now: float | None = None) -> None:
         del self._pending[request_id]
-        prod = entry.prod or Side(
-            Outcome.TIMEOUT, error="no production result by the pair deadline"
-        )
+        prod = entry.prod
+        if prod is None:
+            # Production had not answered after this long: a right-censored latency (DESIGN §5).
+            waited = None
+            if now is not None and entry.opened is not None:
+                waited = round(max(0.0, now - entry.opened) * 1000.0, 3)
+            prod = Side(
+                Outcome.TIMEOUT,
+                latency_ms=waited,
+                error="no production result by the pair deadline",
+            )
         candidate = entry.candidate or Side(
             Outcome.TIMEOUT,
             latency_ms=self.candidate_deadline_ms,

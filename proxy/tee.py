@@ -179,7 +179,13 @@ class Tee:
         self, rid: str, ts: float, route: str, body: bytes, now: float, side: Side | None
     ) -> bool:
         opened = self._pairing.open(
-            rid, ts=ts, route=route, body=body, deadline=now + self._pair_ttl_s, candidate=side
+            rid,
+            ts=ts,
+            route=route,
+            body=body,
+            deadline=now + self._pair_ttl_s,
+            candidate=side,
+            now=now,
         )
         if not opened:
             self._stats.dropped["buffer_full"] += 1

@@ -58,3 +58,15 @@ def test_drain_emits_everything_and_keeps_bodies_when_asked() -> None:
     assert buf.drain() == 1
     assert out[0].candidate.outcome is Outcome.SHED and out[0].prod.outcome is Outcome.TIMEOUT
     assert out[0].request_body == b"{}"
+
+
+def test_missing_production_is_censored_at_the_time_waited() -> None:
+    """A production side still missing when the pair is emitted waited at least this long."""
+    buf, out = _buffer()
+    buf.open("a", ts=1.0, route="/r", body=b"", deadline=31.0, now=0.0)
+    buf.open("b", ts=1.0, route="/r", body=b"", deadline=32.0, now=1.0)
+    buf.set_candidate("a", Side(Outcome.OK, status=200, latency_ms=3.0))
+    assert buf.expire(31.0) == 1
+    assert out[0].prod.outcome is Outcome.TIMEOUT and out[0].prod.latency_ms == 31_000.0
+    assert buf.drain(now=2.5) == 1  # shutdown: waited 1.5 s so far, not the full deadline
+    assert out[1].prod.outcome is Outcome.TIMEOUT and out[1].prod.latency_ms == 1_500.0
