@@ -122,7 +122,11 @@ class AnswerParsing:
         head.status = status
         head.reason = reason
         self._keep = parser.should_keep_alive()
-        if self._head_request or status in (204, 304) or head.length == 0:
+        if self._head_request or status in (204, 304):
+            # Bodiless by rule, whatever the head says: a server that sends a body anyway may
+            # send it late, into the next exchange, so the connection is not reused.
+            head.has_body = self._keep = False
+        elif head.length == 0:
             head.has_body = False
         elif not head.chunked and head.length is None:
             self._until_close = True  # the body ends when the connection does

@@ -39,6 +39,11 @@ class BodyStream:
         return f"<BodyStream {state} length={self.length} buffered={self.buffered}>"
 
     @property
+    def failed(self) -> bool:
+        """The body broke off before its end (the client went away or stalled)."""
+        return self._error is not None
+
+    @property
     def finished(self) -> bool:
         """Every byte arrived and was taken (or the stream failed)."""
         return (self.ended and not self._chunks) or self._error is not None

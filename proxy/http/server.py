@@ -63,6 +63,7 @@ class Connection(RequestParsing, asyncio.Protocol):
         self._stop_reading = False  # a refusal is queued, or an upgrade: reading never resumes
         self._continue_due = False  # the message being read waits for a 100 Continue
         self._lingering = False  # refused and closing: what the client still sends is dropped
+        self._cut_gracefully = False  # the answer under way frames itself (HTTP/1.1): see abort
         self._linger_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.closed = False
@@ -127,7 +128,7 @@ class Connection(RequestParsing, asyncio.Protocol):
         if self._lingering:  # answered and closing: drop what the client still sends (bounded)
             self._discard_left -= len(data)
             if self._discard_left <= 0:
-                self.abort()
+                self._reset()
             return
         if self.closed:
             return
@@ -192,11 +193,14 @@ class Connection(RequestParsing, asyncio.Protocol):
                     return
                 size = len(item.body)
                 self._queued_bytes -= size
+                self._cut_gracefully = item.http11
                 try:
                     keep = await server.handler(item, self)
                 except Exception:
-                    log.exception("proxy handler failed")
-                    self.abort()
+                    if item.stream is None or not item.stream.failed:
+                        log.exception("proxy handler failed")
+                    # else: the client's body broke off (it hung up): routine, no traceback
+                    self._reset()
                     return
                 finally:
                     server.buffered -= size
@@ -237,7 +241,7 @@ class Connection(RequestParsing, asyncio.Protocol):
             # Its request is with the handler already, which may be answering it: no refusal
             # can be written in order any more. Production's side is closed by the handler.
             self._release(stream.fail(ConnectionAbortedError(f"client body: {refusal.text}")))
-            self.abort()
+            self._reset()
             return
         if self._task is not None:
             self._queue.append(refusal)
@@ -316,8 +320,20 @@ class Connection(RequestParsing, asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
-        """Cut the connection at once with a reset (production broke off after the head was
-        sent): a clean close would pass a close-delimited body off as complete."""
+        """Cut the connection: production broke off after the head was sent.
+
+        To an HTTP/1.1 client the answer's framing (a length, or chunks without their end) shows
+        the cut, so what was written before it (earlier pipelined answers) still goes out, then
+        the close. To an HTTP/1.0 client a body may be delimited by the close itself, which would
+        pass a short body off as complete: it gets a reset.
+        """
+        if self._cut_gracefully:
+            self.close()
+        else:
+            self._reset()
+
+    def _reset(self) -> None:
+        """Close at once with a reset; what is still buffered is dropped."""
         self.closed = True
         transport = self.transport
         if transport is not None:
@@ -344,4 +360,4 @@ class Connection(RequestParsing, asyncio.Protocol):
         self._stop_reading = False
         if self.flow is not None:
             self.flow.resume_reading()
-        self._linger_timer = self._loop.call_later(LINGER_S, self.abort)
+        self._linger_timer = self._loop.call_later(LINGER_S, self._reset)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -420,3 +421,66 @@ async def test_a_broken_answer_to_an_http10_client_ends_with_a_reset(tmp_path: P
                         break
                     got += data
     assert got.startswith(b"HTTP/1.1 200 ") and len(got) < len(body)
+
+
+async def test_a_broken_answer_keeps_the_pipelined_answers_before_it(tmp_path: Path) -> None:
+    body = b"c" * 300_000
+    partial = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (
+        65536,
+        body[:65536],
+    )
+    answer = by_path({b"/a": sized(b"first"), b"/b": partial})
+    async with proxy_to(answer, tmp_path) as (proxy, prod), connect(proxy.url) as (reader, writer):
+        prod.close_after_answer = True  # so the answer to /b breaks off after its first chunk
+        writer.write(get(b"/a") + get(b"/b"))
+        got = bytearray()
+        async with asyncio.timeout(_LIMIT_S):
+            for _ in range(10_000):  # bounded: one read per turn, until the proxy closes
+                data = await reader.read(65536)
+                if not data:
+                    break
+                got += data
+    first = sized(b"first").split(b"\r\n", 1)[0]
+    assert got.startswith(first) and b"first" in got  # the earlier answer, whole
+    assert b"Transfer-Encoding: chunked" in got and not got.endswith(b"0\r\n\r\n")  # /b: cut
+
+
+async def test_a_client_hanging_up_mid_upload_of_a_teed_body_is_routine(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with proxy_to(by_path({b"/predict": sized(b"ok"), b"/ok": sized(b"fine")}), tmp_path) as (
+        proxy,
+        prod,
+    ):
+        async with connect(proxy.url) as (_reader, writer):
+            head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (3 << 20)
+            writer.write(head + b"z" * (1 << 20))  # teed: read whole, and the client goes
+            await writer.drain()
+        async with connect(proxy.url) as (reader, writer):
+            writer.write(get(b"/ok"))
+            status, got = await read_response(reader)
+    assert status.startswith(b"HTTP/1.1 200 ") and got == b"fine"
+    assert prod.requests[-1][1].startswith(b"GET /ok ")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_late_bytes_after_a_bodiless_answer_never_reach_the_next_request(
+    tmp_path: Path,
+) -> None:
+    late = asyncio.Event()
+    smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+
+    def answer(head: bytes, _body: bytes) -> bytes | list[bytes | asyncio.Event]:
+        if head.startswith(b"GET /next "):
+            return sized(b"honest")
+        return [b"HTTP/1.1 204 No Content\r\n\r\n", late, smuggled]  # a body sent anyway, late
+
+    async with proxy_to(answer, tmp_path) as (proxy, prod), connect(proxy.url) as (reader, writer):
+        writer.write(get(b"/first"))
+        head, _ = await read_response(reader, head_only=True)
+        assert head.startswith(b"HTTP/1.1 204 ")
+        writer.write(get(b"/next"))
+        late.set()  # the stray bytes now, while the next request may be on its way
+        head, body = await read_response(reader)
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b"honest"
+    assert [conn for conn, _, _ in prod.requests] == [0, 1]
