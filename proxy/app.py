@@ -68,6 +68,7 @@ class ProxyState:
     shipper: Shipper | None = None
     pairing: PairingBuffer | None = None
     tee: Tee | None = None
+    rules: TeeRules | None = None  # the live tee control changes its sample rate
     draining: bool = False
 
 
@@ -93,7 +94,7 @@ class DataPort:
             )
         )  # fmt: skip
         s = settings
-        self._rules = TeeRules(s.tee_routes, s.tee_methods, s.sample_rate)
+        self._rules = state.rules = TeeRules(s.tee_routes, s.tee_methods, s.sample_rate)
         self._rid_name = s.request_id_header.encode("latin-1")
         self._rid_lower = self._rid_name.lower()
         self._key_header = (

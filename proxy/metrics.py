@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from comparator.wire import Outcome
 
-__all__ = ["DROP_REASONS", "LatencyHistogram", "ProxyCollector", "ProxyStats"]
+__all__ = ["DROP_REASONS", "PAUSE_SOURCES", "LatencyHistogram", "ProxyCollector", "ProxyStats"]
 
 # Seconds; dense below 10 ms where proxy overhead lives, up to the default production timeout.
 LATENCY_BUCKETS = (
@@ -43,6 +43,9 @@ DROP_REASONS = (
     "no_comparator",
     "encode_error",
 )
+
+# Who paused the tee: a person through the admin API, or the automatic breaker.
+PAUSE_SOURCES = ("operator", "breaker")
 
 
 @dataclass(slots=True)
@@ -77,6 +80,9 @@ class ProxyStats:
     prod_timeouts: int = 0
     prod_broken_bodies: int = 0  # production failed after the response head was sent
     not_sampled: int = 0
+    # Tee-able, sampled requests not teed because the tee was paused, by who paused it. Like
+    # ``not_sampled`` they open no pair, so they stay outside ``teed`` and the accounting.
+    tee_paused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PAUSE_SOURCES, 0))
     skipped_body_too_large: int = 0
     teed: int = 0  # sent or shed; the outcomes below add up to this once nothing is in flight
     outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
@@ -102,6 +108,7 @@ class ProxyStats:
             "prod_timeouts": self.prod_timeouts,
             "prod_broken_bodies": self.prod_broken_bodies,
             "not_sampled": self.not_sampled,
+            "tee_paused": dict(self.tee_paused),
             "skipped_body_too_large": self.skipped_body_too_large,
             "teed": self.teed,
             "candidate_outcomes": {k.value: v for k, v in self.outcomes.items()},
@@ -178,6 +185,14 @@ class ProxyCollector(Collector):
         yield errs
         yield counter("tee_not_sampled", "Tee-able requests left out by sampling.", s.not_sampled)
         yield counter("teed", "Requests sent to the candidate or shed.", s.teed)
+        paused = CounterMetricFamily(
+            p + "tee_paused",
+            "Tee-able requests not teed while the tee was paused (no pair), by who paused it.",
+            labels=["source"],
+        )
+        for source, value in s.tee_paused.items():
+            paused.add_metric([source], value)
+        yield paused
         outcomes = CounterMetricFamily(
             p + "candidate_outcomes", "Finished candidate calls by outcome.", labels=["outcome"]
         )

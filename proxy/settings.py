@@ -111,6 +111,19 @@ class ProxySettings(BaseSettings):
     max_connections: Annotated[int, Field(ge=1)] = 4096
     max_buffered_bytes: Annotated[int, Field(ge=1024 * 1024)] = 256 * 1024 * 1024
 
+    # Live control of the tee on the admin port (README, "Steering the tee live"): without a token
+    # there is no write API. The breaker pauses the tee when the candidate's failure share over
+    # ``breaker_window_s`` (at least ``breaker_min_calls`` calls) is above ``breaker_threshold``,
+    # then sends one probe per ``breaker_probe_interval_s`` until ``breaker_probe_successes`` in a
+    # row succeed.
+    admin_token: SecretStr | None = None
+    breaker: bool = False
+    breaker_window_s: Annotated[float, Field(gt=0)] = 30.0
+    breaker_min_calls: Annotated[int, Field(ge=1)] = 20
+    breaker_threshold: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
+    breaker_probe_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    breaker_probe_successes: Annotated[int, Field(ge=1)] = 3
+
     @field_validator("listen", "admin_listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
@@ -168,6 +181,7 @@ class ProxySettings(BaseSettings):
 
     def public_view(self) -> dict[str, object]:
         """The effective configuration with secrets left out, for ``/admin/status``."""
-        data = self.model_dump(mode="json", exclude={"comparator_token"})
+        data = self.model_dump(mode="json", exclude={"comparator_token", "admin_token"})
         data["comparator_token"] = "***" if self.comparator_token else None
+        data["admin_token"] = "***" if self.admin_token else None
         return data

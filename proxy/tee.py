@@ -7,6 +7,12 @@ schedules the candidate call and returns at once. Past ``max_inflight`` calls th
 counted; a body over ``max_tee_body_bytes`` is forwarded to production but never to the candidate,
 and counted.
 Each candidate call runs under one hard deadline covering connect, send and the whole response.
+
+The tee can be paused (by an operator or by the breaker, see :mod:`proxy.control`): a paused
+request does not enter the tee — no candidate call, no pair — and is counted in
+``tee_paused[source]``, beside ``not_sampled``. While the breaker holds it paused, a probe
+budget lets single calls through; their results go to :attr:`Tee.on_probe`. The pause check is
+one attribute read on the request path; the breaker's counters are two integers per call.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import hashlib
 import re
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from comparator.wire import Outcome
 from proxy.headers import candidate_lines
@@ -47,6 +53,13 @@ class TeeRules:
         self._threshold = int(sample_rate * 2**64)
         self._route_cache: dict[str, bool] = {}
 
+    def set_sample_rate(self, rate: float) -> None:
+        """Change the sample rate live (on the event loop: no request sees half of it)."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"sample rate must be within 0..1, got {rate!r}")
+        self._threshold = int(rate * 2**64)
+        self.sample_rate = rate
+
     def matches(self, method: str, path: str) -> bool:
         if method not in self.methods:
             return False
@@ -69,7 +82,7 @@ class TeeRules:
 class _Shadow(CandidateCall):
     """One teed request's candidate call, as the tee tracks it until it reports or times out."""
 
-    __slots__ = ("_tee", "deadline", "request_id", "started")
+    __slots__ = ("_tee", "deadline", "probe", "request_id", "started")
 
     def __init__(
         self, tee: Tee, client: CandidateClient, request_id: str, data: bytes, method: str
@@ -79,6 +92,11 @@ class _Shadow(CandidateCall):
         self.request_id = request_id
         self.started = 0.0
         self.deadline = 0.0
+        self.probe = False
+
+    @property
+    def client(self) -> CandidateClient:
+        return self._client
 
     def finished(self, resp: CandidateResponse | None, exc: Exception | None) -> None:
         self._tee._finished(self, resp, exc)
@@ -126,11 +144,46 @@ class Tee:
         self._timer: asyncio.TimerHandle | None = None
         self._idle: asyncio.Future[None] | None = None
         self._closing = False
+        # Live control (proxy.control): ``paused`` is read once per teed request; while it is
+        # set, ``probes`` calls may still go out, and their results go to ``on_probe``.
+        self.paused = False
+        self.pause_source = "operator"
+        self.probes = 0
+        self.on_probe: Callable[[bool], None] | None = None
+        # What the breaker reads: calls answered below 500, and calls that failed, timed out or
+        # answered 5xx (shed and skipped tees are not calls).
+        self.succeeded = 0
+        self.failed = 0
+        self._retired: list[CandidateClient] = []
 
     @property
     def inflight(self) -> int:
         """Candidate calls not finished: live calls plus connections draining a late answer."""
-        return len(self._live) + self._client.lingering
+        n = len(self._live) + self._client.lingering
+        for old in self._retired:
+            n += old.lingering
+        return n
+
+    @property
+    def client(self) -> CandidateClient:
+        return self._client
+
+    def switch_client(self, client: CandidateClient) -> None:
+        """Send new calls to ``client``; calls under way finish on the old one, which drains."""
+        self._retired.append(self._client)
+        self._client = client
+
+    async def close_retired(self) -> int:
+        """Close the retired clients no call uses any more; return how many remain."""
+        busy = {id(call.client) for call in self._live}
+        keep: list[CandidateClient] = []
+        for old in self._retired:
+            if id(old) in busy or old.lingering:
+                keep.append(old)
+            else:
+                await old.close()
+        self._retired = keep
+        return len(keep)
 
     def submit(
         self,
@@ -148,6 +201,13 @@ class Tee:
         request to production: production's answer never waits behind the candidate's write.
         """
         stats = self._stats
+        probe = False
+        if self.paused:
+            if self.probes <= 0 or self._closing:
+                stats.tee_paused[self.pause_source] += 1
+                return False
+            self.probes -= 1
+            probe = True
         now = time.monotonic()
         opened_at = time.time()
         if len(body) > self._max_body:
@@ -169,6 +229,7 @@ class Tee:
             method, client.prefix + target, client.host_header, lines, body, always_length=True
         )
         call = _Shadow(self, client, request_id, data, method)
+        call.probe = probe
         self._live.add(call)
         self._to_start.append(call)
         if len(self._to_start) == 1:  # one callback starts every call submitted in this turn
@@ -260,6 +321,13 @@ class Tee:
 
     def _finish(self, call: _Shadow, side: Side) -> None:
         self._stats.outcomes[side.outcome] += 1
+        ok = side.outcome is Outcome.OK and (side.status or 0) < 500
+        if ok:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+        if call.probe and self.on_probe is not None:
+            self.on_probe(ok)
         self._pairing.set_candidate(call.request_id, side)
         if not self._live and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
@@ -285,5 +353,8 @@ class Tee:
         return len(pending)
 
     async def close(self) -> None:
-        """Close the candidate connections, lingering ones included."""
+        """Close the candidate connections, lingering ones included (retired clients too)."""
+        for old in self._retired:
+            await old.close()
+        self._retired = []
         await self._client.close()
