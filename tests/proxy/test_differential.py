@@ -1149,9 +1149,8 @@ def test_a_client_hanging_up_mid_upload_frees_production_at_once(chunked: bool) 
             client = await RawClient.connect(port)
             data = encode_request("POST", b"/t", b"p", [], body, chunked=chunked, chunk_size=65536)
             await client.send(data[: len(data) // 2])
-            for _ in range(
-                100
-            ):  # until production has the head (if the body is forwarded as it comes)
+            # Until production has the head (when the body is forwarded as it comes).
+            for _ in range(100):
                 if upstream.mid_request:
                     break
                 await asyncio.sleep(0.01)
