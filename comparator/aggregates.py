@@ -8,6 +8,12 @@ holds four kinds of mergeable state, all keyed by the names below:
 * ``hists``     — sparse log-bucket histograms (DDSketch mapping, relative error 1%) of latencies;
 * ``cats``      — sparse categorical histograms (predicted classes per side, confusion cells).
 
+Segments (VERDICT.md "Segments") nest in the same row: ``segments[dimension][value]`` is the
+aggregate of that segment's pairs, without latency or class histograms. A dimension keeps at
+most :data:`SEGMENT_CAP` values per row; merging beyond that folds the values with the fewest pairs
+into :data:`OTHER`, so a row stays bounded whatever the cardinality. A look picks the top K of the
+window (:meth:`Aggregate.top_segments`).
+
 The aggregate is pure data with no I/O; ``to_json``/``from_json`` give the form stored in SQL.
 """
 
@@ -21,6 +27,8 @@ from typing import Any
 __all__ = [
     "DDSKETCH_ALPHA",
     "GAMMA",
+    "OTHER",
+    "SEGMENT_CAP",
     "Aggregate",
     "Moments",
     "ddsketch_key",
@@ -34,6 +42,10 @@ _LOG_GAMMA = math.log(GAMMA)
 # Latencies at or below this (ms) share one bucket, key MIN_KEY; keeps keys small and finite.
 MIN_VALUE_MS = 1e-3
 MIN_KEY = math.ceil(math.log(MIN_VALUE_MS) / _LOG_GAMMA)
+#: Values of one segment dimension kept per stored row; the rest merge into OTHER.
+SEGMENT_CAP = 64
+#: The segment of every value outside the kept ones.
+OTHER = "(other)"
 
 
 def ddsketch_key(x: float) -> int:
@@ -146,6 +158,7 @@ class Aggregate:
     moments: dict[str, Moments] = field(default_factory=dict)
     hists: dict[str, dict[int, int]] = field(default_factory=dict)
     cats: dict[str, dict[str, int]] = field(default_factory=dict)
+    segments: dict[str, dict[str, Aggregate]] = field(default_factory=dict)
 
     # -- building -------------------------------------------------------------------------------
     def add(self, name: str, n: int = 1) -> None:
@@ -176,7 +189,18 @@ class Aggregate:
             self.add_hist(k, h)
         for k, c in other.cats.items():
             self.add_cats(k, c)
+        for dim, values in other.segments.items():
+            self.add_segments(dim, values)
         return self
+
+    def add_segments(self, dim: str, values: Mapping[str, Aggregate]) -> None:
+        """Merge per-value aggregates of ``dim``; beyond :data:`SEGMENT_CAP` values, the ones
+        with the fewest pairs merge into :data:`OTHER`."""
+        mine = self.segments.setdefault(dim, {})
+        for value, agg in values.items():
+            mine.setdefault(value, Aggregate()).merge(agg)
+        if len(mine) > SEGMENT_CAP:
+            self.segments[dim] = _capped(mine, SEGMENT_CAP)
 
     @classmethod
     def merged(cls, parts: Iterable[Aggregate]) -> Aggregate:
@@ -198,9 +222,14 @@ class Aggregate:
     def cat(self, name: str) -> dict[str, int]:
         return self.cats.get(name, {})
 
+    def top_segments(self, dim: str, k: int) -> dict[str, Aggregate]:
+        """The ``k − 1`` values of ``dim`` with the most pairs and, merged, the rest as
+        :data:`OTHER`: at most ``k`` segments."""
+        return _capped(self.segments.get(dim, {}), k)
+
     # -- storage --------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "counters": dict(sorted(self.counters.items())),
             "moments": {k: [m.n, m.mean, m.m2] for k, m in sorted(self.moments.items())},
             "hists": {
@@ -208,6 +237,12 @@ class Aggregate:
             },
             "cats": {k: dict(sorted(h.items())) for k, h in sorted(self.cats.items())},
         }
+        if self.segments:
+            out["segments"] = {
+                dim: {v: a.to_json() for v, a in sorted(values.items())}
+                for dim, values in sorted(self.segments.items())
+            }
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Aggregate:
@@ -223,4 +258,25 @@ class Aggregate:
             cats={
                 k: {str(b): int(c) for b, c in h.items()} for k, h in data.get("cats", {}).items()
             },
+            segments={
+                str(dim): {str(v): cls.from_json(a) for v, a in values.items()}
+                for dim, values in data.get("segments", {}).items()
+            },
         )
+
+
+def _capped(values: Mapping[str, Aggregate], k: int) -> dict[str, Aggregate]:
+    """At most ``k`` segments: the ``k − 1`` largest by pairs (ties by value), the rest as OTHER."""
+    if len(values) <= k:
+        return dict(values)
+    ranked = sorted(
+        (v for v in values if v != OTHER), key=lambda v: (-values[v].count(keys.PAIRS), v)
+    )
+    out = {v: values[v] for v in ranked[: k - 1]}
+    rest = Aggregate()
+    for v in ranked[k - 1 :]:
+        rest.merge(values[v])
+    if OTHER in values:
+        rest.merge(values[OTHER])
+    out[OTHER] = rest
+    return out

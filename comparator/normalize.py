@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,7 +39,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from comparator.aggregates import GAMMA, MIN_KEY, MIN_VALUE_MS, Aggregate, Moments, keys
+from comparator.aggregates import (
+    GAMMA,
+    MIN_KEY,
+    MIN_VALUE_MS,
+    OTHER,
+    SEGMENT_CAP,
+    Aggregate,
+    Moments,
+    keys,
+)
 from comparator.divergence import cosine, js_distance, on_simplex, rbo_ext, softmax
 from comparator.outputs import (
     TASKS,
@@ -444,7 +454,9 @@ def fold(
     ``experiment_start + warmup_minutes`` on: completed calls (ok, or error with a status) go to
     the log-bucket histogram; timeouts are counted as censored, their deadlines kept as moments.
     Counts never skip the warm-up. ``stamps`` are the pairs' ``ts`` as POSIX seconds, when the
-    caller has them already.
+    caller has them already. Each dimension of the pairs' ``segments`` gets the same counters,
+    moments and (not latency) histograms per value (``Aggregate.segments``), bounded by
+    ``SEGMENT_CAP`` values a row.
     """
     if len(pairs) != len(metrics):
         raise ValueError(f"metrics: {len(metrics)} rows for {len(pairs)} pairs")
@@ -461,10 +473,32 @@ def fold(
     if any(p.twin is not None for p in pairs):
         sides["twin"] = [p.twin for p in pairs]
     cols = {name: _side_columns(results) for name, results in sides.items()}
+    dims = sorted({d for p in pairs if p.segments for d in p.segments})
+    values = {
+        d: np.array([(p.segments or {}).get(d, "") for p in pairs], dtype=object) for d in dims
+    }
     out: dict[datetime, Aggregate] = {}
     for h in np.unique(hours).tolist():
         hour = datetime.fromtimestamp(h * 3600, UTC)
-        out[hour] = _fold_hour(np.flatnonzero(hours == h), metrics, cols, warm)
+        in_hour = hours == h
+        agg = out[hour] = _fold_hour(np.flatnonzero(in_hour), metrics, cols, warm)
+        for d in dims:
+            # A pair without a value for the dimension (an older pair, a header not sent) is in
+            # no segment of it.
+            # Beyond SEGMENT_CAP values in one hour of a batch, the rarest fold as OTHER at once,
+            # so a batch of distinct values costs one fold, not one per value.
+            counted = Counter(values[d][in_hour].tolist())
+            counted.pop("", None)
+            kept = [v for v, _ in counted.most_common(SEGMENT_CAP - 1)]
+            masks = {str(v): in_hour & (values[d] == v) for v in kept}
+            if len(counted) > len(kept):
+                masks[OTHER] = in_hour & (values[d] != "") & ~np.isin(values[d], kept)
+            segs = {}
+            for v, mask in masks.items():
+                part = _fold_hour(np.flatnonzero(mask), metrics, cols, warm)
+                hists = {k: h for k, h in part.hists.items() if not k.startswith("lat.")}
+                segs[v] = Aggregate(counters=part.counters, moments=part.moments, hists=hists)
+            agg.add_segments(d, segs)
     return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -23,6 +23,7 @@ __all__ = [
     "CheckPolicy",
     "Policy",
     "PolicyError",
+    "Segments",
     "load_policy",
 ]
 
@@ -105,6 +106,18 @@ class Score(_Strict):
     reject: float = Field(default=75.0, ge=0, le=100)
 
 
+class Segments(_Strict):
+    """Segment checks (VERDICT.md "Segments"): the top ``k`` values of each dimension (the rest as
+    one "(other)" segment), each critical reliability and divergence check at α_check / (k · dims).
+    ``dimensions``: the ones checked; empty: every dimension the pairs carry."""
+
+    enabled: bool = True
+    k: int = Field(default=10, ge=2, le=64)
+    dimensions: tuple[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,39}$")], ...] = Field(
+        default=(), max_length=8
+    )
+
+
 class Policy(_Strict):
     """A validated policy. Build it with :func:`load_policy`."""
 
@@ -115,6 +128,7 @@ class Policy(_Strict):
     minimums: Minimums = Minimums()
     weights: Weights = Weights()
     score: Score = Score()
+    segments: Segments = Segments()
     checks: dict[str, CheckPolicy]
 
     @field_validator("checks")

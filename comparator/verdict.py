@@ -40,7 +40,15 @@ from typing import Any, Protocol, assert_never
 
 from comparator import stats
 from comparator.aggregates import Aggregate, keys
-from comparator.checks import CheckContext, CheckResult, Status, evaluate, infer_task
+from comparator.checks import (
+    CheckContext,
+    CheckResult,
+    SegmentResult,
+    Status,
+    evaluate,
+    evaluate_segments,
+    infer_task,
+)
 from comparator.exceptions import UnknownExperiment
 from comparator.policy import Policy
 
@@ -120,6 +128,8 @@ class Verdict:
     n_opt: float = 0.0
     diagnostics: dict[str, float] = field(default_factory=dict)
     decision_changed: bool = False  # True when this look was saved and changed the stored decision
+    # per-segment critical checks (VERDICT.md "Segments"); a FAIL among them REJECTs
+    segments: list[SegmentResult] = field(default_factory=list)
 
     def check(self, check_id: str) -> CheckResult:
         return next(c for c in self.checks if c.id == check_id)
@@ -136,6 +146,7 @@ class Verdict:
             "policy": self.policy_name,
             "n_opt": self.n_opt,
             "diagnostics": dict(self.diagnostics),
+            "segments": [s.to_json() for s in self.segments],
         }
 
 
@@ -188,24 +199,44 @@ def _not_judged(checks: list[CheckResult]) -> list[str]:
 
 
 def decide(
-    checks: list[CheckResult], elapsed_hours: float, policy: Policy
+    checks: list[CheckResult],
+    elapsed_hours: float,
+    policy: Policy,
+    segments: list[SegmentResult] | None = None,
 ) -> tuple[Decision, float, list[str]]:
-    """The decision rule of VERDICT.md; returns the decision, the score and the reasons."""
+    """The decision rule of VERDICT.md; returns the decision, the score and the reasons.
+
+    A segment check can only REJECT: its FAIL counts as a critical FAIL naming the segment; any
+    other status of it (NODATA, INCONCLUSIVE) blocks nothing and leaves the score alone.
+    """
     s = score(checks, policy)
     w = policy.window
     critical = [c for c in checks if c.critical and c.status is not Status.NA]
     failed = [c for c in critical if c.status is Status.FAIL]
+    seg_failed = [g for g in segments or () if g.check.status is Status.FAIL]
     no_data = [c for c in critical if c.status is Status.NODATA]
     na = _not_judged(checks)
-    if elapsed_hours >= w.early_reject_hours and failed:
-        return Decision.REJECT, s, [f"critical check {c.id} failed: {c.reason}" for c in failed]
+    if elapsed_hours >= w.early_reject_hours and (failed or seg_failed):
+        return (
+            Decision.REJECT,
+            s,
+            [f"critical check {c.id} failed: {c.reason}" for c in failed]
+            + [
+                f"critical check {g.check.id} failed in segment {g.name}: {g.check.reason}"
+                for g in seg_failed
+            ],
+        )
     if elapsed_hours < w.min_hours:
         reasons = [
             f"window: {elapsed_hours:.2f} h of the minimum {w.min_hours:g} h "
             f"({w.min_hours - elapsed_hours:.2f} h to go)"
         ]
         return Decision.KEEP_OBSERVING, s, reasons + _pending(checks) + na
-    if all(c.status is Status.PASS for c in critical) and s >= policy.score.promote:
+    if (
+        all(c.status is Status.PASS for c in critical)
+        and not seg_failed
+        and s >= policy.score.promote
+    ):
         return (
             Decision.PROMOTE,
             s,
@@ -365,10 +396,12 @@ async def judge(
     task = infer_task(agg, info.task or info.config.get("task"))
     ctx = CheckContext(policy, task, n_opt, elapsed, started, at, prior, memory_sources)
     checks, intervals = evaluate(agg, memory, ctx)
+    segments, seg_intervals = evaluate_segments(agg, ctx)
+    intervals.update(seg_intervals)
     decided: dict[str, list[str]] = {}
     if current and frozen:  # statuses are kept from the first hour on, as intervals are
         checks, decided = _keep_decided(checks, state.get("decided", {}), at.isoformat())
-    decision, s, reasons = decide(checks, elapsed, policy)
+    decision, s, reasons = decide(checks, elapsed, policy, segments)
     if current and state.get("decision") == str(Decision.REJECT):
         # A decision never goes back from REJECT: the first REJECT's reasons are kept.
         first = state.get("rejected") or {}
@@ -386,7 +419,17 @@ async def judge(
             ),
         ]
     verdict = Verdict(
-        experiment, at, elapsed, decision, s, reasons, checks, policy.name, n_opt, _diagnostics(agg)
+        experiment,
+        at,
+        elapsed,
+        decision,
+        s,
+        reasons,
+        checks,
+        policy.name,
+        n_opt,
+        _diagnostics(agg),
+        segments=segments,
     )
     if save and current:
         rejected = state.get("rejected")

@@ -11,6 +11,9 @@ A pair records one client request that went to production and (maybe) to the can
      "candidate": {"outcome": "timeout", "status": null, "latency_ms": 250.0, "model_version": "2",
                    "body": null, "error": "deadline 250 ms"}}
 
+An optional ``"segments": {"tenant": "a", "route": "/v2/…"}`` carries the segment values the proxy
+extracted (at most 8 dimensions, values of at most 128 characters); older pairs have none.
+
 ``latency_ms`` of a timeout is the deadline: a right-censored value, not a missing one.
 ``body`` is the parsed JSON of the response. A response that is not JSON travels as ``null`` with
 ``body_bytes`` set; when it was small enough to keep it also travels as ``binary`` (base64, see
@@ -40,6 +43,8 @@ __all__ = [
 WIRE_VERSION = 1
 
 EXPERIMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+SEGMENT_DIMENSION_PATTERN = r"^[a-z][a-z0-9_.-]{0,39}$"
+SEGMENT_VALUE_MAX = 128
 
 
 class Outcome(enum.StrEnum):
@@ -109,6 +114,19 @@ class Pair(_Strict):
     # holding a NUL sent as its size): the pair is stored, and listed in the quarantine.
     repaired: (
         Annotated[list[Annotated[str, Field(pattern=r"^[a-z_.]{1,40}$")]], Field(max_length=16)]
+        | None
+    ) = None
+
+    # Segment values the proxy extracted (DESIGN.md §5): the route, a configured header, a JSON
+    # pointer into the request. A few dimensions, bounded values; never a redacted header.
+    segments: (
+        Annotated[
+            dict[
+                Annotated[str, Field(pattern=SEGMENT_DIMENSION_PATTERN)],
+                Annotated[str, Field(max_length=SEGMENT_VALUE_MAX)],
+            ],
+            Field(max_length=8),
+        ]
         | None
     ) = None
 
