@@ -19,7 +19,9 @@ from shadowtee.config import ConfigError
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = ("proxy", "serve", "comparator", "verdict", "promote", "report", "replay", "demo", "db")
+COMMANDS = (
+    "proxy", "serve", "comparator", "verdict", "promote", "report", "replay", "demo", "db", "tee",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
