@@ -175,6 +175,8 @@ class Tee:
 
     async def close_retired(self) -> int:
         """Close the retired clients no call uses any more; return how many remain."""
+        if not self._retired:
+            return 0
         busy = {id(call.client) for call in self._live}
         keep: list[CandidateClient] = []
         for old in self._retired:

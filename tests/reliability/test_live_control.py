@@ -79,6 +79,7 @@ def _balanced(
     if comparator_pairs is not None:
         assert comparator_pairs() == acc["teed"]
     paused = sum(counters["tee_paused"].values())
+    # Every request here is a small tee-able POST: teed, left out by sampling, or paused.
     assert counters["requests"] == acc["teed"] + counters["not_sampled"] + paused
     assert sum(counters["candidate_outcomes"].values()) == acc["teed"]
     return status
