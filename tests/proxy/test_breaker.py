@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from proxy.breaker import Breaker, BreakerConfig, BreakerState
-from proxy.control import ControlError, check_candidate_url, check_sample_rate
+from proxy.control import ControlError, TeeControl, check_candidate_url, check_sample_rate
+from proxy.metrics import ProxyStats
+from proxy.pairing import PairingBuffer
+from proxy.settings import ProxySettings
+from proxy.tee import Tee, TeeRules
+from proxy.upstream import CandidateClient
 
 CFG = BreakerConfig(
     window_s=10.0, min_calls=10, threshold=0.5, probe_interval_s=2.0, probe_successes=3
@@ -198,3 +203,131 @@ def test_candidate_url_refuses_anything_else_naming_the_field(value: object) -> 
     with pytest.raises(ControlError) as info:
         check_candidate_url(value)
     assert info.value.field == "candidate"
+
+
+# --- the control object around it: operator and breaker on one tee (fake clock, no sockets) -----
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _control(breaker: bool = True) -> tuple[TeeControl, Tee, TeeRules, ProxyStats, FakeClock]:
+    settings = ProxySettings(
+        prod="http://127.0.0.1:1",
+        candidate="http://127.0.0.1:2",
+        breaker=breaker,
+        breaker_window_s=10.0,
+        breaker_min_calls=10,
+        breaker_threshold=0.5,
+        breaker_probe_interval_s=2.0,
+        breaker_probe_successes=2,
+    )
+    stats = ProxyStats()
+    tee = Tee(
+        client=CandidateClient(settings.candidate, linger_s=0.0),
+        deadline_s=0.25,
+        max_inflight=8,
+        max_body_bytes=1024,
+        redact=(),
+        forward_auth=False,
+        pairing=PairingBuffer(max_pairs=8, on_emit=lambda _: None, candidate_deadline_ms=250.0),
+        stats=stats,
+        pair_ttl_s=1.0,
+    )
+    rules = TeeRules(["/v2/models/*/infer"], ["POST"], 1.0)
+    clock = FakeClock()
+    control = TeeControl(tee=tee, rules=rules, settings=settings, clock=clock, wall=lambda: 0.0)
+    return control, tee, rules, stats, clock
+
+
+def _submit(tee: Tee, rid: str = "r") -> bool:
+    return tee.submit(rid, "POST", b"/v2/models/m/infer", "/v2/models/m/infer", [], b"{}")
+
+
+def _trip(control: TeeControl, tee: Tee, clock: FakeClock) -> None:
+    control.tick()
+    clock.now += 1.0
+    tee.failed += 10  # what ten timed-out calls leave behind
+    control.tick()
+    assert tee.paused and tee.pause_source == "breaker"
+
+
+def test_the_breaker_pauses_the_tee_and_paused_requests_are_counted_apart() -> None:
+    control, tee, _, stats, clock = _control()
+    _trip(control, tee, clock)
+    assert not _submit(tee)  # no pair, no call
+    assert stats.tee_paused == {"operator": 0, "breaker": 1}
+    assert stats.teed == 0 and sum(stats.outcomes.values()) == 0
+    view = control.view()
+    assert view["paused_by"] == "breaker"
+    assert view["last_change"]["source"] == "breaker"
+    assert "10 of 10" in view["last_change"]["reason"]
+    assert control.changes == {"operator": 0, "breaker": 1}
+
+
+def test_the_breaker_hands_out_one_probe_per_interval_and_closes_on_good_probes() -> None:
+    control, tee, _, _, clock = _control()
+    _trip(control, tee, clock)
+    control.tick()
+    assert tee.probes == 0  # the first probe waits one interval
+    clock.now += 2.0
+    control.tick()
+    assert tee.probes == 1
+    clock.now += 0.5
+    control.tick()
+    assert tee.probes == 1  # not cumulative
+    assert tee.on_probe is not None
+    tee.on_probe(True)
+    assert tee.paused
+    tee.on_probe(True)  # two in a row: closed
+    assert not tee.paused and tee.probes == 0
+    assert control.view()["last_change"]["what"] == "resume"
+    assert control.changes == {"operator": 0, "breaker": 2}
+
+
+def test_an_operator_pause_wins_over_the_breaker_and_a_resume_closes_it() -> None:
+    control, tee, _, stats, clock = _control()
+    _trip(control, tee, clock)
+    control.pause("alice")
+    assert tee.pause_source == "operator"
+    clock.now += 10.0
+    control.tick()
+    assert tee.probes == 0  # no probes while an operator holds the tee
+    assert not _submit(tee)
+    assert stats.tee_paused["operator"] == 1
+    control.resume("alice")
+    assert not tee.paused
+    assert control.breaker is not None and control.breaker.state is BreakerState.CLOSED
+    assert control.view()["last_change"]["by"] == "alice"
+
+
+def test_a_new_candidate_starts_the_breaker_afresh() -> None:
+    control, tee, _, _, clock = _control()
+    _trip(control, tee, clock)
+    old = tee.client
+    control.set_candidate("http://127.0.0.1:3", "bob")
+    assert tee.client is not old and control.candidate == "http://127.0.0.1:3"
+    assert not tee.paused
+    assert tee.inflight == 0  # the old pool counts while it drains; it has nothing to drain
+
+
+def test_the_sample_rate_changes_the_rules_in_place() -> None:
+    control, _, rules, _, _ = _control(breaker=False)
+    keys = [f"k{i}" for i in range(200)]
+    control.set_sample_rate(0, "carol")
+    assert not any(rules.sampled(k) for k in keys)
+    control.set_sample_rate(0.25, "carol")
+    picked = [k for k in keys if rules.sampled(k)]
+    assert picked == [k for k in keys if TeeRules([], ["POST"], 0.25).sampled(k)]
+    assert 20 < len(picked) < 80
+    with pytest.raises(ControlError):
+        control.set_sample_rate(1.5, "carol")
+    assert rules.sample_rate == 0.25
+    assert control.view()["breaker"] == {"enabled": False}
+    control.tick()  # no breaker: a tick changes nothing
+    assert control.changes == {"operator": 2, "breaker": 0}
