@@ -250,3 +250,37 @@ def test_the_fleet_command_switches_every_sidecar_to_another_candidate(
             proxy.stderr()
         )
     assert len(up.comp.pairs) == 14
+
+
+@pytest.mark.timeout(120)
+def test_calls_under_way_finish_on_the_old_candidate_after_a_switch(
+    up: Upstreams, start_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    env, _ = _secrets(tmp_path)
+    proxy = start_proxy(
+        prod=up.prod_url,
+        candidate=up.cand_url,
+        comparator=up.comp_url,
+        shadow_timeout_ms=20_000,
+        env=env,
+    )
+    second = FakeCandidate(up.lt)
+    second_url = up.lt.serve(second.app())
+    with httpx.Client(timeout=30) as client:
+        old_ids = _send(client, proxy, "hang", 3)
+        wait_until(lambda: up.cand.active == 3, "three calls held by the old candidate")
+        resp = client.post(
+            proxy.admin + "/admin/tee/candidate",
+            json={"candidate": second_url},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert resp.status_code == 200 and resp.json()["candidate"] == second_url
+        new_ids = _send(client, proxy, "ok", 3)
+        wait_until(lambda: len(second.seen) == 3, "new calls on the new candidate")
+        assert proxy.gauges()["tee_inflight"] == 3  # the old pool's calls still count
+        up.cand.gate.open()  # the old candidate answers the calls it held
+    status = _balanced(proxy, lambda: len(up.comp.pairs))
+    assert status["counters"]["candidate_outcomes"]["ok"] == 6
+    pairs = up.comp.by_id()
+    assert {pairs[r].candidate.outcome.value for r in old_ids + new_ids} == {"ok"}
+    assert len(up.cand.seen) == 3
