@@ -6,6 +6,7 @@
     POST /v1/experiments/{name}/drops       a proxy's cumulative dropped-pair counts; idempotent
     GET  /v1/experiments                    every experiment with its versions and pair count
     GET  /v1/experiments/{name}/summary     ?from=&to= (ISO 8601): from hourly aggregates only
+                                            &by=<dimension>&k=: its top-k segments
     GET  /v1/experiments/{name}/verdict     ?at= (not in the future): computed, never stored
     GET  /metrics  /health/live  /health/ready (database reachable and migrated)
 
@@ -246,11 +247,23 @@ async def _experiment_or_404(request: web.Request) -> str:
 
 
 async def summary(request: web.Request) -> web.Response:
-    from comparator.summary import summarize
+    import re
+
+    from comparator.summary import UnknownDimension, summarize
 
     start, end = _parse_time(request, "from"), _parse_time(request, "to")
+    by = request.query.get("by")
+    if by is not None and not re.fullmatch(r"[a-z][a-z0-9_.-]{0,39}", by):
+        return _error(400, "by: a segment dimension is 1-40 of a-z 0-9 _ . - (a letter first)")
+    k_text = request.query.get("k", "10")
+    if not (k_text.isascii() and k_text.isdigit() and len(k_text) < 4 and 2 <= int(k_text) <= 64):
+        return _error(400, f"k: expected an integer from 2 to 64, got {k_text[:40]!r}")
     name = await _experiment_or_404(request)
-    return web.json_response(await summarize(request.app[STORE], name, start, end))
+    try:
+        body = await summarize(request.app[STORE], name, start, end, by=by, k=int(k_text))
+    except UnknownDimension as exc:
+        return _error(400, str(exc))
+    return web.json_response(body)
 
 
 async def verdict(request: web.Request) -> web.Response:

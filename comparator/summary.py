@@ -14,12 +14,20 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from comparator.aggregates import Aggregate, ddsketch_value, keys
+from comparator.aggregates import OTHER, Aggregate, ddsketch_value, keys
 from comparator.checks import coverage_counts
 from comparator.store import Store
 from comparator.store_ingest import QUARANTINE
 
-__all__ = ["QUANTILES", "latency_summary", "outcome_counts", "quarantine_counts", "summarize"]
+__all__ = [
+    "QUANTILES",
+    "UnknownDimension",
+    "latency_summary",
+    "outcome_counts",
+    "quarantine_counts",
+    "segment_summary",
+    "summarize",
+]
 
 QUANTILES = (0.5, 0.95, 0.99)
 SIDES = ("prod", "cand", "twin")
@@ -113,6 +121,86 @@ def _block(agg: Aggregate) -> dict[str, Any]:
     }
 
 
+class UnknownDimension(ValueError):
+    """``by`` names a segment dimension the experiment's pairs never carried."""
+
+
+def _rate(agg: Aggregate, check: str) -> dict[str, Any]:
+    """Paired rates of one bad/bad check (error, timeout, invalid): each side's and Δ."""
+    cells = {
+        c: agg.count(keys.paired(check, c[0] == "1", c[1] == "1")) for c in ("00", "01", "10", "11")
+    }
+    n = sum(cells.values())
+    return {
+        "n": n,
+        "prod": _ratio(cells["10"] + cells["11"], n),
+        "cand": _ratio(cells["01"] + cells["11"], n),
+        "delta": _ratio(cells["01"] - cells["10"], n),
+    }
+
+
+def _segment_block(agg: Aggregate) -> dict[str, Any]:
+    n = agg.count(keys.CLS_N)
+    return {
+        "pairs": agg.count(keys.PAIRS),
+        "outcomes": outcome_counts(agg),
+        "top1_disagreement": _ratio(n - agg.count(keys.CLS_AGREE), n),
+        "js_gt_0_1": _ratio(agg.count(keys.JS_TAIL), agg.moment(keys.JS).n),
+        "reg_diff_mean": agg.moment(keys.REG_DIFF).mean if agg.moment(keys.REG_DIFF).n else None,
+        "emb_cos_lt_0_95": _ratio(agg.count(keys.EMB_COS_TAIL), agg.count(keys.EMB_N)),
+        "error": _rate(agg, keys.ERROR),
+        "timeout": _rate(agg, keys.TIMEOUT),
+        "invalid": _rate(agg, keys.INVALID),
+    }
+
+
+def segment_summary(
+    hours: list[tuple[datetime, Aggregate]], by: str, k: int = 10
+) -> dict[str, Any]:
+    """Per segment of dimension ``by`` (the top ``k`` by pairs over the range, the rest as
+    "(other)"): totals and, per hour, each segment's pairs and top-1 disagreement (the heatmap).
+
+    Raises :class:`UnknownDimension` when no hour carries ``by``.
+    """
+    total = Aggregate()
+    for _, agg in hours:
+        if by in agg.segments:
+            total.add_segments(by, agg.segments[by])
+    if by not in total.segments:
+        known = sorted({d for _, a in hours for d in a.segments})
+        raise UnknownDimension(
+            f"by: no segment dimension {by!r} in this range (known: {', '.join(known) or 'none'})"
+        )
+    top = total.top_segments(by, k)
+    kept = set(top) - {OTHER}
+    per_hour = []
+    for h, agg in hours:
+        row: dict[str, Aggregate] = {}
+        for value, seg in agg.segments.get(by, {}).items():
+            row.setdefault(value if value in kept else OTHER, Aggregate()).merge(seg)
+        per_hour.append(
+            {
+                "hour": h.isoformat(),
+                "values": {
+                    v: {
+                        "pairs": a.count(keys.PAIRS),
+                        "top1_disagreement": _ratio(
+                            a.count(keys.CLS_N) - a.count(keys.CLS_AGREE), a.count(keys.CLS_N)
+                        ),
+                        "error_delta": _rate(a, keys.ERROR)["delta"],
+                    }
+                    for v, a in sorted(row.items())
+                },
+            }
+        )
+    return {
+        "dimension": by,
+        "k": k,
+        "values": [{"value": v, **_segment_block(a)} for v, a in top.items()],
+        "hours": per_hour,
+    }
+
+
 async def quarantine_counts(store: Store, name: str) -> dict[str, Any]:
     """Pairs of ``name`` the comparator refused into the quarantine (ever), by reason."""
     q = (
@@ -126,10 +214,18 @@ async def quarantine_counts(store: Store, name: str) -> dict[str, Any]:
 
 
 async def summarize(
-    store: Store, name: str, start: datetime | None = None, end: datetime | None = None
+    store: Store,
+    name: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    by: str | None = None,
+    k: int = 10,
 ) -> dict[str, Any]:
-    """The JSON summary of ``name`` over the hours in [start, end)."""
+    """The JSON summary of ``name`` over the hours in [start, end); with ``by``, also its
+    segments of that dimension (:func:`segment_summary`)."""
     hours = await store.hourly_aggregates(name, start, end)
+    segments = segment_summary(hours, by, k) if by is not None else None
     total = Aggregate.merged(agg for _, agg in hours)
     memory: dict[str, dict[str, Any]] = {}
     for s in await store.memory_samples(name, start, end):
@@ -147,4 +243,5 @@ async def summarize(
         "memory": memory,
         "quarantine": await quarantine_counts(store, name),
         "hours": [{"hour": h.isoformat(), **_block(agg)} for h, agg in hours],
+        **({"segments": segments} if segments is not None else {}),
     }
