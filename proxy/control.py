@@ -24,7 +24,6 @@ threshold, plain attributes this object sets on the event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -220,9 +219,11 @@ class TeeControl:
             await asyncio.sleep(interval)
             if draining():
                 continue
-            self.tick()
-            with contextlib.suppress(Exception):
+            try:
+                self.tick()
                 await self._tee.close_retired()
+            except Exception:  # a bug here must not stop the breaker for good
+                log.exception("tee control: tick failed")
 
     # --- state --------------------------------------------------------------------------------
 
