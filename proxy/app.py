@@ -29,6 +29,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from comparator.wire import Outcome
+from proxy.encode import segment_extractor
 from proxy.headers import drop_set, request_lines, response_lines
 from proxy.http1 import Connection, Request, simple_response
 from proxy.metrics import ProxyCollector, ProxyStats
@@ -152,6 +153,7 @@ class DataPort:
             on_emit=state.shipper.enqueue,
             candidate_deadline_ms=s.shadow_timeout_ms,
             keep_request_body=s.include_request_body,
+            segments=segment_extractor(s.segment_route, s.segment_pointers),
         )
         state.tee = Tee(
             client=CandidateClient(

@@ -20,15 +20,20 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quote
+from typing import Any
 
 from pydantic_core import from_json
 
 from comparator.wire import Outcome
 from proxy.pairing import CompletedPair, Side
 
-__all__ = ["encode_batch", "encode_pair", "join_batch"]
+__all__ = ["SEGMENT_VALUE_MAX", "encode_batch", "encode_pair", "join_batch", "segment_extractor"]
+
+#: Segment values are cut to this many characters (comparator.wire.SEGMENT_VALUE_MAX).
+SEGMENT_VALUE_MAX = 128
 
 
 def _checked(body: bytes | None, max_body_bytes: int) -> tuple[bytes | None, int | None]:
@@ -189,6 +194,7 @@ def encode_pair(pair: CompletedPair, *, experiment: str, max_body_bytes: int) ->
             b',"candidate":',
             _side(pair.candidate, *cand_checked, _binary(cand, cand_checked[0], max_body_bytes)),
             _repaired(pair),
+            _segments(pair),
             b"}",
         )
     )
@@ -200,6 +206,62 @@ def _repaired(pair: CompletedPair) -> bytes:
     if not fields:
         return b""
     return b',"repaired":[' + b",".join(b'"%s"' % f.encode() for f in fields) + b"]"
+
+
+def _segments(pair: CompletedPair) -> bytes:
+    """``,"segments":{...}`` when the pair has segment values, else nothing."""
+    if not pair.segments:
+        return b""
+    return (
+        b',"segments":{'
+        + b",".join(_text(k) + b":" + _text(v) for k, v in pair.segments.items())
+        + b"}"
+    )
+
+
+def _resolve(doc: Any, pointer: str) -> Any:
+    """RFC 6901: the value at ``pointer`` in ``doc``, or None when there is none."""
+    for raw in pointer.split("/")[1:]:
+        token = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(doc, dict):
+            doc = doc.get(token)
+        elif isinstance(doc, list) and token.isascii() and token.isdigit():
+            i = int(token)
+            doc = doc[i] if i < len(doc) else None
+        else:
+            return None
+    return doc
+
+
+def segment_extractor(
+    route: bool, pointers: Mapping[str, str]
+) -> Callable[[str, bytes], dict[str, str] | None] | None:
+    """The pairing buffer's segment function: ``route`` adds the route as dimension ``route``,
+    ``pointers`` (dimension → JSON pointer) a string, number or boolean in the request's JSON
+    body (a categorical feature), cut to :data:`SEGMENT_VALUE_MAX` characters. A body that is not
+    JSON, or a pointer to nothing or to an object, gives that dimension no value. None when no
+    dimension is configured. Headers are not read: a redacted header can never become a value.
+    """
+    if not route and not pointers:
+        return None
+    items = list(pointers.items())
+
+    def extract(path: str, body: bytes) -> dict[str, str] | None:
+        out = {"route": path[:SEGMENT_VALUE_MAX]} if route else {}
+        if items and body:
+            try:
+                doc = from_json(body)
+            except ValueError:
+                doc = None
+            for name, pointer in items:
+                value = _resolve(doc, pointer)
+                if isinstance(value, bool):
+                    out[name] = "true" if value else "false"
+                elif isinstance(value, str | int | float):
+                    out[name] = str(value)[:SEGMENT_VALUE_MAX]
+        return out or None
+
+    return extract
 
 
 def join_batch(items: list[bytes]) -> bytes:

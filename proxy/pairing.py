@@ -45,6 +45,8 @@ class CompletedPair:
     request_body: bytes | None
     prod: Side
     candidate: Side
+    # segment values (DESIGN §5), from PairingBuffer.segments; None: no dimension configured
+    segments: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -71,6 +73,8 @@ class PairingBuffer:
     on_emit: Callable[[CompletedPair], None]
     candidate_deadline_ms: float
     keep_request_body: bool = False
+    # (route, request body) -> segment values of the pair (proxy.encode.segment_extractor)
+    segments: Callable[[str, bytes], dict[str, str] | None] | None = None
     dropped_full: int = 0
     expired: int = 0
     _pending: dict[str, _Pending] = field(default_factory=dict)
@@ -167,5 +171,6 @@ class PairingBuffer:
                 request_body=entry.body if self.keep_request_body else None,
                 prod=prod,
                 candidate=candidate,
+                segments=self.segments(entry.route, entry.body) if self.segments else None,
             )
         )

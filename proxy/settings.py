@@ -124,6 +124,18 @@ class ProxySettings(BaseSettings):
     breaker_probe_interval_s: Annotated[float, Field(gt=0)] = 5.0
     breaker_probe_successes: Annotated[int, Field(ge=1)] = 3
 
+    # Segments (README, "Segments"): values written into each pair for the comparator's
+    # per-segment checks. ``segment_route`` adds the route (dimension ``route``);
+    # ``segment_pointers`` maps a dimension name to a JSON pointer into the request body.
+    segment_route: bool = False
+    segment_pointers: Annotated[
+        dict[
+            Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,39}$")],
+            Annotated[str, Field(pattern=r"^(/[^/]*)+$", max_length=200)],
+        ],
+        Field(max_length=7),
+    ] = {}
+
     @field_validator("listen", "admin_listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
