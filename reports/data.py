@@ -75,6 +75,8 @@ class VerdictSummary:
     at: datetime
     elapsed_hours: float
     checks: tuple[CheckRow, ...]
+    # per-segment checks, as comparator.checks.SegmentResult.to_json() writes them
+    segments: tuple[dict[str, Any], ...] = ()
 
     def check(self, check_id: str) -> CheckRow | None:
         return next((c for c in self.checks if c.id == check_id), None)
@@ -97,6 +99,8 @@ class ReportData:
     verdict: VerdictSummary | None
     divergent: tuple[StoredPair, ...]  # most divergent pairs of the day, most divergent first
     sample: tuple[StoredPair, ...]  # a bounded sample of the day's pairs
+    # a bounded sample of the day before's pairs: the reference of the input drift
+    previous_sample: tuple[StoredPair, ...] = ()
     # Pairs the comparator refused into its quarantine (whole experiment): {reason: count}.
     quarantine: dict[str, int] = field(default_factory=dict)
 
@@ -159,6 +163,11 @@ async def gather(
         sample = await store.sample_pairs(
             experiment, start, end, limit=SAMPLE_LIMIT, most_divergent=False
         )
+    previous_sample: Sequence[StoredPair] = ()
+    if sample and any(p.request_body is not None for p in sample):
+        previous_sample = await store.sample_pairs(
+            experiment, prev_start, start, limit=SAMPLE_LIMIT, most_divergent=False
+        )
     # A day still in progress is judged as it stands now, not at its (future) end.
     at = min(end, datetime.now(UTC))
     verdict = await _judge(store, experiment, policy, at) if info.started_at < at else None
@@ -176,6 +185,7 @@ async def gather(
         verdict=verdict,
         divergent=tuple(divergent),
         sample=tuple(sorted(sample, key=lambda p: (p.ts, p.request_id))),
+        previous_sample=tuple(sorted(previous_sample, key=lambda p: (p.ts, p.request_id))),
         quarantine=(await quarantine_counts(store, experiment))["by_reason"],
     )
 
@@ -202,6 +212,7 @@ async def _judge(
         at=v.at,
         elapsed_hours=float(v.elapsed_hours),
         checks=tuple(_check_row(c) for c in v.checks),
+        segments=tuple(s.to_json() for s in v.segments),
     )
 
 

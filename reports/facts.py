@@ -21,6 +21,7 @@ from comparator.aggregates import Aggregate, ddsketch_value, keys
 from comparator.checks import coverage_counts
 from comparator.store import StoredPair
 from reports.data import CheckRow, ReportData
+from reports.segments import drift_facts, segment_facts
 
 __all__ = [
     "OUTCOMES",
@@ -333,6 +334,7 @@ def facts(data: ReportData) -> dict[str, Any]:
             "at": _iso(v.at),
             "elapsed_hours": _num(v.elapsed_hours),
             "checks": [_check_json(c) for c in v.checks],
+            "segments": list(v.segments),
         },
         "traffic": _traffic(agg, info.config, data.quarantine),
         "latency": {side: _latency(agg, side) for side in SIDES},
@@ -358,6 +360,8 @@ def facts(data: ReportData) -> dict[str, Any]:
             for hour, a in data.hourly
         ],
         "memory": _memory(data),
+        "segments": segment_facts(data),
+        "drift": drift_facts(data),
         "most_divergent": [_pair_json(p) for p in data.divergent],
         "previous_day": {
             "day": (data.day.fromordinal(data.day.toordinal() - 1)).isoformat(),

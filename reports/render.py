@@ -51,6 +51,9 @@ pre{white-space:pre-wrap;word-break:break-all;background:#f7f9fb;border:1px soli
  max-height:140px;overflow:auto}
 code{font:12px "DejaVu Sans Mono",monospace}
 footer{color:#7b8794;font-size:12px;text-align:center;margin:20px 0}
+h3{font-size:15px;margin:12px 0 4px}
+table.heatmap{width:auto}table.heatmap td.heat{width:22px;height:16px;padding:0;border:1px solid #fff}
+.drift-warning{background:#fff3bf;border:1px solid #f0c36d;border-radius:4px;padding:6px 10px}
 """
 
 MD_REASONS = 6  # a pull-request comment stays short
@@ -328,6 +331,111 @@ def _previous_html(f: dict[str, Any]) -> str:
     return f"<section><h2>Compared with the previous day</h2>{_table(head, rows)}</section>"
 
 
+def _heat_color(rate: float | None, top: float) -> str:
+    if rate is None:
+        return "#f4f6f8"
+    x = 0.0 if top <= 0 else min(1.0, rate / top)
+    # white (agreement) to red (the day's highest disagreement)
+    return f"rgb(255,{round(255 - 150 * x)},{round(255 - 170 * x)})"
+
+
+def _segments_html(f: dict[str, Any]) -> str:
+    dims = f.get("segments") or []
+    if not dims:
+        return ""
+    parts = ["<section id='segments'><h2>Segments</h2>"]
+    for d in dims:
+        rows = []
+        for r in d["rows"]:
+            w = r["worst"]
+            status = str(w["status"]) if w else "—"
+            rows.append(
+                [
+                    f"<code>{_e(r['value'])}</code>",
+                    _e(count(r["pairs"])),
+                    _e(pct(r["top1_disagreement"])),
+                    _e(pct(r["error_delta"], 3)),
+                    f"<code>{_e(w['id'])}</code>" if w else "—",
+                    f'<span class="badge {_e(status.lower())}">{_e(status.upper())}</span>',
+                    _e(g(w["estimate"]) if w else "—"),
+                    _e(interval(w["lower"], w["upper"]) if w else "—"),
+                    _e(g(w["margin"]) if w else "—"),
+                    _e(g(w["distance"]) if w else "—"),
+                ]
+            )
+        head = [
+            "segment",
+            "pairs",
+            "top-1 disagreement",
+            "error Δ",
+            "nearest check",
+            "status",
+            "estimate",
+            "interval",
+            "margin",
+            "beyond margin",
+        ]
+        parts.append(f"<h3>{_e(d['dimension'])}</h3>")
+        parts.append(_table(head, rows, num={1, 2, 3, 6, 7, 8, 9}))
+        heat = d["heatmap"]
+        rates = [x for row in heat["cells"] for x in row if x is not None]
+        top = max(rates, default=0.0)
+        hours = [h[11:13] for h in heat["hours"]]
+        cells = "".join(
+            f"<tr><th><code>{_e(v)}</code></th>"
+            + "".join(
+                f'<td class="heat" style="background:{_heat_color(x, top)}" '
+                f'title="{_e(v)} {_e(h)}: {_e(pct(x))} of {_e(count(n))} pairs"></td>'
+                for x, n, h in zip(row, nrow, heat["hours"], strict=True)
+            )
+            + "</tr>"
+            for v, row, nrow in zip(heat["values"], heat["cells"], heat["pairs"], strict=True)
+        )
+        head_row = "<tr><th></th>" + "".join(f"<th class='num'>{_e(h)}</th>" for h in hours)
+        parts.append(
+            f"<table class='heatmap' aria-label='top-1 disagreement by segment and hour'>"
+            f"{head_row}</tr>{cells}</table>"
+            f"<p class='note'>Heatmap: top-1 disagreement per segment (rows) and UTC hour "
+            f"(columns), white 0 to red {_e(pct(top))}. Segments are the top "
+            f"{len(heat['values'])} by pairs, the rest as (other); each critical check runs "
+            f"per segment at α/(k·dimensions) and only its FAIL counts (a REJECT).</p>"
+        )
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _drift_html(f: dict[str, Any]) -> str:
+    d = f.get("drift")
+    if not d:
+        return ""
+    mix = d["prediction_mix"]
+    rows = [
+        [
+            "production's prediction mix (class PSI)",
+            _e(g(mix["psi"])),
+            _e(mix["level"] or "not enough pairs"),
+            _e(" → ".join(count(n) for n in mix["n"])),
+        ]
+    ]
+    rows += [
+        [
+            f"<code>{_e(x['feature'])}</code>",
+            _e(g(x["psi"])),
+            "",
+            _e(" → ".join(map(count, x["n"]))),
+        ]
+        for x in d["features"]
+    ]
+    warn = "".join(f"<p class='drift-warning'><b>Warning:</b> {_e(w)}</p>" for w in d["warnings"])
+    note = (
+        "Day over day: this day against the day before (input features over a bounded sample of "
+        f"stored request bodies, {d['features_compared']} compared). PSI < 0.1 stable, < 0.25 "
+        "moderate, else large. Drift informs; it does not change the decision."
+    )
+    table = _table(["what", "PSI", "level", "n (before → day)"], rows, num={1})
+    return f"<section id='drift'><h2>Drift of the window</h2>{warn}{table}<p class='note'>{_e(note)}</p></section>"
+
+
 def render_html(f: dict[str, Any], plots: dict[str, str]) -> str:
     """The whole page. ``plots`` holds trusted SVG made by :mod:`reports.plots`; all else is escaped."""
     m = f["models"]
@@ -352,6 +460,8 @@ def render_html(f: dict[str, Any], plots: dict[str, str]) -> str:
             _traffic_html(f),
             _latency_html(f, plots),
             _divergence_html(f, plots),
+            _segments_html(f),
+            _drift_html(f),
             _memory_html(f, plots),
             _divergent_html(f),
             _previous_html(f),
@@ -452,5 +562,14 @@ def render_markdown(f: dict[str, Any]) -> str:
                 "\nChecks not passing: "
                 + "; ".join(f"{_code(c['id'])} {_md(str(c['status']).upper())}" for c in bad)
             )
+    for w in (f.get("drift") or {}).get("warnings", []):
+        lines.append(f"\n**Warning:** {_md(w)}")
+    seg_fail = [
+        f"{_code(s['dimension'] + '=' + s['value'])} {_code(s['id'])}"
+        for s in (v or {}).get("segments", [])
+        if str(s["status"]).upper() == "FAIL"
+    ]
+    if seg_fail:
+        lines.append("\nSegments failing: " + "; ".join(seg_fail))
     lines.append("\nFull report: `report.html` (charts, scorecard, most divergent requests).")
     return "\n".join(lines) + "\n"
