@@ -148,9 +148,20 @@ async def judge_and_report(opts: DemoOptions) -> dict[str, Any]:
             raise DemoError(f"writing the report: {exc}") from None
     finally:
         await store.close()
+    parity = total.segments.get("parity", {})
     return {
         "verdict": verdict.to_json(),
         "decision": _decision(verdict.decision),
+        "segments": {
+            "parity": {
+                value: {
+                    "pairs": seg.count("pairs"),
+                    "n": seg.count("cls.n"),
+                    "agree": seg.count("cls.agree"),
+                }
+                for value, seg in sorted(parity.items())
+            }
+        },
         "window_seconds": window,
         "numbers": key_numbers(total),
         "classification": {"n": total.count("cls.n"), "agree": total.count("cls.agree")},
@@ -267,6 +278,9 @@ def _child_env(opts: DemoOptions) -> dict[str, str]:
         "SHADOWTEE_PROXY__INCLUDE_REQUEST_BODY": "true",
         "SHADOWTEE_COMPARATOR__STORE_REQUEST_BODIES": "true",
         "SHADOWTEE_COMPARATOR__SCRAPE_INTERVAL_S": "2",
+        # The segment of the demo: the digit's parity, which the load driver writes into each
+        # request (parameters.parity); the verdict checks each parity, the report shows both.
+        "SHADOWTEE_PROXY__SEGMENT_POINTERS": json.dumps({"parity": "/parameters/parity"}),
     }
 
 
@@ -384,4 +398,10 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"{_fmt(n.get('cand_p99_ms'), ' ms')}   candidate timeouts "
         f"{_fmt(n.get('cand_timeout_rate'), pct=True)}"
     )
+    for value, seg in s.get("segments", {}).get("parity", {}).items():
+        rate = 1 - seg["agree"] / seg["n"] if seg["n"] else None
+        print(
+            f"  segment parity={value}: {seg['pairs']} pairs, top-1 disagreement "
+            f"{_fmt(rate, pct=True)}"
+        )
     print(f"report: {s['report']['html']}  (also report.json, report.md; run in {s['seconds']} s)")

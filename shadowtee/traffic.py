@@ -35,7 +35,7 @@ def digits_requests(models: Path) -> tuple[list[bytes], str]:
         lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         return [ln.encode() for ln in lines], f"{path} ({len(lines)} rows)"
     x, y = load_digits(return_X_y=True)
-    _, x_test, _, _ = train_test_split(
+    _, x_test, _, y_test = train_test_split(
         x.astype(np.float32), y, test_size=0.25, random_state=0, stratify=y
     )
     bodies = [
@@ -50,10 +50,12 @@ def digits_requests(models: Path) -> tuple[list[bytes], str]:
                         "data": [float(v) for v in row],
                     }
                 ],
+                # the digit's parity: the demo's segment (a JSON pointer the proxy reads)
+                "parameters": {"parity": "even" if int(label) % 2 == 0 else "odd"},
             },
             separators=(",", ":"),
         ).encode()
-        for i, row in enumerate(x_test)
+        for i, (row, label) in enumerate(zip(x_test, y_test, strict=True))
     ]
     return bodies, f"digits test split ({len(bodies)} rows, cycled)"
 

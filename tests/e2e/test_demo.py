@@ -81,6 +81,14 @@ def _assert_clean_and_reported(out: Path, summary: dict[str, Any], printed: str)
         for port in proc["ports"].values():
             assert _closed(port), f"{name} still listens on {port}"
     assert summary["pairs_stored"] == REQUESTS
+    # The demo's segment: the digit's parity, from the request through the proxy to the report.
+    parity = summary["segments"]["parity"]
+    assert set(parity) == {"even", "odd"}, parity
+    assert sum(v["pairs"] for v in parity.values()) == REQUESTS
+    assert "segment parity=even" in printed
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert [d["dimension"] for d in report["segments"]] == ["parity"]
+    assert "<h3>parity</h3>" in (out / "report.html").read_text(encoding="utf-8")
 
 
 def _agreement_matches_onnxruntime(summary: dict[str, Any], version: str) -> None:
