@@ -1,12 +1,16 @@
 """Verdict rates through the real ingest path, with more runs than the CI suite takes.
 
     .venv/bin/python bench/verdict_sim.py [--aa-runs 25] [--runs 20] [--near]
+    .venv/bin/python bench/verdict_sim.py --segments [--aa-runs 40] [--runs 40] [--hours 24]
 
 Uses the generators and the loop of ``tests/comparator/test_simulations.py`` (wire-format pairs →
 ``Store.ingest`` into SQLite → a saved look every simulated hour, 100 pairs an hour, the simulation
 policy there) and prints, for A/A (per task) and for each planted regression: runs, decisions, the
 share REJECTed with the REJECT naming the check, and the median hour of the decision. ``--near``
-plants each regression at about twice its margin instead (no A/A).
+plants each regression at about twice its margin instead (no A/A). ``--segments`` measures the
+segment checks with the loop of ``tests/comparator/test_segments.py`` instead: A/A over 20 equal
+tenants (1 000 pairs an hour, ``--hours`` of hourly looks) and a 15-point top-1 regression in one
+tenant of 10% of traffic (500 pairs an hour, until REJECT or ``--hours``).
 """
 
 from __future__ import annotations
@@ -74,12 +78,54 @@ def _row(name: str, runs: list[sim.Run], check: str | None) -> str:
     )
 
 
+async def _segments(args: argparse.Namespace, d: Path) -> None:
+    from comparator.policy import load_policy as load
+    from comparator.store import Store
+    from tests.comparator import test_segments as seg
+
+    (Path(d) / "seg.toml").write_text(seg.SEG_POLICY)
+    policy = load(Path(d) / "seg.toml")
+    store = await Store.open(
+        f"sqlite:///{Path(d) / 'seg.sqlite'}", normalize_config=lambda n: seg.CONFIG
+    )
+    try:
+        aa = [
+            await seg._run(store, policy, f"aa{i}", 70_000 + i, args.hours, 1000, seg._tenant_20,
+                           lambda dec, _: dec is Decision.REJECT)
+            for i in range(args.aa_runs)
+        ]  # fmt: skip
+        rej = sum(r[0] is Decision.REJECT for r in aa)
+        print(f"| A/A, 20 tenants, {args.hours} h | {len(aa)} | {rej} REJECT "
+              f"({100 * rej / len(aa):.1f}%) | |", flush=True)  # fmt: skip
+        bad = [
+            await seg._run(store, policy, f"bad{i}", 80_000 + i, args.hours, 500,
+                           seg._tenant_10pct, lambda dec, _: dec is not Decision.KEEP_OBSERVING,
+                           flip_in="t0", flip=0.15)
+            for i in range(args.runs)
+        ]  # fmt: skip
+        named = [r for r in bad if r[0] is Decision.REJECT and "in segment tenant=t0" in r[2]]
+        hours = statistics.median([r[1] for r in named] or [0])
+        print(f"| top-1 +15 pp in t0 (10% of traffic) | {len(bad)} | {len(named)} REJECT naming "
+              f"tenant=t0 ({100 * len(named) / len(bad):.0f}%) | {hours:g} |", flush=True)  # fmt: skip
+    finally:
+        await store.close()
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--aa-runs", type=int, default=25, help="A/A runs per task")
     ap.add_argument("--runs", type=int, default=20, help="runs per planted regression")
     ap.add_argument("--near", action="store_true", help="regressions at about twice the margin")
+    ap.add_argument("--segments", action="store_true", help="the segment checks' rates")
+    ap.add_argument("--hours", type=int, default=24, help="--segments: hours of looks at most")
     args = ap.parse_args()
+    if args.segments:
+        print("| experiment | runs | result | median hour of the REJECT |\n|---|---:|---:|---:|")
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as d:
+            await _segments(args, Path(d))
+        print(f"\n{time.perf_counter() - t0:.0f} s")
+        return
     print("| experiment | runs | PROMOTE | REJECT | A/A: false REJECT; planted: REJECT naming the check "
           "| median hour (A/A: of PROMOTE) |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|")

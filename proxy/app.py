@@ -29,6 +29,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from comparator.wire import Outcome
+from proxy import validate
 from proxy.encode import segment_extractor
 from proxy.headers import drop_set, request_lines, response_lines
 from proxy.http1 import Connection, Request, simple_response
@@ -112,6 +113,7 @@ class DataPort:
         self._counter = itertools.count(1)
         self._shipper_task: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._validator = validate.install(settings, state.registry)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -243,6 +245,12 @@ class DataPort:
         stats.requests += 1
         pairing, tee, prod = state.pairing, state.tee, state.prod
         assert pairing is not None and tee is not None and prod is not None
+        if self._validator is not None:  # validate_inputs: a 400 before production sees it
+            refused = await self._validator.refusal(req)
+            if refused is not None:
+                keep = req.keep_alive and not state.draining
+                conn.write(simple_response(400, f"{refused}\n", close=not keep))
+                return keep
         raw_rid = req.header(self._rid_lower)
         rid = raw_rid.decode("latin-1") if raw_rid else ""
         rid, pair_id = self._pair_key(rid)

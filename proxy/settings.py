@@ -136,6 +136,13 @@ class ProxySettings(BaseSettings):
         Field(max_length=7),
     ] = {}
 
+    # Input validation (README, "Input validation"): off by default. On, an inference request
+    # whose inputs do not match production's OIP model metadata (read at the first request for a
+    # model and again every ``validate_refresh_s``) is answered 400 before production sees it.
+    validate_inputs: bool = False
+    validate_refresh_s: Annotated[float, Field(gt=0)] = 30.0
+    validate_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+
     @field_validator("listen", "admin_listen")
     @classmethod
     def _host_port(cls, value: str) -> str:

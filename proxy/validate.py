@@ -26,17 +26,22 @@ import json
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily
+
 __all__ = [
     "INFER_PATH",
+    "METADATA_MAX_BYTES",
     "InputSpec",
     "InputValidator",
     "ModelInputs",
+    "ValidationCollector",
     "ValidationStats",
     "check_request",
+    "install",
     "parse_metadata",
 ]
 
@@ -59,6 +64,7 @@ _WIDTH = {
     "BF16": 2,
 }
 MAX_VALUES = 1 << 24  # a declared shape beyond this is refused without counting the data
+METADATA_MAX_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,3 +265,77 @@ class InputValidator:
         if reason is not None:
             self.stats.rejected += 1
         return reason
+
+    async def refusal(self, req: Any) -> str | None:
+        """For the data port: the reason to answer ``req`` (a ``proxy.http`` request) with 400, or
+        None. Reads a body still arriving whole first (what is validated is what is forwarded)."""
+        if req.method != "POST" or INFER_PATH.match(req.path) is None:
+            return None
+        body = await req.read_body()
+        raw = req.header(b"inference-header-content-length")
+        header_length = int(raw) if raw is not None and raw.isdigit() and len(raw) < 12 else None
+        reason = await self.check(req.path, body, header_length)
+        if reason is None:
+            return None
+        short = reason if len(reason) <= 500 else reason[:497] + "..."
+        return short.encode("utf-8", "replace").decode("utf-8")
+
+
+def http_fetch(prod_url: str, timeout_s: float) -> Fetch:
+    """``GET`` on production (a fresh connection per read: reads are rare), the body bounded."""
+    import aiohttp
+
+    base = prod_url.rstrip("/")
+
+    async def fetch(path: str) -> tuple[int, bytes]:
+        try:
+            timeout = aiohttp.ClientTimeout(total=timeout_s)
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                http.get(base + path) as resp,
+            ):
+                return resp.status, await resp.content.read(METADATA_MAX_BYTES)
+        except aiohttp.ClientError as exc:
+            raise OSError(str(exc)) from None
+
+    return fetch
+
+
+class ValidationCollector:
+    """The validator's counters on the proxy's ``/metrics``."""
+
+    def __init__(self, stats: ValidationStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        s = self._stats
+        yield CounterMetricFamily(
+            "shadowtee_proxy_inputs_checked",
+            "Inference requests checked against production's model metadata (validate_inputs).",
+            value=s.checked,
+        )
+        yield CounterMetricFamily(
+            "shadowtee_proxy_inputs_rejected",
+            "Inference requests answered 400 by the proxy: inputs not matching the model.",
+            value=s.rejected,
+        )
+        reads = CounterMetricFamily(
+            "shadowtee_proxy_input_metadata_reads",
+            "Reads of production's model metadata, by result.",
+            labels=["result"],
+        )
+        reads.add_metric(["ok"], s.metadata_reads - s.metadata_errors)
+        reads.add_metric(["error"], s.metadata_errors)
+        reads.add_metric(["changed"], s.metadata_changes)
+        yield reads
+
+
+def install(settings: Any, registry: Any) -> InputValidator | None:
+    """The data port's validator (None unless ``validate_inputs``), its counters registered."""
+    if not settings.validate_inputs:
+        return None
+    v = InputValidator(
+        http_fetch(settings.prod, settings.validate_timeout_s), settings.validate_refresh_s
+    )
+    registry.register(ValidationCollector(v.stats))
+    return v
