@@ -1429,3 +1429,46 @@ def test_chunked_request_trailers_never_become_headers() -> None:
     assert got.body == body
     names = {name.lower() for name, _ in got.headers}
     assert b"x-trailer-field" not in names and b"authorization" not in names
+
+
+def test_the_strict_client_refuses_every_malformed_answer_directly() -> None:
+    """The oracle's premise: each malformed answer is refused by the test client itself when it
+    comes straight from the raw upstream (so through the proxy a 502 is due), while a well-formed
+    answer of every framing parses to the scripted body."""
+
+    async def outcomes() -> tuple[list[str], list[bytes]]:
+        answers = [
+            Reply(raw=raw.replace(b"<%s>", b"<evil>")) for raw in MALFORMED + MALFORMED_VERSION
+        ]
+        good = [
+            Reply(body=b"<ok>"),
+            Reply(
+                body=b"<ok>",
+                framing="chunked",
+                chunk_size=1,
+                chunk_ext=True,
+                trailers=((b"T", b"1"),),
+            ),
+            Reply(body=b"<ok>", framing="close"),
+            Reply(status=204, reason=b"No Content", framing="none"),
+        ]
+        replies = answers + good
+        refused, bodies = [], []
+        async with RawUpstream(lambda req: replies[int(req.target[1:])]) as upstream:
+            for i in range(len(replies)):
+                client = await RawClient.connect(upstream.port)
+                try:
+                    await client.send(b"GET /%d HTTP/1.1\r\nHost: u\r\n\r\n" % i)
+                    try:
+                        got = await client.read_response("GET", RESPONSE_LIMIT_S)
+                    except Malformed:
+                        refused.append(str(i))
+                    else:
+                        bodies.append(got.body)
+                finally:
+                    client.abort()
+        return refused, bodies
+
+    refused, bodies = run(outcomes())
+    assert refused == [str(i) for i in range(len(MALFORMED) + len(MALFORMED_VERSION))]
+    assert bodies == [b"<ok>", b"<ok>", b"<ok>", b""]
