@@ -34,6 +34,7 @@ __all__ = [
     "ddsketch_key",
     "ddsketch_value",
     "keys",
+    "signed_value",
 ]
 
 DDSKETCH_ALPHA = 0.01
@@ -53,6 +54,12 @@ def ddsketch_key(x: float) -> int:
     if x <= MIN_VALUE_MS:
         return MIN_KEY
     return math.ceil(math.log(x) / _LOG_GAMMA)
+
+
+def signed_value(key: int) -> float:
+    """The upper edge of a signed log bucket (``comparator.normalize.signed_keys``)."""
+    negative = key % 2
+    return (-1.0 if negative else 1.0) * GAMMA ** ((key - negative) // 2)
 
 
 def ddsketch_value(key: int) -> float:
@@ -88,6 +95,7 @@ class keys:
     REG_PROD = "reg.prod"  # moments
     REG_N = "reg.n"
     REG_TOL_EXCEED = "reg.tol_exceed"
+    REG_PROD_HIST = "reg.prod.hist"  # hists: production's outputs, signed log buckets
     # embedding
     EMB_N = "emb.n"
     EMB_COS = "emb.cos"  # moments

@@ -72,6 +72,7 @@ __all__ = [
     "fold",
     "measure",
     "read_output",
+    "signed_keys",
 ]
 
 JS_TAIL_AT = 0.1
@@ -496,7 +497,11 @@ def fold(
             segs = {}
             for v, mask in masks.items():
                 part = _fold_hour(np.flatnonzero(mask), metrics, cols, warm)
-                hists = {k: h for k, h in part.hists.items() if not k.startswith("lat.")}
+                hists = {
+                    k: h
+                    for k, h in part.hists.items()
+                    if not k.startswith("lat.") and k != keys.REG_PROD_HIST
+                }
                 segs[v] = Aggregate(counters=part.counters, moments=part.moments, hists=hists)
             agg.add_segments(d, segs)
     return out
@@ -591,6 +596,11 @@ def _fold_hour(
             agg.add_hist("reg.tol_over", dict(zip(u.tolist(), cnt.tolist(), strict=True)))
         agg.add_moments(keys.REG_DIFF, _moments(m.diff[sel]))
         agg.add_moments(keys.REG_PROD, _moments(m.prod_value[sel]))
+        yp = m.prod_value[sel]
+        yp = yp[np.isfinite(yp)]
+        if yp.size:  # production's outputs, binned: the drift of its prediction mix (reports)
+            u, cnt = np.unique(signed_keys(yp), return_counts=True)
+            agg.add_hist(keys.REG_PROD_HIST, dict(zip(u.tolist(), cnt.tolist(), strict=True)))
     elif m.task == "embedding":
         cos = m.cosine[sel]
         agg.add(keys.EMB_N, int(sel.size))
@@ -635,6 +645,13 @@ def _fold_twin(
     elif m.task == "ranking":
         s3 = s3[np.isfinite(m.twin_rbo_loss[s3])]
         agg.add_moments("twin.rank_rbo.excess", _moments(m.rbo_loss[s3] - m.twin_rbo_loss[s3]))
+
+
+def signed_keys(values: F64) -> NDArray[np.int64]:
+    """Log buckets (1%) of values of any sign: ``2·ceil(log_γ max(|y|, 1e-12)) + (y < 0)``;
+    :func:`comparator.aggregates.signed_value` reads one back."""
+    mag = np.maximum(np.abs(values), 1e-12)
+    return (2 * np.ceil(np.log(mag) / LOG_GAMMA).astype(np.int64) + (values < 0)).astype(np.int64)
 
 
 def _paired(

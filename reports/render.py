@@ -411,7 +411,7 @@ def _drift_html(f: dict[str, Any]) -> str:
     mix = d["prediction_mix"]
     rows = [
         [
-            "production's prediction mix (class PSI)",
+            f"production's prediction mix (PSI of {mix.get('of', 'classes')})",
             _e(g(mix["psi"])),
             _e(mix["level"] or "not enough pairs"),
             _e(" → ".join(count(n) for n in mix["n"])),

@@ -16,9 +16,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from comparator import stats
-from comparator.aggregates import keys
+from comparator.aggregates import keys, signed_value
 from comparator.store import StoredPair
 from comparator.summary import segment_summary
 from reports.data import ReportData
@@ -147,14 +148,40 @@ def _feature_psi(before: list[float], today: list[float]) -> float | None:
     return stats.psi(pa.astype(float), pb.astype(float))
 
 
+def _binned_outputs_psi(before: dict[int, int], today: dict[int, int]) -> float:
+    """PSI of production's regression outputs (signed log buckets) in the deciles of the day
+    before."""
+    values = np.array([signed_value(k) for k in before])
+    weights = np.array(list(before.values()), dtype=float)
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order]) / weights.sum()
+    edges = np.unique(values[order][np.searchsorted(cum, np.linspace(0.1, 0.9, 9))])
+
+    def binned(h: dict[int, int]) -> NDArray[np.float64]:
+        v = np.array([signed_value(k) for k in h])
+        idx = np.searchsorted(edges, v, side="left")
+        w = np.array(list(h.values()), dtype=np.float64)
+        return np.bincount(idx, weights=w, minlength=edges.size + 1).astype(np.float64)
+
+    return stats.psi(binned(before), binned(today))
+
+
 def drift_facts(data: ReportData) -> dict[str, Any]:
-    """Day-over-day PSI of production's prediction mix and of numeric input features."""
+    """Day-over-day PSI of production's prediction mix (classes, or binned regression outputs)
+    and of numeric input features."""
     prev, today = data.previous.cat(keys.CLASS_PROD), data.total.cat(keys.CLASS_PROD)
     n_prev, n_today = sum(prev.values()), sum(today.values())
     mix: float | None = None
+    what = "classes"
     if n_prev >= MIN_CLASS_PAIRS and n_today >= MIN_CLASS_PAIRS:
         bins = sorted(set(prev) | set(today))
         mix = stats.psi([prev.get(b, 0) for b in bins], [today.get(b, 0) for b in bins])
+    elif not n_prev and not n_today:
+        hp, ht = data.previous.hist(keys.REG_PROD_HIST), data.total.hist(keys.REG_PROD_HIST)
+        n_prev, n_today = sum(hp.values()), sum(ht.values())
+        what = "binned outputs"
+        if n_prev >= MIN_CLASS_PAIRS and n_today >= MIN_CLASS_PAIRS:
+            mix = _binned_outputs_psi(hp, ht)
     features: list[dict[str, Any]] = []
     before, now = _features(data.previous_sample), _features(data.sample)
     for name in sorted(set(before) & set(now)):
@@ -182,6 +209,7 @@ def drift_facts(data: ReportData) -> dict[str, Any]:
             "psi": mix,
             "level": _level(mix),
             "n": [n_prev, n_today],
+            "of": what,
         },
         "features": features[:FEATURES_SHOWN],
         "features_compared": len(features),

@@ -164,3 +164,46 @@ def test_the_segment_section_renders_in_chromium(report: ReportPaths, tmp_path: 
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     _check_page(proc.stdout)
+
+
+async def _regression_report(url: str, out: Path, shift: float) -> dict[str, Any]:
+    """Two days of the simulation's regression pairs; the second day's outputs (both sides)
+    moved by ``shift``."""
+    from datetime import UTC, date, datetime, timedelta
+
+    import numpy as np
+
+    from comparator.normalize import NormalizeConfig
+    from comparator.wire import PairBatch
+    from tests.comparator import test_simulations as sim
+
+    day = date(2026, 11, 20)
+    start = datetime(2026, 11, 19, tzinfo=UTC)
+    rng = np.random.default_rng(3)
+    store = await Store.open(url, normalize_config=lambda n: NormalizeConfig(task="regression"))
+    try:
+        for hour in range(48):
+            raw = sim.hour_of_pairs(rng, sim.Plant(task="regression"), "reg", start, hour)
+            for p in raw:
+                for side in (p["prod"], p["candidate"]):
+                    if hour >= 24 and side.get("status") == 200:
+                        out0 = side["body"]["outputs"][0]
+                        side["body"] = {"outputs": [{**out0, "data": [out0["data"][0] + shift]}]}
+            await store.ingest(list(PairBatch.model_validate({"pairs": raw}).pairs))
+        assert start + timedelta(days=1) == datetime(2026, 11, 20, tzinfo=UTC)
+        paths = await write_report(store, "reg", day, out)
+    finally:
+        await store.close()
+    return dict(json.loads(paths.json.read_text())["drift"])
+
+
+@pytest.mark.parametrize(("shift", "moved"), [(0.0, False), (3.0, True)])
+def test_drift_of_regression_outputs_is_binned(tmp_path: Path, shift: float, moved: bool) -> None:
+    d = asyncio.run(_regression_report(f"sqlite:///{tmp_path}/r.sqlite", tmp_path, shift))
+    mix = d["prediction_mix"]
+    # compared pairs a day: 2 400 less the few errors and timeouts
+    assert mix["of"] == "binned outputs" and all(2300 < n <= 2400 for n in mix["n"])
+    if moved:
+        assert mix["psi"] > 0.25 and d["warnings"]
+    else:
+        assert mix["psi"] < 0.1 and not d["warnings"]
