@@ -195,7 +195,7 @@ class DataPort:
                 await self._reaper
             self._reaper = None
         if state.pairing is not None:
-            state.pairing.drain()
+            state.pairing.drain(time.monotonic())
         if state.shipper is not None and self._shipper_task is not None:
             await state.shipper.close()
             await self._shipper_task
