@@ -222,6 +222,15 @@ class DataPort:
         state.stats.prod_unreachable += 1
         return simple_response(502, f"production unreachable: {reason}\n", close=not keep)
 
+    def _client_abort(self, pair_id: str, paired: bool) -> bool:
+        """The client broke off its streamed body (FIN or reset): a client abort, not a
+        production failure; no answer is attempted on its socket, which is closed."""
+        self.state.stats.client_aborts += 1
+        if paired:
+            side = Side(Outcome.ERROR, error="client broke off its request body")
+            self.state.pairing.set_prod(pair_id, side)  # type: ignore[union-attr]
+        return False
+
     def _pair_key(self, client_id: str) -> tuple[str, str]:
         """The request id sent upstream and to the client, and the key of the request's pair.
 
@@ -273,7 +282,12 @@ class DataPort:
                     key = raw_key.decode("latin-1")
             if self._rules.sampled(key):
                 if req.stream is not None:  # a large body, still arriving: teed, so read whole
-                    body = await req.read_body()
+                    try:
+                        body = await req.read_body()
+                    except OSError:
+                        if req.stream.client_gone:  # the client broke off before its body's end
+                            return self._client_abort(pair_id, False)
+                        raise
                 paired = tee.submit(pair_id, method, req.target, path, headers, body)
             else:
                 stats.not_sampled += 1
@@ -291,6 +305,8 @@ class DataPort:
                 pairing.set_prod(pair_id, Side(Outcome.ERROR, error="client request cancelled"))
             raise
         except Exception as exc:
+            if stream is not None and stream.client_gone:  # the client broke off: nobody to answer
+                return self._client_abort(pair_id, paired)
             conn.write(self._gateway_error(exc, pair_id, paired, keep))
             return keep
 

@@ -76,6 +76,7 @@ class ProxyStats:
 
     requests: int = 0
     client_body_timeouts: int = 0
+    client_aborts: int = 0  # the client broke off its streamed body (FIN or reset) mid-upload
     prod_unreachable: int = 0
     prod_timeouts: int = 0
     prod_broken_bodies: int = 0  # production failed after the response head was sent
@@ -104,6 +105,7 @@ class ProxyStats:
         return {
             "requests": self.requests,
             "client_body_timeouts": self.client_body_timeouts,
+            "client_aborts": self.client_aborts,
             "prod_unreachable": self.prod_unreachable,
             "prod_timeouts": self.prod_timeouts,
             "prod_broken_bodies": self.prod_broken_bodies,
@@ -173,6 +175,11 @@ class ProxyCollector(Collector):
             "client_body_timeouts",
             "Requests answered 408: the body did not arrive in time.",
             s.client_body_timeouts,
+        )
+        yield counter(
+            "client_aborts",
+            "Requests whose client broke off its body mid-upload (no answer attempted).",
+            s.client_aborts,
         )
         errs = CounterMetricFamily(
             p + "production_errors",

@@ -44,6 +44,12 @@ class BodyStream:
         return self._error is not None
 
     @property
+    def client_gone(self) -> bool:
+        """The body broke off because the client closed or reset its connection (not because
+        the proxy refused the rest of it)."""
+        return isinstance(self._error, ConnectionResetError)
+
+    @property
     def finished(self) -> bool:
         """Every byte arrived and was taken (or the stream failed)."""
         return (self.ended and not self._chunks) or self._error is not None

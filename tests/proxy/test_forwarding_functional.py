@@ -6,11 +6,20 @@ import asyncio
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.proxy.fakes import SEEN, FakeCandidate, free_port, prod_app, running_proxy, serve_app
+from tests.proxy.fakes import (
+    SEEN,
+    FakeCandidate,
+    admin_status,
+    free_port,
+    prod_app,
+    running_proxy,
+    serve_app,
+)
 
 E2E_HEADERS = (
     "Content-Type",
@@ -289,3 +298,38 @@ async def test_a_large_teed_body_reaches_production_and_the_candidate_whole(
             await asyncio.sleep(0.01)
     assert app[SEEN][0]["body"] == body
     assert candidate.requests[0]["body"] == body
+
+
+@pytest.mark.parametrize("path", ["/echo", "/v2/models/m/infer"])  # forwarded as it comes; teed
+@pytest.mark.parametrize("hang_up", ["fin", "reset"])
+async def test_a_client_breaking_off_its_upload_is_a_client_abort_not_a_production_error(
+    tmp_path: Path, client: aiohttp.ClientSession, hang_up: str, path: str
+) -> None:
+    async with (
+        serve_app(prod_app()) as prod,
+        running_proxy(prod=prod, candidate="http://127.0.0.1:9", spool_dir=str(tmp_path)) as proxy,
+    ):
+        port = int(proxy.url.rsplit(":", 1)[1])
+        size = 4 * 1024 * 1024  # over the streaming threshold: handed over as it arrives
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n"
+        writer.write(head.encode())
+        writer.write(b"x" * (size // 2))
+        await writer.drain()
+        if hang_up == "fin":
+            writer.write_eof()
+        else:
+            writer.transport.abort()
+        counters: dict[str, Any] = {}
+        for _ in range(100):  # bounded: at most ~10 s
+            counters = (await admin_status(client, proxy.admin))["counters"]
+            if counters["client_aborts"]:
+                break
+            await asyncio.sleep(0.1)
+        assert counters["client_aborts"] == 1
+        assert counters["prod_unreachable"] == 0 and counters["prod_timeouts"] == 0
+        if hang_up == "fin":  # no 502 is attempted on the half-closed socket
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        async with client.get(proxy.url + "/bytes/10") as resp:
+            assert resp.status == 200  # still serving
