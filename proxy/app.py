@@ -281,7 +281,9 @@ class DataPort:
                 if raw_key:
                     key = raw_key.decode("latin-1")
             if self._rules.sampled(key):
-                if req.stream is not None:  # a large body, still arriving: teed, so read whole
+                # A large body, still arriving: teed, so read whole (unless the paused tee
+                # only counts it: then it is forwarded as it arrives, like one not sampled).
+                if req.stream is not None and not tee.turning_away:
                     try:
                         body = await req.read_body()
                     except OSError:

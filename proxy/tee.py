@@ -187,6 +187,12 @@ class Tee:
         self._retired = keep
         return len(keep)
 
+    @property
+    def turning_away(self) -> bool:
+        """Paused with no probe to send: :meth:`submit` only counts the request, so its body
+        need not be read whole (a large one is forwarded to production as it arrives)."""
+        return self.paused and (self.probes <= 0 or self._closing)
+
     def submit(
         self,
         request_id: str,

@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -223,3 +224,46 @@ def test_half_sent_heads_past_max_connections_hold_a_bounded_amount(
           f"{held:.0f} MiB, peak {peak:.0f} MiB; {refused} refused")  # fmt: skip
     assert (waiting, refused) == (limit, clients - limit)
     assert peak - before < 32, (before, peak)  # 100 x 56 KiB of heads, and no more connections
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_60_mib_upload_to_a_teed_route_while_the_tee_is_paused_is_not_held_whole(
+    tmp_path: Path, lt: LoopThread, start_proxy: Callable[..., ProxyProcess]
+) -> None:
+    size, token = 60 * 2**20, "memory-bound-token-7d2e"
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "shadowtee_proxy__admin_token").write_text(token + "\n")
+    prod = lt.serve(_blob_production())
+    proxy = start_proxy(
+        prod=prod,
+        candidate="http://127.0.0.1:9",
+        comparator=None,
+        env={
+            "SHADOWTEE_SECRETS_DIR": str(secrets),
+            "SHADOWTEE_PROXY__CLIENT_MAX_SIZE": str(size),
+            "SHADOWTEE_PROXY__TEE_ROUTES": '["/upload"]',  # teed, sampled at the default rate 1
+        },
+    )
+    pause = urllib.request.Request(
+        proxy.admin + "/admin/tee/pause",
+        data=b'{"by": "ci"}',
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(pause, timeout=30) as resp:
+        assert resp.status == 200
+    before = proxy.rss_bytes() / 2**20
+    host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+    block = b"u" * 2**20
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // len(block)):
+            sock.sendall(block)
+        answer = sock.recv(4096)
+    peak = _peak_rss_mib(proxy.pid)
+    print(f"\n60 MiB upload, tee paused: RSS before {before:.0f} MiB, peak {peak:.0f} MiB")
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"%d" % size)
+    assert proxy.status()["counters"]["tee_paused"]["operator"] == 1
+    # Forwarded as it arrives: read whole first it was ~180 MiB (the body, its join, the request).
+    assert peak - before < 24, (before, peak)
