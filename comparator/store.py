@@ -5,19 +5,23 @@ writer at a time) and ``postgresql://…`` on asyncpg (row locks). Every look at
 ``hourly_aggregates`` — O(hours) rows of :class:`~comparator.aggregates.Aggregate` — never the pairs.
 
 Ingest is one transaction per batch, written by :class:`comparator.store_ingest.Ingest` (see there
-for why a retried or overlapping batch never counts twice); everything else is here.
+for why a retried or overlapping batch never counts twice); everything else is here. On PostgreSQL
+the pairs are partitioned by day (:mod:`comparator.partitions`): a batch creates the partition of
+its day first if it has none, and retention drops whole days.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from sqlalchemy import Select, Table, delete, func, select, text, update
+import numpy as np
+from sqlalchemy import Select, Table, column, delete, func, select, table, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -26,6 +30,7 @@ from comparator.aggregates import Aggregate
 from comparator.database import async_url, make_engine, migration_state, upgrade_database
 from comparator.exceptions import StoreError, UnknownExperiment
 from comparator.models import MemorySampleRow, VerdictRow, VerdictStateRow
+from comparator.partitions import DEFAULT, Partitions, epoch_days
 from comparator.store_ingest import EXP, HOURS, PAIRS, Ingest, IngestResult, insert_for
 from comparator.wire import Pair
 
@@ -47,6 +52,11 @@ MEM = cast(Table, MemorySampleRow.__table__)
 VERDICTS = cast(Table, VerdictRow.__table__)
 VSTATE = cast(Table, VerdictStateRow.__table__)
 _Q = TypeVar("_Q", bound=Select[Any])
+log = logging.getLogger(__name__)
+# The default partition on PostgreSQL (comparator.partitions): what retention still deletes by row.
+_PAIRS_DEFAULT = table(
+    DEFAULT, column("experiment_id"), column("request_id"), column("ts"), column("sampled")
+)
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,7 @@ class Store:
         self._writing = 0  # batches of this store between prepare and commit
         self._no_write = asyncio.Event()
         self._no_write.set()
+        self.partitions = Partitions(engine) if self.dialect == "postgresql" else None
 
     @classmethod
     async def open(
@@ -157,13 +168,19 @@ class Store:
         except (SQLAlchemyError, OSError) as exc:
             await engine.dispose()
             raise StoreError(f"database {make_url(async_url(url))!r}: {exc}") from exc
-        return cls(
+        store = cls(
             engine,
             normalize_config=normalize_config,
             store_bodies=store_bodies,
             raw_sample_rate=raw_sample_rate,
             writes_first=writes_first,
         )
+        if upgrade and store.partitions is not None:
+            try:
+                await store.partitions.create_ahead()
+            except (SQLAlchemyError, OSError) as exc:  # on demand and the next pass try again
+                log.warning("pairs: partitions not created ahead at start: %s", exc)
+        return store
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -225,6 +242,9 @@ class Store:
         # batches' SQL (with writes_first, only other processes' batches: see between_writes).
         await self.between_writes()
         prepared = self._ingest.prepare(pairs, refused, indexes)
+        if self.partitions is not None and prepared.parts:
+            days = np.unique(np.concatenate([part.times for part in prepared.parts]) // 86_400)
+            await self.partitions.ensure(epoch_days(days))
         self._writing += 1
         try:
             async with self._write() as conn:
@@ -495,31 +515,43 @@ class Store:
     ) -> int:
         """Delete raw pairs older than ``older_than`` that are not in the kept hash sample.
 
-        Only ``experiment`` when given, else every experiment. Works in bounded batches (one short transaction each) so ingest is never blocked for
-        long; aggregates are untouched. Returns the number of rows deleted.
+        Only ``experiment`` when given, else every experiment. Works in bounded batches (one short
+        transaction each) so ingest is never blocked for long; aggregates are untouched. Returns
+        the number of rows deleted.
+
+        On a partitioned PostgreSQL database and every experiment, whole days go instead
+        (:meth:`comparator.partitions.Partitions.drop_older`: the days entirely before
+        ``older_than``), the days ahead are created, and only ``pairs_default`` is purged by row.
         """
+        rows: Any = PAIRS
+        deleted = 0
+        if experiment is None and self.partitions and await self.partitions.partitioned():
+            deleted = await self.partitions.drop_older(older_than)
+            await self.partitions.create_ahead()
+            rows = _PAIRS_DEFAULT
         q = select(EXP.c.id).order_by(EXP.c.id)
         if experiment is not None:
             q = q.where(EXP.c.name == experiment)
         async with self.engine.connect() as conn:
             ids = list((await conn.execute(q)).scalars())
-        deleted = 0
         for eid in ids:
             for _ in range(max_batches):
                 victims = (
-                    select(PAIRS.c.request_id)
+                    select(rows.c.request_id)
                     .where(
-                        PAIRS.c.experiment_id == eid,
-                        PAIRS.c.ts < older_than,
-                        PAIRS.c.sampled.is_(False),
+                        rows.c.experiment_id == eid,
+                        rows.c.ts < older_than,
+                        rows.c.sampled.is_(False),
                     )
                     .limit(batch_size)
                     .scalar_subquery()
                 )
                 async with self._write() as conn:
                     res = await conn.execute(
-                        delete(PAIRS).where(
-                            PAIRS.c.experiment_id == eid, PAIRS.c.request_id.in_(victims)
+                        delete(rows).where(
+                            rows.c.experiment_id == eid,
+                            rows.c.ts < older_than,
+                            rows.c.request_id.in_(victims),
                         )
                     )
                 deleted += res.rowcount
