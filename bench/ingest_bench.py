@@ -12,6 +12,16 @@ demo's digits models.
         --db postgresql://postgres@127.0.0.1:5432/postgres --batches 40 --repeat 3 \
         --writers 2 --http --http-workers 2 --summary
 
+A fleet on PostgreSQL: ``--replicas 1,2,3`` runs that many independent ``shadowtee comparator``
+processes on one database, each on its own port, two clients per replica spread over them, side
+by side in one run; ``--fill-rows N`` (default 10^7) measures ingest, through ``Store.ingest`` and
+through one replica, into a new database with an empty ``pairs`` and again after filling it with N
+pairs in SQL (generate_series, spread over the previous two days' partitions), and prints the
+bytes a stored pair takes (``pg_total_relation_size`` of the pairs and their indexes per row):
+
+    .venv/bin/python bench/ingest_bench.py --db postgresql://postgres@127.0.0.1:5432/postgres \
+        --only-fleet --replicas 1,2,3 --fill-rows 10000000 --batches 60 --repeat 1
+
 Each measurement runs ``--repeat`` times, each on a fresh experiment name (so the database may be
 reused), and prints the median, the best and every run.
 """
@@ -41,9 +51,14 @@ from comparator.wire import Pair
 
 T = TypeVar("T")
 T0 = datetime(2026, 11, 22, 0, 0, tzinfo=UTC)
+# Pairs of the ingest runs are dated in the last hour, as live traffic is: on a partitioned
+# PostgreSQL they land in today's (or yesterday's) partition, not the default one.
+RECENT = datetime.now(UTC) - timedelta(hours=1)
 
 
-def make_pairs(exp: str, start: int, n: int, rng: random.Random) -> list[dict[str, Any]]:
+def make_pairs(
+    exp: str, start: int, n: int, rng: random.Random, t0: datetime | None = None
+) -> list[dict[str, Any]]:
     out = []
     for i in range(start, start + n):
         p = [rng.random() for _ in range(10)]
@@ -55,7 +70,11 @@ def make_pairs(exp: str, start: int, n: int, rng: random.Random) -> list[dict[st
             {
                 "request_id": f"{exp}-{i}",
                 "experiment": exp,
-                "ts": (T0 + timedelta(seconds=i * 0.05)).isoformat(),
+                "ts": (
+                    t0 + timedelta(seconds=i * 0.05)
+                    if t0 is not None
+                    else RECENT + timedelta(seconds=(i % 1_000_000) * 0.003)
+                ).isoformat(),
                 "route": "/v2/models/digits/infer",
                 "request": {"sha256": hashlib.sha256(str(i).encode()).hexdigest()},
                 "prod": {
@@ -252,6 +271,214 @@ async def bench_http_workers(url: str, workers: int, batches: int, size: int) ->
         await asyncio.wait_for(proc.wait(), timeout=60)
 
 
+def cpu_seconds(pids: set[int] | None = None, comm: str | None = None) -> float:
+    """CPU seconds (user + system) used so far by the processes ``pids``, or by every process
+    named ``comm`` (read from /proc; Linux only)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or (pids is not None and int(entry) not in pids):
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :]
+        if comm is not None and name != comm:
+            continue
+        fields = rest.split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def bench_replicas(
+    url: str, replicas: int, batches: int, size: int
+) -> tuple[float, float, float]:
+    """Pairs/s through ``replicas`` independent ``shadowtee comparator`` processes on one
+    database, each on its own port, ``2 x replicas`` clients spread over them (client k posts to
+    replica k mod n), all posting the batches of one experiment; with the CPU seconds per 1000
+    pairs of the replicas and of every ``postgres`` process on this machine (PostgreSQL's
+    background work and other users of the server included)."""
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    from shadowtee.supervise import free_port
+
+    exp = f"bench-r-{uuid.uuid4().hex[:8]}"
+    bodies = encoded_batches(exp, 0, batches, size, random.Random(5))
+    procs, bases = [], []
+    for _ in range(replicas):
+        port = free_port()
+        argv = [sys.executable, "-m", "shadowtee", "--log-level", "WARNING", "comparator",
+                "--listen", f"127.0.0.1:{port}", "--db", url,
+                "--verdict-interval-s", "0"]  # fmt: skip
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                *argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
+        bases.append(f"http://127.0.0.1:{port}")
+    headers = {"Content-Type": "application/json"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            for base in bases:
+                for _ in range(600):  # up to a minute for each replica to start
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with http.get(f"{base}/health/ready") as r:
+                            if r.status == 200:
+                                break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise RuntimeError(f"replica {base} never got ready")
+            async with http.post(f"{bases[0]}/v1/pairs", data=bodies[0], headers=headers) as r:
+                assert r.status == 200, await r.text()  # first sight of the experiment
+        queue = iter(bodies[1:])
+
+        async def client(base: str) -> None:
+            conn = aiohttp.TCPConnector(limit=1)
+            async with aiohttp.ClientSession(base_url=base, connector=conn) as http:
+                for body in queue:
+                    async with http.post("/v1/pairs", data=body, headers=headers) as r:
+                        assert r.status == 200, await r.text()
+
+        pids = {proc.pid for proc in procs}
+        cpu0, pg0 = cpu_seconds(pids), cpu_seconds(comm="postgres")
+        t = time.perf_counter()
+        await asyncio.gather(*(client(bases[k % replicas]) for k in range(2 * replicas)))
+        wall = time.perf_counter() - t
+        kilo = size * (len(bodies) - 1) / 1000
+        cpu, pg = cpu_seconds(pids) - cpu0, cpu_seconds(comm="postgres") - pg0
+        return kilo * 1000 / wall, cpu / kilo, pg / kilo
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            await asyncio.wait_for(proc.wait(), timeout=60)
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(url: str) -> Any:
+    """A new database on the server of ``url`` (dropped at the end): its SQLAlchemy URL."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    name = f"shadowtee_bench_{uuid.uuid4().hex[:10]}"
+    admin = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield parsed.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+# Rows as the comparator stores a classification pair without bodies: outcomes, statuses,
+# latencies, classes and the per-pair metrics. g numbers the row, n the rows in all.
+_FILL = """
+INSERT INTO pairs (experiment_id, request_id, ts, route, request_sha256, prod_outcome,
+    cand_outcome, prod_status, cand_status, prod_latency_ms, cand_latency_ms, prod_version,
+    cand_version, prod_class, cand_class, top1_agree, js, abs_diff, cosine, prod_invalid,
+    cand_invalid, divergence, sampled)
+SELECT $1, 'fill-' || g, $2::timestamptz + (g::float8 / $4) * $3::interval,
+    '/v2/models/digits/infer', md5(g::text) || md5((g + 1)::text), 'ok', 'ok', 200, 200,
+    3 + random() * 2, 3.5 + random() * 2, '1', '2', g % 10, (g + (g % 7 = 0)::int) % 10,
+    g % 7 <> 0, random() * 0.01, random() * 0.1, 1 - random() * 0.01, false, false,
+    random() * 0.01, false
+FROM generate_series($5::bigint, $6::bigint - 1) AS g
+"""
+
+
+async def fill_pairs(url: str, rows: int) -> tuple[float, float]:
+    """Store ``rows`` pairs of one experiment in SQL, spread over the 46 hours before the last
+    two (their days' partitions created first), then VACUUM ANALYZE and CHECKPOINT, so that the
+    measurements after it do not share the machine with the fill's aftermath (autovacuum of the
+    new rows, their dirty pages); seconds taken by each step."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    store = await Store.open(url)
+    try:
+        assert store.partitions is not None, "--fill-rows needs PostgreSQL"
+        first = [Pair.model_validate(d) for d in make_pairs("bench-fill", 0, 1, random.Random(6))]
+        await store.ingest(first)
+        now = datetime.now(UTC)
+        start, span = now - timedelta(hours=48), timedelta(hours=46)
+        days = {(start + span * k / 8).date() for k in range(9)}
+        await store.partitions.create(days)
+        eid = await _scalar(store, "SELECT id FROM experiments WHERE name = 'bench-fill'")
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        t = time.perf_counter()
+        step = 1_000_000
+        for lo in range(0, rows, step):  # statements of a bounded size
+            await conn.execute(_FILL, eid, start, span, rows, lo, min(rows, lo + step))
+        filled = time.perf_counter()
+        await conn.execute("VACUUM (ANALYZE) pairs")
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CHECKPOINT")
+        return filled - t, time.perf_counter() - filled
+    finally:
+        await conn.close()
+
+
+async def _scalar(store: Store, sql: str) -> Any:
+    from sqlalchemy import text
+
+    async with store.engine.connect() as conn:
+        return (await conn.execute(text(sql))).scalar()
+
+
+async def pair_bytes(url: str) -> tuple[int, int]:
+    """(pairs stored, bytes of ``pairs`` with its indexes over all partitions)."""
+    store = await Store.open(url)
+    try:
+        n = int(await _scalar(store, "SELECT count(*) FROM pairs"))
+        size = int(
+            await _scalar(
+                store,
+                "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits "
+                "WHERE inhparent = 'pairs'::regclass",
+            )
+        )
+        return n, size
+    finally:
+        await store.close()
+
+
+async def bench_fill(url: str, rows: int, batches: int, size: int, repeat: int) -> None:
+    """Ingest into an empty ``pairs`` and into one holding ``rows`` pairs: two new databases on
+    the server, one filled first, then each run measured on one and then the other, so that the
+    machine's drift falls on both alike."""
+    async with fresh_database(url) as empty, fresh_database(url) as full:
+        await (await Store.open(empty)).close()
+        secs, settle = await fill_pairs(full, rows)
+        print(
+            f"postgresql  filled {rows:,} pairs in SQL in {secs:,.0f} s "
+            f"(VACUUM ANALYZE and CHECKPOINT {settle:,.0f} s)"
+        )
+        labels = {empty: "empty", full: f"{rows:,} pairs"}
+        store_rates: dict[str, list[float]] = {db: [] for db in labels}
+        http_rates: dict[str, list[float]] = {db: [] for db in labels}
+        for _ in range(repeat):
+            for db in labels:
+                store_rates[db].append((await bench_store(db, batches, size))[0])
+                http_rates[db].append((await bench_replicas(db, 1, batches, size))[0])
+        for db, label in labels.items():
+            print(f"postgresql  table {label:>16s}: store.ingest {_runs(store_rates[db])}")
+            print(f"postgresql  table {label:>16s}: 1 replica    {_runs(http_rates[db])}")
+        for db, what in ((empty, "by HTTP and Store.ingest"), (full, "most filled in SQL")):
+            n, used = await pair_bytes(db)
+            print(f"postgresql  bytes per stored pair: {used / n:,.0f} ({n:,} pairs, {what})")
+
+
 async def _post_all(base: str, bodies: list[bytes], size: int) -> float:
     import aiohttp
 
@@ -292,7 +519,7 @@ async def bench_summary(
     exp = f"bench-sum-{uuid.uuid4().hex[:8]}"
     rng = random.Random(3)
     try:
-        first = [Pair.model_validate(d) for d in make_pairs(exp, 0, 1, rng)]
+        first = [Pair.model_validate(d) for d in make_pairs(exp, 0, 1, rng, T0)]
         await store.ingest(first)
         info = await store.get_experiment(exp)
         assert info is not None
@@ -302,7 +529,7 @@ async def bench_summary(
         for h in range(hours):
             pairs = [
                 Pair.model_validate({**d, "ts": (T0 + timedelta(hours=h, seconds=i)).isoformat()})
-                for i, d in enumerate(make_pairs(exp, 1 + h * per_hour, per_hour, rng))
+                for i, d in enumerate(make_pairs(exp, 1 + h * per_hour, per_hour, rng, T0))
             ]
             hour_aggs = fold(pairs, measure(pairs, cfg), experiment_start=T0, config=cfg)
             for hour, agg in hour_aggs.items():
@@ -355,6 +582,22 @@ async def main() -> None:
     ap.add_argument(
         "--summary", action="store_true", help="also time the summary at 1e5, 1e6, 1e7 pairs"
     )
+    ap.add_argument(
+        "--replicas",
+        default="",
+        help="PostgreSQL: also through N independent comparator processes, e.g. 1,2,3",
+    )
+    ap.add_argument(
+        "--fill-rows",
+        type=int,
+        default=0,
+        help="PostgreSQL: ingest into an empty table vs one filled with N pairs (e.g. 10000000)",
+    )
+    ap.add_argument(
+        "--only-fleet",
+        action="store_true",
+        help="only the --replicas and --fill-rows measurements",
+    )
     args = ap.parse_args()
     # The collector settings the comparator server runs with (comparator.app.run).
     tune_gc()
@@ -363,11 +606,28 @@ async def main() -> None:
         f"cpus {os.cpu_count()}, gc thresholds {GC_THRESHOLDS} (as the comparator server)"
     )
     for url in args.db:
+        kind = url.split(":", 1)[0]
+        if kind.startswith("postgres"):
+            for n in [int(w) for w in args.replicas.split(",") if w]:
+                got = await _repeat(
+                    args.repeat, bench_replicas, url, n, args.batches, args.batch_size
+                )
+                cpu = statistics.median(g[1] for g in got)
+                pg = statistics.median(g[2] for g in got)
+                print(
+                    f"{kind:11s} POST /v1/pairs batch {args.batch_size}: "
+                    f"{_runs([g[0] for g in got])} ({n} replica{'s' if n > 1 else ''}, "
+                    f"{2 * n} clients); CPU s per 1000 pairs: comparators {cpu:.3f}, "
+                    f"postgres {pg:.3f}"
+                )
+            if args.fill_rows:
+                await bench_fill(url, args.fill_rows, args.batches, args.batch_size, args.repeat)
+        if args.only_fleet:
+            continue
         runs = await _repeat(args.repeat, bench_store, url, args.batches, args.batch_size)
         rate = statistics.median(r[0] for r in runs)
         best = max(r[0] for r in runs)
         retry = statistics.median(r[1] for r in runs)
-        kind = url.split(":", 1)[0]
         print(
             f"{kind:11s} store.ingest  batch {args.batch_size}: {rate:9,.0f} pairs/s median, "
             f"{best:,.0f} best ({args.repeat} runs x {args.batches - 1} batches; runs "

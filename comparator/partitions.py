@@ -28,7 +28,8 @@ are purged by DELETE, as on SQLite.
 Every change of the layout takes one transaction-level advisory lock first, so replicas (and a
 retention pass racing a creation on demand) change it one at a time and never deadlock on the
 tables' locks; each waits at most ``LOCK_TIMEOUT`` for the tables and otherwise gives up until the
-next pass (a batch whose day could not be created goes to ``pairs_default``).
+next pass (a batch whose day could not be created goes to ``pairs_default``, and so do those of
+the next RETRY_S seconds, rather than each waiting for the lock).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, time, timedelta
+from time import monotonic
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -60,6 +62,8 @@ DAYS_AHEAD = 2
 #: Advisory lock key of the partition layout ("SHADOWPT"; the leader's key is "SHADOWTE").
 LOCK_KEY = 0x5348_4144_4F57_5054
 LOCK_TIMEOUT = "5s"
+#: After a failed creation on demand, batches go to pairs_default this long before one tries again.
+RETRY_S = 60
 _NAME = re.compile(r"^pairs_p(\d{8})$")
 _EPOCH = date(1970, 1, 1)
 
@@ -102,6 +106,7 @@ class Partitions:
         self._partitioned: bool | None = None  # None until read: a database before 0004 is not
         self._days: set[date] = set()  # attached day partitions, as last read
         self._elsewhere: set[date] = set()  # days seen in batches that go to pairs_default
+        self._retry_at = 0.0  # after a failed creation on demand, batches wait for no lock
 
     # -- reading the layout -------------------------------------------------------------------
     async def partitioned(self) -> bool:
@@ -163,11 +168,17 @@ class Partitions:
         first, last = self._window()
         self._elsewhere |= {d for d in wanted if not first <= d <= last}
         wanted = {d for d in wanted if first <= d <= last}
-        if wanted:
+        if wanted and monotonic() >= self._retry_at:
             try:
                 await self.create(wanted)
             except SQLAlchemyError as exc:
-                log.warning("pairs: no partition for %s yet (%s)", sorted(wanted), exc)
+                self._retry_at = monotonic() + RETRY_S
+                log.warning(
+                    "pairs: no partition for %s yet, retried in %d s (%s)",
+                    ", ".join(map(str, sorted(wanted))),
+                    RETRY_S,
+                    exc,
+                )
 
     async def create_ahead(self) -> list[date]:
         """Create today's partition and those of the DAYS_AHEAD days after; the days created."""
@@ -199,8 +210,8 @@ class Partitions:
 
     @staticmethod
     async def _lock(conn: AsyncConnection) -> None:
+        await conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))  # advisory too
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
-        await conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
 
     @staticmethod
     async def _create_one(conn: AsyncConnection, day: date) -> None:

@@ -7,6 +7,7 @@ Each test gets a database of its own: partitions are per database, not per exper
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -131,6 +132,42 @@ async def test_yesterday_gets_a_partition_on_demand_and_an_old_day_goes_to_defau
         assert await rows_in(store, "pairs_default") == 0
         assert await store.count_pairs(exp) == 10
     finally:
+        await store.close()
+
+
+async def test_a_day_that_cannot_be_created_now_is_stored_in_default_without_waiting_again(
+    pg_db: str,
+) -> None:
+    """Another process holds the layout's lock: the first batch waits the lock timeout and goes
+    to the default partition; the next ones go there at once; the day, created later, takes
+    them over."""
+    import asyncpg
+
+    from comparator.partitions import LOCK_KEY
+
+    store = await Store.open(pg_db)
+    holder = await asyncpg.connect(pg_db)
+    try:
+        assert store.partitions is not None
+        tr = holder.transaction()
+        await tr.start()
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+        yesterday = datetime.now(UTC) - timedelta(days=1)
+        t = time.monotonic()
+        assert (await store.ingest(pairs("locked", range(10), yesterday))).inserted == 10
+        first = time.monotonic() - t
+        t = time.monotonic()
+        assert (await store.ingest(pairs("locked", range(10, 20), yesterday))).inserted == 10
+        second = time.monotonic() - t
+        assert first >= 4.5 and second < 2.0, (first, second)
+        assert await rows_in(store, "pairs_default") == 20
+        await tr.rollback()
+        assert await store.partitions.create([yesterday.date()]) == [yesterday.date()]
+        assert await rows_in(store, day_name(yesterday.date())) == 20
+        assert await rows_in(store, "pairs_default") == 0
+        assert await store.count_pairs("locked") == 20
+    finally:
+        await holder.close()
         await store.close()
 
 
