@@ -15,8 +15,13 @@ With a token configured, every route but ``/metrics`` and ``/health/*`` needs
 reach the port). Only the periodic look (:mod:`comparator.looks`) and ``shadowtee verdict`` store
 verdicts, so no caller can plant a decision for ``shadowtee promote`` to act on.
 
-Resources live in cleanup contexts in order — the store (migrated on start), then the memory
-sampler and the retention task — and close in reverse.
+Resources live in cleanup contexts in order — the store (migrated on start), the leader campaign,
+then the memory sampler, the retention task and the looks — and close in reverse.
+
+The background role (memory sampling, periodic looks, retention) runs in one process: with
+``--workers``, worker 0; on PostgreSQL, among every replica sharing the database, only the one
+holding the leader lock (:mod:`comparator.leader`) — the others serve ingest and reads, and follow
+the looks the leader saves.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -83,6 +89,23 @@ _ROLE = web.AppKey("role", Role)
 
 
 @dataclass
+class Leadership:
+    """Whether this process runs the background role now: a process without the role never
+    does; with it, on SQLite always, on PostgreSQL while ``elector`` holds the leader lock."""
+
+    background: bool
+    elector: Any = None  # comparator.leader.PgLeader, or None
+
+    def __call__(self) -> bool:
+        if not self.background:
+            return False
+        return self.elector is None or bool(self.elector.is_leader)
+
+
+LEADERSHIP = web.AppKey("leadership", Leadership)
+
+
+@dataclass
 class _InFlight:
     """Ingest requests this process is handling now (see :func:`post_pairs`)."""
 
@@ -99,6 +122,7 @@ _REASON = {
     415: "unsupported",
 }
 RETENTION_INTERVAL_S = 3600.0
+LEADER_RECHECK_S = 5.0  # how often a replica without the role checks whether it has it now
 # Routes anyone who reaches the port may read: the scrape target and the probes.
 PUBLIC_PATHS = frozenset({"/metrics", "/health/live", "/health/ready"})
 
@@ -354,9 +378,38 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         raw_sample_rate=s.raw_sample_rate,
         writes_first=s.workers > 1,  # the workers share every experiment's lock
     )
+    store.replica = s.replica or f"{socket.gethostname()}-{os.getpid()}"
     app[STORE] = store
     yield
     await store.close()
+
+
+async def _leader_ctx(app: web.Application) -> AsyncIterator[None]:
+    """On PostgreSQL, the background process campaigns for the leader lock until it stops."""
+    s, store, metrics = app[SETTINGS], app[STORE], app[METRICS]
+    leadership = Leadership(background=app[_ROLE].background)
+    app[LEADERSHIP] = leadership
+    if not leadership.background or store.dialect != "postgresql":
+        metrics.leader.set(1 if leadership.background else 0)
+        yield
+        return
+    from comparator.leader import PgLeader
+
+    def changed(leading: bool) -> None:
+        metrics.leader.set(1 if leading else 0)
+        log.info("replica %s %s the leader", store.replica, "is now" if leading else "is no longer")
+
+    elector = PgLeader(
+        s.db, interval_s=s.leader_interval_s, timeout_s=s.leader_timeout_s, on_change=changed
+    )
+    leadership.elector = elector
+    metrics.leader.set(0)
+    await elector.step()  # the first campaign tick before serving: a lone replica leads at once
+    task = asyncio.get_running_loop().create_task(elector.run(), name="leader-campaign")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _sampler_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -373,14 +426,18 @@ async def _sampler_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics=app[METRICS],
         interval_s=s.scrape_interval_s,
         timeout_s=s.scrape_timeout_s,
+        gate=app[LEADERSHIP],
     )
     task = sampler.start()
     yield
     await MemorySampler.stop(task)
 
 
-async def _retention_loop(store: Store, days: float) -> None:
+async def _retention_loop(store: Store, days: float, gate: Callable[[], bool]) -> None:
     while True:
+        if not gate():  # another replica leads: look again shortly, in case it goes
+            await asyncio.sleep(LEADER_RECHECK_S)
+            continue
         try:
             n = await store.purge_pairs(datetime.now(UTC) - timedelta(days=days))
             if n:
@@ -395,7 +452,9 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
     if days <= 0 or not app[_ROLE].background:
         yield
         return
-    task = asyncio.get_running_loop().create_task(_retention_loop(app[STORE], days))
+    task = asyncio.get_running_loop().create_task(
+        _retention_loop(app[STORE], days, app[LEADERSHIP])
+    )
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -422,7 +481,8 @@ async def _looks_ctx(app: web.Application) -> AsyncIterator[None]:
     app[_LOOKER] = looker
     task = None
     if s.verdict_interval_s > 0:
-        looks = looker.run(s.verdict_interval_s, follow=not app[_ROLE].background)
+        leadership = app[LEADERSHIP]
+        looks = looker.run(s.verdict_interval_s, follow=lambda: not leadership())
         task = asyncio.get_running_loop().create_task(looks)
     yield
     if task is not None:
@@ -449,6 +509,7 @@ def create_app(
     app[LOOKS] = LookBook()
     app[METRICS].registry.register(app[LOOKS])
     app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_leader_ctx)
     app.cleanup_ctx.append(_sampler_ctx)
     app.cleanup_ctx.append(_retention_ctx)
     app.cleanup_ctx.append(_looks_ctx)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -48,6 +49,7 @@ class PgLeader:
         key: int = ADVISORY_KEY,
         interval_s: float = 1.0,
         timeout_s: float = 2.0,
+        on_change: Callable[[bool], None] | None = None,
     ) -> None:
         if interval_s <= 0 or timeout_s <= 0:
             raise ValueError("interval_s and timeout_s must be positive")
@@ -56,6 +58,7 @@ class PgLeader:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self._conn: Any = None
+        self._on_change = on_change
         self._leader = asyncio.Event()
         self._stopping = False
 
@@ -80,7 +83,7 @@ class PgLeader:
                 # A new session does not hold the old one's lock: step down before reconnecting.
                 if self.is_leader:
                     log.warning("leader: the lock's session ended; stepping down")
-                self._leader.clear()
+                self._set(False)
                 self._conn = await asyncio.wait_for(
                     asyncpg.connect(self._url), timeout=self.timeout_s
                 )
@@ -93,11 +96,11 @@ class PgLeader:
                 )
                 if got:
                     log.info("leader: this replica now runs the background role")
-                    self._leader.set()
+                    self._set(True)
         except Exception as exc:  # any connection or query failure ends the role
             if self.is_leader:
                 log.warning("leader: lost the lock's connection (%s); stepping down", exc)
-            self._leader.clear()
+            self._set(False)
             await self._drop_conn()
         return self.is_leader
 
@@ -108,8 +111,17 @@ class PgLeader:
                 await self.step()
                 await asyncio.sleep(self.interval_s)
         finally:
-            self._leader.clear()
+            self._set(False)
             await self._drop_conn()
+
+    def _set(self, leading: bool) -> None:
+        was = self._leader.is_set()
+        if leading:
+            self._leader.set()
+        else:
+            self._leader.clear()
+        if was != leading and self._on_change is not None:
+            self._on_change(leading)
 
     async def backend_pid(self) -> int | None:
         """The PostgreSQL backend pid of the lock's session (for tests and logs)."""

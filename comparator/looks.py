@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -159,12 +159,23 @@ class Looker:
             except Exception:  # one bad experiment must not stop the others' looks
                 log.exception("look at %s failed", info.name)
 
-    async def run(self, interval_s: float, *, follow: bool = False) -> None:
-        """:meth:`look_all` every ``interval_s``; with ``follow``, only the gauges of the looks
-        another process takes."""
+    async def run(self, interval_s: float, *, follow: bool | Callable[[], bool] = False) -> None:
+        """:meth:`look_all` every ``interval_s``; while ``follow`` (asked before each pass when
+        it is a callable: leadership changes), only the gauges of the looks another process
+        takes. A process that becomes the one to look takes its first look within a second."""
         while True:
-            await self.look_all(follow=follow)
-            await asyncio.sleep(interval_s)
+            following = follow() if callable(follow) else follow
+            await self.look_all(follow=following)
+            if not callable(follow):
+                await asyncio.sleep(interval_s)
+                continue
+            waited = 0.0
+            while waited < interval_s:  # a follower that starts to lead looks at once
+                step = min(1.0, interval_s - waited)
+                await asyncio.sleep(step)
+                waited += step
+                if following and not follow():
+                    break
 
     async def close(self) -> None:
         if self._session is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["QUARANTINE_REASONS", "REJECT_REASONS", "ComparatorMetrics"]
 
@@ -29,6 +29,7 @@ class ComparatorMetrics:
     scrapes: dict[str, Counter]
     scrape_errors: dict[str, Counter]
     memory_samples: Counter
+    leader: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ComparatorMetrics:
@@ -67,4 +68,11 @@ class ComparatorMetrics:
             scrapes={s: scrapes.labels(side=s) for s in sides},
             scrape_errors={s: errors.labels(side=s) for s in sides},
             memory_samples=Counter(p + "memory_samples", "Memory samples stored", registry=reg),
+            leader=Gauge(
+                p + "leader",
+                "1 while this process runs the background role (memory sampling, periodic looks, "
+                "retention): the elected leader on PostgreSQL, the one background process on SQLite",
+                registry=reg,
+                multiprocess_mode="livesum",
+            ),
         )

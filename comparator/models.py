@@ -175,6 +175,8 @@ class MemorySampleRow(Base):
     kind: Mapped[str] = mapped_column(String(8))
     value_bytes: Mapped[float] = mapped_column(Float)
     limit_bytes: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The comparator replica that scraped it (migration 0005); None before, or from the CLI.
+    replica: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     __table_args__ = (Index("ix_memory_samples_experiment_ts", "experiment_id", "ts"),)
 
@@ -188,6 +190,8 @@ class VerdictRow(Base):
     decision: Mapped[str] = mapped_column(String(32))
     payload: Mapped[dict[str, Any]] = mapped_column(JsonType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The comparator replica that took the look (migration 0005); None before, or from the CLI.
+    replica: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     __table_args__ = (Index("ix_verdicts_experiment_at", "experiment_id", "at"),)
 

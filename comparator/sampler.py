@@ -66,8 +66,10 @@ class MemorySampler:
         interval_s: float = 15.0,
         timeout_s: float = 2.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        gate: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
+        self.gate = gate  # scrape only while it says so (the leader, among replicas)
         self.targets = dict(targets)
         self.experiment = experiment
         self.metrics = metrics
@@ -109,6 +111,9 @@ class MemorySampler:
             n = 0
             while iterations is None or n < iterations:
                 n += 1
+                if not self.gate():
+                    await asyncio.sleep(self.interval_s)
+                    continue
                 try:
                     await self.scrape_once(session)
                 except Exception:  # a store hiccup must not end sampling; the gap is logged

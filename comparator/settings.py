@@ -85,6 +85,13 @@ class ComparatorSettings(BaseSettings):
     webhook_secret: SecretStr | None = None
     # Hash fraction of raw pairs kept past retention for drill-down.
     raw_sample_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    # Replicas on one PostgreSQL database elect one leader (comparator.leader) to sample memory,
+    # take the periodic looks and purge: each polls the lock every leader_interval_s, and a
+    # leader whose session stops answering within leader_timeout_s steps down. ``replica`` names
+    # this process in the looks and samples it stores (default: host name and pid).
+    leader_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    leader_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    replica: Annotated[str, Field(min_length=1, max_length=128)] | None = None
 
     @field_validator("listen")
     @classmethod

@@ -141,6 +141,8 @@ class Store:
         self._no_write = asyncio.Event()
         self._no_write.set()
         self.partitions = Partitions(engine) if self.dialect == "postgresql" else None
+        # Written into the looks and memory samples this process stores (comparator.leader).
+        self.replica: str | None = None
 
     @classmethod
     async def open(
@@ -385,6 +387,7 @@ class Store:
                         "kind": s.kind,
                         "value_bytes": float(s.value_bytes),
                         "limit_bytes": None if s.limit_bytes is None else float(s.limit_bytes),
+                        "replica": self.replica,
                     }
                     for s in samples
                 ],
@@ -481,6 +484,7 @@ class Store:
                         "decision": decision,
                         "payload": payload,
                         "created_at": now,
+                        "replica": self.replica,
                     }
                 ],
             )

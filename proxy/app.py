@@ -134,7 +134,7 @@ class DataPort:
             log.warning("no --comparator: pairs are counted as dropped (reason no_comparator)")
         state.shipper = Shipper(
             session=state.ship_session,
-            comparator_url=s.comparator,
+            comparator_url=list(s.comparator_urls) or None,
             token=s.comparator_token.get_secret_value() if s.comparator_token else None,
             experiment=s.experiment,
             spool=Spool(s.spool_dir, s.max_spool_bytes),

@@ -93,6 +93,7 @@ class ProxyStats:
     pairs_replayed: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     ship_failures: int = 0
+    comparator_failovers: int = 0  # the shipper moved on to the next comparator URL
     pairs_shipping: int = 0  # a gauge: taken off the queue, not yet delivered, spooled or dropped
     spool_inherited: int = 0  # pairs found in the spool at start-up (teed by an earlier process)
     spool_files_set_aside: int = 0  # stray or unreadable files moved into rejected/ at start-up
@@ -122,6 +123,7 @@ class ProxyStats:
                 "dropped": dict(self.dropped),
             },
             "ship_failures": self.ship_failures,
+            "comparator_failovers": self.comparator_failovers,
             "spool_files_set_aside": self.spool_files_set_aside,
             "spool_batches_set_aside": self.spool_batches_set_aside,
         }
@@ -220,6 +222,11 @@ class ProxyCollector(Collector):
             dropped.add_metric([reason], value)
         yield dropped
         yield counter("ship_failures", "Failed POSTs to the comparator.", s.ship_failures)
+        yield counter(
+            "comparator_failovers",
+            "Times the shipper moved on to the next comparator URL after a failed POST.",
+            s.comparator_failovers,
+        )
         yield counter(
             "spool_set_aside",
             "Files moved into the spool's rejected/ folder (stray at start-up, or set aside).",

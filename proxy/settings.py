@@ -55,6 +55,8 @@ class ProxySettings(BaseSettings):
     admin_listen: str = "127.0.0.1:9090"
     prod: str
     candidate: str
+    # A comparator base URL, or several separated by commas: the shipper sends to one and moves
+    # on to the next when it is unreachable, times out or answers 5xx (README, "Running a fleet").
     comparator: str | None = None
     comparator_token: SecretStr | None = None
     experiment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = "default"
@@ -149,10 +151,28 @@ class ProxySettings(BaseSettings):
         parse_host_port(value)
         return value
 
-    @field_validator("prod", "candidate", "comparator")
+    @field_validator("prod", "candidate")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         return _check_url(value)
+
+    @field_validator("comparator")
+    @classmethod
+    def _comparators(cls, value: str | None) -> str | None:
+        """One comparator URL, or several separated by commas (replicas to fail over between)."""
+        if value is None:
+            return None
+        urls = [u.strip() for u in value.split(",")]
+        if any(not u for u in urls):
+            raise ValueError(f"an empty URL in the comparator list {value!r}")
+        checked = [_check_url(u) or "" for u in urls]
+        if len(set(checked)) != len(checked):
+            raise ValueError(f"a URL named twice in the comparator list {value!r}")
+        return ",".join(checked)
+
+    @property
+    def comparator_urls(self) -> tuple[str, ...]:
+        return tuple(self.comparator.split(",")) if self.comparator else ()
 
     @field_validator("prod", "candidate")
     @classmethod

@@ -39,6 +39,7 @@ import logging
 import os
 import random
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -60,13 +61,19 @@ _LIMIT_SLACK = 4096  # below the comparator's limit: room for the headers it may
 
 
 class Shipper:
-    """Batches, retries and the spool, around one comparator URL (``None``: count and drop)."""
+    """Batches, retries and the spool, around one comparator URL or a list of replicas to fail
+    over between (``None``: count and drop).
+
+    With a list, every POST goes to the current replica; one that is unreachable, times out or
+    answers 408/429/5xx makes the shipper move on to the next for the next try. Ingest is
+    idempotent on the pair id, so a batch that a dying replica stored before it could answer is
+    stored once when the next replica receives it again."""
 
     def __init__(
         self,
         *,
         session: aiohttp.ClientSession | None,
-        comparator_url: str | None,
+        comparator_url: str | Sequence[str] | None,
         token: str | None,
         experiment: str,
         spool: Spool,
@@ -82,13 +89,11 @@ class Shipper:
         poison_after: int = 5,
     ) -> None:
         self._session = session
-        self._url = comparator_url.rstrip("/") + "/v1/pairs" if comparator_url else None
-        # Drop counts reach the report through the comparator too, cumulative per proxy process.
-        self._drops_url = (
-            f"{comparator_url.rstrip('/')}/v1/experiments/{experiment}/drops"
-            if comparator_url
-            else None
-        )
+        if isinstance(comparator_url, str):
+            comparator_url = [comparator_url]
+        self._bases = [u.rstrip("/") for u in comparator_url or ()]
+        # Proxies start at different replicas of a list, so a fleet spreads its batches.
+        self._current = random.randrange(len(self._bases)) if self._bases else 0
         self._proxy_id = os.urandom(8).hex()
         self._drops_reported: dict[str, int] = {}
         self._headers = {"Content-Type": "application/json"}
@@ -115,6 +120,24 @@ class Shipper:
         # One pass at a time: close()'s last pass waits for a pass of run() in progress, so no
         # spooled batch is sent (and counted) by two passes at once.
         self._pass = asyncio.Lock()
+
+    @property
+    def _url(self) -> str | None:
+        return f"{self._bases[self._current]}/v1/pairs" if self._bases else None
+
+    @property
+    def _drops_url(self) -> str | None:
+        # Drop counts reach the report through the comparator too, cumulative per proxy process.
+        if not self._bases:
+            return None
+        return f"{self._bases[self._current]}/v1/experiments/{self._experiment}/drops"
+
+    def _fail_over(self) -> None:
+        """Move on to the next comparator of the list (nothing with one)."""
+        if len(self._bases) > 1:
+            self._current = (self._current + 1) % len(self._bases)
+            self._stats.comparator_failovers += 1
+            log.warning("comparator: moving on to %s", self._bases[self._current])
 
     @property
     def queued(self) -> int:
@@ -400,14 +423,17 @@ class Shipper:
                     self._stats.ship_failures += 1
                     failure = "failed"
                     log.warning("comparator answered %d: %s", resp.status, text[:200])
+                    self._fail_over()
             except TimeoutError:  # reached but not done in time: maybe this batch's fault
                 self._stats.ship_failures += 1
                 failure = "failed"
                 log.warning("comparator did not answer a batch of %d bytes in time", len(payload))
+                self._fail_over()
             except (aiohttp.ClientError, OSError) as exc:
                 self._stats.ship_failures += 1
                 failure = "unreachable"
                 log.warning("comparator unreachable: %s", exc or type(exc).__name__)
+                self._fail_over()
             except Exception:  # a bug must not take the batch with it: it is spooled
                 self._stats.ship_failures += 1
                 failure = "unreachable"

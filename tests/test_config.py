@@ -56,3 +56,25 @@ def test_missing_or_broken_config_file_is_one_line(tmp_path: Path) -> None:
     bad.write_text("this is = = not toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(DemoSettings, section="demosection", config_file=bad)
+
+
+def test_comparator_list_of_the_proxy_is_checked_url_by_url() -> None:
+    from proxy.settings import ProxySettings
+
+    base = {"prod": "http://127.0.0.1:1", "candidate": "http://127.0.0.1:2"}
+    many = load_settings(
+        ProxySettings,
+        section="proxy",
+        overrides=base | {"comparator": "http://a:8090/, http://b:8090"},
+    )
+    assert many.comparator_urls == ("http://a:8090", "http://b:8090")
+    one = load_settings(ProxySettings, section="proxy", overrides=base | {"comparator": "http://a"})
+    assert one.comparator_urls == ("http://a",)
+    for bad, why in [
+        ("http://a,,http://b", "empty URL"),
+        ("http://a,ftp://b", "expected an http"),
+        ("http://a,http://a/", "named twice"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_settings(ProxySettings, section="proxy", overrides=base | {"comparator": bad})
+        assert "--comparator" in str(err.value) and why in str(err.value)

@@ -60,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="POST signed decision changes here (secret: SHADOWTEE_COMPARATOR__WEBHOOK_SECRET)",
     )
     parser.add_argument(
+        "--replica",
+        metavar="NAME",
+        help="this replica's name in the looks and memory samples it stores (default: host-pid)",
+    )
+    parser.add_argument(
         "--config", type=Path, metavar="FILE", help="TOML file with a [comparator] table"
     )
 
@@ -96,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         "token": args.token,
         "max_body_bytes": args.max_body_bytes,
         "store_request_bodies": args.store_request_bodies,
+        "replica": args.replica,
     }
     settings = load_settings(
         ComparatorSettings, section="comparator", overrides=overrides, config_file=args.config

@@ -13,7 +13,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", metavar="H:P", help="data port (default 127.0.0.1:8080)")
     parser.add_argument("--prod", metavar="URL", help="production model base URL (required)")
     parser.add_argument("--candidate", metavar="URL", help="candidate model base URL (required)")
-    parser.add_argument("--comparator", metavar="URL", help="comparator base URL for pairs")
+    parser.add_argument(
+        "--comparator",
+        metavar="URL",
+        help="comparator base URL for pairs, or several separated by commas (replicas to fail over between)",
+    )
     parser.add_argument("--admin-listen", metavar="H:P", help="admin port (default 127.0.0.1:9090)")
     parser.add_argument("--shadow-timeout-ms", metavar="N", help="candidate deadline (default 250)")
     parser.add_argument("--sample-rate", metavar="F", help="fraction of tee-able requests, 0..1")

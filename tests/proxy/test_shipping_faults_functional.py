@@ -306,3 +306,34 @@ async def test_a_comparator_failing_every_third_request_sets_no_batch_aside(
         acc = balanced(s)
     assert acc["dropped"] == 0 and s._stats.pairs_replayed == 24
     assert sorted(comp.ids) == [f"r{i:04d}" for i in range(24)]
+
+
+async def test_a_list_of_comparators_fails_over_past_a_dead_and_a_failing_one(
+    tmp_path: Path,
+) -> None:
+    """Three replicas: one refuses connections, one answers 503, one stores. Every pair reaches
+    the one that stores, none twice, whichever replica the shipper starts at."""
+    failing, good = Comparator(verdict=lambda ids: 503), Comparator()
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    async with serve_app(failing.app()) as bad_url, serve_app(good.app()) as good_url:
+        for start in range(3):
+            async with shipper([dead, bad_url, good_url], tmp_path / str(start), retries=3) as s:
+                s._current = start
+                for i in range(30):
+                    s.enqueue(pair(i, rid=f"s{start}-{i}"))
+                await s.ship_pending(retries=3)
+                balanced(s)
+                assert s._stats.pairs_delivered == 30 and s.spool.pairs == 0
+                assert s._stats.comparator_failovers == (2 - start) % 3
+    assert sorted(good.ids) == sorted(f"s{k}-{i}" for k in range(3) for i in range(30))
+    assert failing.taken == []
+
+
+async def test_one_comparator_url_stays_put_when_it_fails(tmp_path: Path) -> None:
+    failing = Comparator(verdict=lambda ids: 503)
+    async with serve_app(failing.app()) as url, shipper(url, tmp_path) as s:
+        s.enqueue(pair(1))
+        await s.ship_pending(retries=2)
+        assert s._stats.comparator_failovers == 0 and s.spool.pairs == 1
+        assert failing.answers == [503, 503, 503]
+        balanced(s)
