@@ -156,6 +156,7 @@ class DataPort:
             candidate_deadline_ms=s.shadow_timeout_ms,
             keep_request_body=s.include_request_body,
             segments=segment_extractor(s.segment_route, s.segment_pointers),
+            segment_versions=s.segment_model_versions,
         )
         state.tee = Tee(
             client=CandidateClient(
@@ -174,6 +175,7 @@ class DataPort:
             stats=state.stats,
             # A pair waits for the slower of the two sides, plus a margin for the event loop.
             pair_ttl_s=max(s.shadow_timeout_s, s.prod_timeout_s) + 1.0,
+            segment_headers=s.segment_headers,
         )
         self._reaper = asyncio.create_task(_reap(state.pairing), name="shadowtee-pair-reaper")
 

@@ -240,7 +240,7 @@ def segment_extractor(
     ``pointers`` (dimension → JSON pointer) a string, number or boolean in the request's JSON
     body (a categorical feature), cut to :data:`SEGMENT_VALUE_MAX` characters. A body that is not
     JSON, or a pointer to nothing or to an object, gives that dimension no value. None when no
-    dimension is configured. Headers are not read: a redacted header can never become a value.
+    dimension is configured. Header dimensions are read when the pair opens (proxy.headers).
     """
     if not route and not pointers:
         return None

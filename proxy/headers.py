@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["HOP_BY_HOP", "candidate_lines", "drop_set", "request_lines", "response_lines"]
+__all__ = [
+    "HOP_BY_HOP",
+    "candidate_lines",
+    "drop_set",
+    "request_lines",
+    "response_lines",
+    "segment_header_values",
+]
 
 HOP_BY_HOP = frozenset(
     {
@@ -74,3 +81,20 @@ def response_lines(lines: Iterable[bytes], drop: frozenset[bytes]) -> list[bytes
     if named:
         kept = [line for line in kept if line.partition(b":")[0].lower() not in named]
     return kept
+
+
+def segment_header_values(
+    headers: list[tuple[bytes, bytes]], wanted: dict[bytes, str], max_chars: int = 128
+) -> dict[str, str] | None:
+    """Segment values from request headers: ``wanted`` maps a lower-case header name to its
+    dimension. The first occurrence counts, trimmed and cut to ``max_chars``
+    (comparator.wire.SEGMENT_VALUE_MAX); an empty or absent header gives no value. Bytes outside
+    ASCII read as Latin-1, as HTTP/1.1 delivers them."""
+    out: dict[str, str] = {}
+    for name, value in headers:
+        dim = wanted.get(name.lower())
+        if dim is not None and dim not in out:
+            text = value.decode("latin-1").strip()[:max_chars]
+            if text:
+                out[dim] = text
+    return out or None

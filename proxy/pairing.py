@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from comparator.wire import Outcome
+from comparator.wire import SEGMENT_VALUE_MAX, Outcome
 
 __all__ = ["CompletedPair", "PairingBuffer", "Side"]
 
@@ -57,6 +57,7 @@ class _Pending:
     deadline: float
     opened: float | None = None  # time.monotonic() when the pair opened, to censor a missing prod
     prod: Side | None = None
+    seen: dict[str, str] | None = None  # segment values read at open (request headers)
     candidate: Side | None = None
 
 
@@ -75,6 +76,8 @@ class PairingBuffer:
     keep_request_body: bool = False
     # (route, request body) -> segment values of the pair (proxy.encode.segment_extractor)
     segments: Callable[[str, bytes], dict[str, str] | None] | None = None
+    # add prod_version and cand_version (each side's X-Model-Version) to the segment values
+    segment_versions: bool = False
     dropped_full: int = 0
     expired: int = 0
     _pending: dict[str, _Pending] = field(default_factory=dict)
@@ -95,16 +98,20 @@ class PairingBuffer:
         deadline: float,
         candidate: Side | None = None,
         now: float | None = None,
+        seen: dict[str, str] | None = None,
     ) -> bool:
         """Start a pair. Returns ``False`` (and counts it) when the buffer is full.
 
         ``now`` (the caller's ``time.monotonic()``) lets a production side still missing when the pair
-        is emitted carry the time waited as its right-censored latency.
+        is emitted carry the time waited as its right-censored latency. ``seen``: segment values
+        the caller read from the request (its headers), joined to the pair's other ones.
         """
         if len(self._pending) >= self.max_pairs:
             self.dropped_full += 1
             return False
-        self._pending[request_id] = _Pending(ts, route, body, deadline, now, candidate=candidate)
+        self._pending[request_id] = _Pending(
+            ts, route, body, deadline, now, candidate=candidate, seen=seen
+        )
         return True
 
     def set_prod(self, request_id: str, side: Side) -> None:
@@ -144,6 +151,19 @@ class PairingBuffer:
             self._emit(rid, self._pending[rid], now)
         return len(rids)
 
+    def _segment_values(
+        self, entry: _Pending, prod: Side, candidate: Side
+    ) -> dict[str, str] | None:
+        out = self.segments(entry.route, entry.body) if self.segments else None
+        if entry.seen:
+            out = {**out, **entry.seen} if out else dict(entry.seen)
+        if self.segment_versions:
+            out = out or {}
+            for dim, side in (("prod_version", prod), ("cand_version", candidate)):
+                if side.model_version:
+                    out[dim] = side.model_version[:SEGMENT_VALUE_MAX]
+        return out or None
+
     def _emit(self, request_id: str, entry: _Pending, now: float | None = None) -> None:
         del self._pending[request_id]
         prod = entry.prod
@@ -171,6 +191,6 @@ class PairingBuffer:
                 request_body=entry.body if self.keep_request_body else None,
                 prod=prod,
                 candidate=candidate,
-                segments=self.segments(entry.route, entry.body) if self.segments else None,
+                segments=self._segment_values(entry, prod, candidate),
             )
         )

@@ -15,10 +15,16 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from proxy.headers import HOP_BY_HOP
+
 __all__ = ["ProxySettings", "parse_host_port"]
 
 DEFAULT_TEE_ROUTES = ("/v2/models/*/infer", "/v1/models/*:predict", "/predict", "/invocations")
 DEFAULT_REDACT = ("authorization", "cookie", "x-api-key")
+SEGMENT_DIMENSION = r"^[a-z][a-z0-9_.-]{0,39}$"  # comparator.wire.SEGMENT_DIMENSION_PATTERN
+SEGMENT_DIMENSIONS_MAX = 8  # the comparator takes at most this many per pair
+# A header whose name holds one of these is a credential, whatever redact_headers says.
+SECRET_HEADER_WORDS = ("auth", "cookie", "token", "secret", "password", "api-key", "apikey")
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
@@ -128,15 +134,26 @@ class ProxySettings(BaseSettings):
 
     # Segments (README, "Segments"): values written into each pair for the comparator's
     # per-segment checks. ``segment_route`` adds the route (dimension ``route``);
-    # ``segment_pointers`` maps a dimension name to a JSON pointer into the request body.
+    # ``segment_pointers`` maps a dimension name to a JSON pointer into the request body;
+    # ``segment_headers`` maps a dimension name to a request header (never a redacted, hop-by-hop
+    # or credential-like one); ``segment_model_versions`` adds ``prod_version`` and
+    # ``cand_version`` from each side's X-Model-Version. At most 8 dimensions in all.
     segment_route: bool = False
     segment_pointers: Annotated[
         dict[
-            Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,39}$")],
+            Annotated[str, Field(pattern=SEGMENT_DIMENSION)],
             Annotated[str, Field(pattern=r"^(/[^/]*)+$", max_length=200)],
         ],
-        Field(max_length=7),
+        Field(max_length=8),
     ] = {}
+    segment_headers: Annotated[
+        dict[
+            Annotated[str, Field(pattern=SEGMENT_DIMENSION)],
+            Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")],
+        ],
+        Field(max_length=8),
+    ] = {}
+    segment_model_versions: bool = False
 
     # Input validation (README, "Input validation"): off by default. On, an inference request
     # whose inputs do not match production's OIP model metadata (read at the first request for a
@@ -183,6 +200,31 @@ class ProxySettings(BaseSettings):
                 "(the proxy is a sidecar: TLS ends in front of it)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _segment_dimensions(self) -> ProxySettings:
+        names = (
+            (["route"] if self.segment_route else [])
+            + list(self.segment_pointers)
+            + list(self.segment_headers)
+            + (["prod_version", "cand_version"] if self.segment_model_versions else [])
+        )
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"segment dimension named twice: {', '.join(twice)}")
+        if len(names) > SEGMENT_DIMENSIONS_MAX:
+            raise ValueError(
+                f"{len(names)} segment dimensions; at most {SEGMENT_DIMENSIONS_MAX} in all"
+            )
+        refused = {h.lower() for h in self.redact_headers} | {h.decode() for h in HOP_BY_HOP}
+        for dim, header in self.segment_headers.items():
+            name = header.lower()
+            if name in refused or any(w in name for w in SECRET_HEADER_WORDS):
+                raise ValueError(
+                    f"segment_headers.{dim}: {header!r} is redacted, hop-by-hop or a credential; "
+                    "its value never leaves the proxy"
+                )
+        return self
 
     @field_validator("tee_methods")
     @classmethod

@@ -22,10 +22,10 @@ import hashlib
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from comparator.wire import Outcome
-from proxy.headers import candidate_lines
+from proxy.headers import candidate_lines, segment_header_values
 from proxy.metrics import ProxyStats
 from proxy.outcomes import classify
 from proxy.pairing import PairingBuffer, Side
@@ -124,7 +124,9 @@ class Tee:
         pairing: PairingBuffer,
         stats: ProxyStats,
         pair_ttl_s: float,
+        segment_headers: Mapping[str, str] | None = None,
     ) -> None:
+        segment_headers = segment_headers or {}
         self._client = client
         self._deadline_s = deadline_s
         self._deadline_ms = deadline_s * 1000.0
@@ -132,6 +134,10 @@ class Tee:
         self._max_inflight = max_inflight
         self._max_body = max_body_bytes
         self._redact = frozenset(h.lower().encode() for h in redact)
+        # header name (lower case) -> segment dimension (README, "Segments")
+        self._segment_headers = {
+            header.lower().encode("latin-1"): dim for dim, header in segment_headers.items()
+        }
         self._forward_auth = forward_auth
         self._pairing = pairing
         self._stats = stats
@@ -222,12 +228,12 @@ class Tee:
             stats.skipped_body_too_large += 1
             stats.outcomes[Outcome.SKIPPED] += 1
             side = Side(Outcome.SKIPPED, body_bytes=len(body), error="request body too large")
-            return self._open(request_id, opened_at, route, body, now, side)
+            return self._open(request_id, opened_at, route, body, now, side, headers)
         stats.teed += 1
         if self._closing or self.inflight >= self._max_inflight:
             stats.outcomes[Outcome.SHED] += 1
-            return self._open(request_id, opened_at, route, body, now, Side(Outcome.SHED))
-        if not self._open(request_id, opened_at, route, body, now, None):
+            return self._open(request_id, opened_at, route, body, now, Side(Outcome.SHED), headers)
+        if not self._open(request_id, opened_at, route, body, now, None, headers):
             # No room to pair it, so the call would be wasted: count it as shed.
             stats.outcomes[Outcome.SHED] += 1
             return False
@@ -245,8 +251,18 @@ class Tee:
         return True
 
     def _open(
-        self, rid: str, ts: float, route: str, body: bytes, now: float, side: Side | None
+        self,
+        rid: str,
+        ts: float,
+        route: str,
+        body: bytes,
+        now: float,
+        side: Side | None,
+        headers: list[tuple[bytes, bytes]],
     ) -> bool:
+        seen = None
+        if self._segment_headers:
+            seen = segment_header_values(headers, self._segment_headers)
         opened = self._pairing.open(
             rid,
             ts=ts,
@@ -255,6 +271,7 @@ class Tee:
             deadline=now + self._pair_ttl_s,
             candidate=side,
             now=now,
+            seen=seen,
         )
         if not opened:
             self._stats.dropped["buffer_full"] += 1

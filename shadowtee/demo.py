@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from shadowtee.supervise import Child, Supervisor, free_port, shadowtee_argv
-from shadowtee.traffic import MODEL_NAME, digits_requests, drive
+from shadowtee.traffic import MODEL_NAME, digits_requests, drive, parity_headers
 
 __all__ = ["CANDIDATES", "DemoError", "DemoOptions", "run_demo"]
 
@@ -278,9 +278,9 @@ def _child_env(opts: DemoOptions) -> dict[str, str]:
         "SHADOWTEE_PROXY__INCLUDE_REQUEST_BODY": "true",
         "SHADOWTEE_COMPARATOR__STORE_REQUEST_BODIES": "true",
         "SHADOWTEE_COMPARATOR__SCRAPE_INTERVAL_S": "2",
-        # The segment of the demo: the digit's parity, which the load driver writes into each
-        # request (parameters.parity); the verdict checks each parity, the report shows both.
-        "SHADOWTEE_PROXY__SEGMENT_POINTERS": json.dumps({"parity": "/parameters/parity"}),
+        # The segment of the demo: the digit's parity, which the load driver sends with each
+        # request as X-Digit-Parity; the verdict checks each parity, the report shows both.
+        "SHADOWTEE_PROXY__SEGMENT_HEADERS": json.dumps({"parity": "X-Digit-Parity"}),
     }
 
 
@@ -335,7 +335,14 @@ def run_demo(opts: DemoOptions) -> int:
             mark("start-up")
             proxy_url = f"http://127.0.0.1:{children['proxy'].ports['listen']}{ROUTE}"
             statuses = asyncio.run(
-                drive(proxy_url, bodies, opts.requests, opts.concurrency, opts.rate)
+                drive(
+                    proxy_url,
+                    bodies,
+                    opts.requests,
+                    opts.concurrency,
+                    opts.rate,
+                    headers=parity_headers(bodies),
+                )
             )
             summary["responses"] = statuses
             if statuses.get("200", 0) != opts.requests:

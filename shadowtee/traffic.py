@@ -50,7 +50,7 @@ def digits_requests(models: Path) -> tuple[list[bytes], str]:
                         "data": [float(v) for v in row],
                     }
                 ],
-                # the digit's parity: the demo's segment (a JSON pointer the proxy reads)
+                # the digit's parity: the demo's segment (sent as a header, see parity_headers)
                 "parameters": {"parity": "even" if int(label) % 2 == 0 else "odd"},
             },
             separators=(",", ":"),
@@ -89,10 +89,27 @@ class Progress:
         self.stream.flush()
 
 
+def parity_headers(bodies: list[bytes]) -> list[dict[str, str]]:
+    """The demo's segment header per body: ``X-Digit-Parity`` from the body's
+    ``parameters.parity`` (the digits test split has it; the committed golden rows, without
+    labels, do not, and get no header)."""
+    out = []
+    for body in bodies:
+        parity = (json.loads(body).get("parameters") or {}).get("parity")
+        out.append({"X-Digit-Parity": parity} if isinstance(parity, str) else {})
+    return out
+
+
 async def drive(
-    url: str, bodies: list[bytes], n: int, concurrency: int, rate: float = 0.0
+    url: str,
+    bodies: list[bytes],
+    n: int,
+    concurrency: int,
+    rate: float = 0.0,
+    headers: list[dict[str, str]] | None = None,
 ) -> dict[str, int]:
-    """Send ``n`` requests (cycling ``bodies``) to ``url``; return counts by response status.
+    """Send ``n`` requests (cycling ``bodies``, each with its ``headers`` when given) to ``url``;
+    return counts by response status.
 
     With ``rate`` > 0, request ``i`` leaves no earlier than ``i / rate`` seconds after the start
     (and at most ``concurrency`` are in flight): steady traffic, as a service sees it. Flat out,
@@ -119,10 +136,11 @@ async def drive(
                 if rate > 0:
                     await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
                 try:
+                    extra = headers[i % len(headers)] if headers else {}
                     async with session.post(
                         url,
                         data=bodies[i % len(bodies)],
-                        headers={"Content-Type": "application/json"},
+                        headers={"Content-Type": "application/json", **extra},
                     ) as resp:
                         await resp.read()
                         key = str(resp.status)
