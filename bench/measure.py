@@ -43,7 +43,9 @@ __all__ = [
     "shadowtee_available",
 ]
 
-TARGETS = ("direct", "nginx", "handwritten", "shadowtee")
+TARGETS = ("direct", "nginx", "handwritten", "shadowtee", "baseline")
+# shadowtee from this tree, and (``--baseline REV``) the same command run from a worktree of REV.
+SHADOWTEES = frozenset({"shadowtee", "baseline"})
 CANDIDATES = {"healthy": [], "slow": ["--delay-ms", "200"], "hung": ["--hang"]}
 INFER_PATH = "/v2/models/bench/infer"
 SHADOW_TIMEOUT_MS = 250
@@ -65,11 +67,13 @@ def shadowtee_available() -> tuple[bool, str]:
     return True, ""
 
 
-def proxy_source_digest() -> str:
-    """A digest of the proxy's source, so runs against different code are not silently mixed."""
+def proxy_source_digest(root: Path = BENCH_DIR.parent) -> str:
+    """A digest of the proxy's source under ``root``, so runs against different code are not
+    silently mixed."""
     h = hashlib.sha256()
-    for path in sorted((BENCH_DIR.parent / "proxy").glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    base = root / "proxy"
+    for path in sorted(base.rglob("*.py")):
+        h.update(str(path.relative_to(base)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -141,6 +145,8 @@ class Bench:
                 "--experiment=bench",
             ]
             env = {"SHADOWTEE_PROXY__SPOOL_DIR": str(self.workdir / f"spool-{port}")}
+            if target == "baseline":  # its packages come first on the path: the old code runs
+                env["PYTHONPATH"] = str(self.args.baseline_dir)
             proc = self.procs.start(argv, core=SERVER_CORE, env=env, log=log)
         wait_for_port(port, 20.0, proc)
         if admin is not None:
@@ -156,6 +162,8 @@ class Bench:
         result: dict[str, Any] = {"target": target, "candidate": cand}
         if target == "shadowtee":
             result["proxy_src_sha256"] = proxy_source_digest()
+        elif target == "baseline":
+            result["proxy_src_sha256"] = proxy_source_digest(self.args.baseline_dir)
         try:
             if a.warmup > 0:
                 run_wrk(url, a.connections, a.warmup)
@@ -186,7 +194,7 @@ class Bench:
         finally:
             if proc:
                 # shadowtee drains (bounded tee grace, flush); the others just get 3 s.
-                self.procs.stop(proc, timeout=10.0 if target == "shadowtee" else 3.0)
+                self.procs.stop(proc, timeout=10.0 if target in SHADOWTEES else 3.0)
         return result
 
     def start_py_spy(

@@ -16,6 +16,11 @@ wrk and the paced generator run on core 0, everything else on core 1. Only 127.0
 
     .venv/bin/python bench/proxy_bench.py            # full: 3 runs, ~10 minutes on 2 cores
     .venv/bin/python bench/proxy_bench.py --quick    # 1 short run, ~2 minutes
+    .venv/bin/python bench/proxy_bench.py --targets shadowtee --baseline REV   # this tree vs REV
+
+``--baseline REV`` adds the target ``baseline``: the same ``shadowtee proxy`` command run from a
+git worktree of REV (its packages first on ``PYTHONPATH``, the same virtual environment),
+interleaved with this tree's runs, and prints this tree / REV for throughput, CPU and p99.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -117,6 +123,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--candidates", default=",".join(CANDIDATES), help="comma list of healthy, slow, hung"
     )
+    p.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure shadowtee as of git revision REV (a worktree), side by side",
+    )
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="where the JSON goes")
     args = p.parse_args(argv)
     quick = args.quick
@@ -126,6 +137,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rate_duration = args.rate_duration or (3.0 if quick else 6.0)
     args.retry_budget = args.retry_budget or (40.0 if quick else 240.0)
     args.targets = [t for t in args.targets.split(",") if t]
+    if args.baseline and "baseline" not in args.targets:
+        args.targets.append("baseline")
+    if "baseline" in args.targets and not args.baseline:
+        p.error("--targets: baseline needs --baseline REV")
     args.candidates = [c for c in args.candidates.split(",") if c]
     for t in args.targets:
         if t not in TARGETS:
@@ -160,6 +175,34 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 2
     notes: list[str] = []
+    worktree: Path | None = None
+    if args.baseline:
+        worktree = Path(tempfile.mkdtemp(prefix="shadowtee-baseline-"))
+        made = subprocess.run(
+            ["git", "-C", str(BENCH_DIR.parent), "worktree", "add", "--detach", str(worktree),
+             args.baseline],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if made.returncode != 0:
+            print(f"proxy_bench: --baseline: {made.stderr.strip()}", file=sys.stderr)
+            return 2
+        args.baseline_dir = worktree
+        rev = subprocess.run(
+            ["git", "-C", str(worktree), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=False,
+        ).stdout.strip()  # fmt: skip
+        notes.append(f"baseline = {args.baseline} ({rev}), run from {worktree}")
+    try:
+        return _run(args, argv, notes)
+    finally:
+        if worktree is not None:
+            subprocess.run(
+                ["git", "-C", str(BENCH_DIR.parent), "worktree", "remove", "--force", str(worktree)],
+                capture_output=True, check=False,
+            )  # fmt: skip
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, notes: list[str]) -> int:
     if "shadowtee" in args.targets:
         ok, why = shadowtee_available()
         if not ok:

@@ -93,6 +93,15 @@ def summarise(runs: list[dict[str, Any]], configs: list[tuple[str, str]]) -> dic
                 get("handwritten", "healthy", "cpu_s_per_10k"),
             ),
         }
+    if "baseline/healthy" in table and "shadowtee/healthy" in table:
+        ratios["shadowtee_vs_baseline"] = {
+            cand: {
+                metric: _ratio(get("shadowtee", cand, metric), get("baseline", cand, metric))
+                for metric in ("rps", "cpu_s_per_10k", "p99_ms")
+            }
+            for cand in ("healthy", "slow", "hung")
+            if f"baseline/{cand}" in table and f"shadowtee/{cand}" in table
+        }
     return {"table": table, "ratios": ratios}
 
 
@@ -221,6 +230,14 @@ def render_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
                 f"hung/healthy {_fmt(r['rps_hung_vs_healthy'], '.2f')}; p99 slow/healthy "
                 f"{_fmt(r['p99_slow_vs_healthy'], '.2f')}, hung/healthy {_fmt(r['p99_hung_vs_healthy'], '.2f')}; "
                 f"delivered (slow) {_fmt(r['delivered_share_slow'], '.1%')}"
+            )
+    against = ratios.get("shadowtee_vs_baseline")
+    if against:
+        lines += ["", "this tree / baseline (same machine, interleaved runs):"]
+        for cand, r in against.items():
+            lines.append(
+                f"  {cand:<8} throughput {_fmt(r['rps'], '.3f')}, CPU-s/10k "
+                f"{_fmt(r['cpu_s_per_10k'], '.3f')}, p99 {_fmt(r['p99_ms'], '.3f')}"
             )
     if "shadowtee" in ratios:
         lines += ["", "shadowtee against the issue's targets:"]

@@ -24,6 +24,7 @@ MAX_HEAD = 64 * 1024  # bytes of a response head (or of a trailer section), and 
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Names a ``Connection`` header may not list: dropping them as hop-by-hop would change the framing.
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_VERSIONS = frozenset({"1.0", "1.1"})  # what a status line may say
 # The lengths of the header names the parser acts on, so most names are never lower-cased.
 _NAME_LENGTHS = frozenset(
     len(n) for n in ("content-length", "transfer-encoding", "connection", "x-model-version")
@@ -105,6 +106,9 @@ class AnswerParsing:
         self._quiet = 0
         self._heads += 1
         parser = self._parser
+        if parser.get_http_version() not in _VERSIONS:
+            # llhttp takes "HTTP/2.0" and "HTTP/0.9" status lines; neither frames HTTP/1.1 bodies.
+            raise UpstreamProtocolError(f"an HTTP/{parser.get_http_version()} status line")
         status = parser.get_status_code()
         reason = self._reason
         if reason != b"OK" and _CONTROL.search(reason):

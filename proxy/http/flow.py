@@ -10,8 +10,38 @@ paused (a paused connection is never handed back to a pool).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import struct
+import termios
 
-__all__ = ["FlowControl"]
+__all__ = ["FlowControl", "delivered"]
+
+_POLL_S = 0.005
+
+
+def _unsent(transport: asyncio.Transport) -> int:
+    """Bytes still in the transport's buffer and in the kernel's send queue (Linux SIOCOUTQ:
+    not yet acknowledged by the peer); 0 where the kernel cannot tell."""
+    left = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+            left += struct.unpack("i", raw)[0]
+    return left
+
+
+async def delivered(transport: asyncio.Transport, limit_s: float) -> bool:
+    """Wait (at most ``limit_s``) until the peer has acknowledged every byte written so far:
+    a reset sent after that loses none of them. Whether it happened in time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while not transport.is_closing() and _unsent(transport) > 0:
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(_POLL_S)
+    return True
 
 
 class FlowControl:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DISCARD_MAX", "Refused", "RequestParsing"]
 
+_VERSIONS = frozenset({"1.0", "1.1"})
 DISCARD_MAX = 8 * 1024 * 1024  # body bytes read and dropped after a refusal, before closing
 
 
@@ -103,6 +104,10 @@ class RequestParsing:
         msg.in_head = False
         self._head_bytes = 0
         parser = self._parser
+        if parser.get_http_version() not in _VERSIONS:
+            # llhttp also takes HTTP/0.9 and HTTP/2.0 request lines; this port speaks HTTP/1.x
+            # (RFC 9110 §15.6.6), and what a 2.0 or 0.9 peer sends next is not HTTP/1.1 framing.
+            raise Refused(Refusal(505, "HTTP version not supported: only HTTP/1.0 and HTTP/1.1"))
         if parser.get_method() == b"CONNECT":
             raise Refused(Refusal(501, "CONNECT is not supported"))
         limits = self._limits

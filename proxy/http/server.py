@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from proxy.http.body import HIGH_WATER
-from proxy.http.flow import FlowControl
+from proxy.http.flow import FlowControl, delivered
 from proxy.http.message import Message, Refusal, Request
 from proxy.http.parse import DISCARD_MAX, Refused, RequestParsing
 
@@ -45,6 +45,7 @@ log = logging.getLogger("shadowtee.proxy")
 
 PIPELINE_MAX = 8  # queued requests per connection before reading pauses
 PIPELINE_MAX_BYTES = 1024 * 1024  # queued body bytes per connection before reading pauses
+FLUSH_BEFORE_RESET_S = 10.0  # a cut HTTP/1.0 answer: how long its bytes may take to arrive
 LINGER_S = 2.0  # after a refusal, how long what the client still sends is read and dropped
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
@@ -65,6 +66,7 @@ class Connection(RequestParsing, asyncio.Protocol):
         self._lingering = False  # refused and closing: what the client still sends is dropped
         self._cut_gracefully = False  # the answer under way frames itself (HTTP/1.1): see abort
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None  # abort(): delivering, then a reset
         self._task: asyncio.Task[None] | None = None
         self.closed = False
         self._msg = Message()
@@ -99,7 +101,7 @@ class Connection(RequestParsing, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._server.connections.discard(self)
-        for timer in (self._idle_timer, self._body_timer, self._linger_timer):
+        for timer in (self._idle_timer, self._body_timer, self._linger_timer, self._flushing):
             if timer is not None:
                 timer.cancel()
         self._release(self._queued_bytes + self._msg.body_size)
@@ -316,7 +318,7 @@ class Connection(RequestParsing, asyncio.Protocol):
     def close(self) -> None:
         """Close once what was written is flushed."""
         self.closed = True
-        if self.transport is not None:
+        if self.transport is not None and self._flushing is None:  # else: a reset follows
             self.transport.close()
 
     def abort(self) -> None:
@@ -325,11 +327,24 @@ class Connection(RequestParsing, asyncio.Protocol):
         To an HTTP/1.1 client the answer's framing (a length, or chunks without their end) shows
         the cut, so what was written before it (earlier pipelined answers) still goes out, then
         the close. To an HTTP/1.0 client a body may be delimited by the close itself, which would
-        pass a short body off as complete: it gets a reset.
+        pass a short body off as complete: it gets a reset, once the bytes written before it
+        are delivered.
         """
         if self._cut_gracefully:
             self.close()
+        elif self.transport is not None and not self.closed:
+            # What went out before the cut (earlier pipelined answers, the short body's start)
+            # reaches the client first; the reset follows, bounded by FLUSH_BEFORE_RESET_S.
+            self.closed = True
+            self._flushing = self._loop.create_task(self._reset_when_delivered())
         else:
+            self._reset()
+
+    async def _reset_when_delivered(self) -> None:
+        try:
+            if self.transport is not None:
+                await delivered(self.transport, FLUSH_BEFORE_RESET_S)
+        finally:
             self._reset()
 
     def _reset(self) -> None:

@@ -117,10 +117,8 @@ ALL_FEATURES = frozenset(
         "odd_headers",  # empty, lower-case, long and many header fields in answers
     }
 )
-# Features excluded from CI while a known bug (an xfail test below) makes them fail:
-# "malformed_version" — test_a_malformed_answer_is_a_502_and_the_port_keeps_serving[http2-status].
-# "pipeline_cut_http10" — test_a_broken_answer_does_not_destroy_earlier_pipelined_answers[http10].
-KNOWN_BAD = frozenset({"malformed_version", "pipeline_cut_http10"})
+# Features excluded from CI while a known bug (an xfail test below) makes them fail: none now.
+KNOWN_BAD: frozenset[str] = frozenset()
 CI_FEATURES = ALL_FEATURES - KNOWN_BAD
 
 
@@ -235,7 +233,11 @@ MALFORMED = (
     b"HTTP/1.1 20 OK\r\nContent-Length: 6\r\n\r\n<%s>",
 )
 # A status line of another HTTP version (the feature "malformed_version").
-MALFORMED_VERSION = (b"HTTP/2.0 200 OK\r\nContent-Length: 6\r\n\r\n<%s>",)
+MALFORMED_VERSION = (
+    b"HTTP/2.0 200 OK\r\nContent-Length: 6\r\n\r\n<%s>",
+    b"HTTP/0.9 200 OK\r\nContent-Length: 6\r\n\r\n<%s>",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/2.0 200 OK\r\nContent-Length: 6\r\n\r\n<%s>",
+)
 
 
 def _reply(
@@ -1143,17 +1145,7 @@ def test_interim_answers_from_production_end_before_the_final_one(reply: Reply) 
 @pytest.mark.parametrize(
     "raw",
     [pytest.param(raw, id=str(i)) for i, raw in enumerate(MALFORMED)]
-    + [
-        pytest.param(
-            MALFORMED_VERSION[0],
-            id="http2-status",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 16: a status line 'HTTP/2.0 200 OK' from production is relayed "
-                "as a 200 (the answer parser accepts any HTTP version)",
-            ),
-        )
-    ],
+    + [pytest.param(raw, id=f"version-{i}") for i, raw in enumerate(MALFORMED_VERSION)],
 )
 def test_a_malformed_answer_is_a_502_and_the_port_keeps_serving(raw: bytes) -> None:
     """Answers a strict client refuses (Content-Length with Transfer-Encoding, a signed chunk
@@ -1251,6 +1243,26 @@ def test_a_refused_request_with_a_body_on_its_way_still_gets_its_answer(
     assert isinstance(status, int) and 400 <= status < 500, status
 
 
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9"])
+def test_a_request_line_of_another_http_version_is_a_505_and_never_forwarded(
+    version: bytes,
+) -> None:
+    """llhttp parses HTTP/2.0 and HTTP/0.9 request lines; this port speaks HTTP/1.x only, so
+    such a request is answered 505 (RFC 9110 §15.6.6), closed, and production never sees it."""
+
+    async def answer() -> tuple[int, bool, int]:
+        async with _scripted(lambda _: Reply(body=b"<ok>")) as (upstream, port):
+            client = await RawClient.connect(port)
+            try:
+                await client.send(b"GET /t " + version + b"\r\nHost: p\r\n\r\n")
+                got = await client.read_response("GET", RESPONSE_LIMIT_S)
+            finally:
+                client.abort()
+            return got.status, got.keep_alive, len(upstream.requests)
+
+    assert run(answer()) == (505, False, 0)
+
+
 def test_a_broken_answer_to_an_http10_client_is_not_passed_off_as_complete() -> None:
     """An unsized (chunked) answer goes to an HTTP/1.0 client delimited by the close of the
     connection. When production breaks off mid-body, only a reset (not a clean close) tells the
@@ -1313,15 +1325,7 @@ def test_a_client_hanging_up_mid_upload_is_not_a_server_error(path: bytes, chunk
     "version",
     [
         pytest.param(b"HTTP/1.1", id="http11"),
-        pytest.param(
-            b"HTTP/1.0",
-            id="http10",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 16: a cut answer to a pipelined HTTP/1.0 request resets the "
-                "connection at once, throwing away the earlier answer still being sent",
-            ),
-        ),
+        pytest.param(b"HTTP/1.0", id="http10"),
     ],
 )
 def test_a_broken_answer_does_not_destroy_earlier_pipelined_answers(version: bytes) -> None:

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -83,8 +84,22 @@ class Replica:
                 self.proc.wait()
 
 
+@pytest.fixture(name="fleet_db")
+def fleet_db_fixture(pg_url: str) -> Iterator[str]:
+    """A database of its own (the session's is shared with other tests' looks and pairs)."""
+    from tests.conftest import _pg_admin_url, _pg_exec
+
+    admin = _pg_admin_url()
+    name = f"shadowtee_fleet_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_exec(admin, f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{admin.rsplit('/', 1)[0]}/{name}"
+    finally:
+        asyncio.run(_pg_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture
-def replicas(pg_url: str, up: Upstreams, tmp_path: Path) -> Iterator[Callable[[], list[Replica]]]:
+def replicas(fleet_db: str, up: Upstreams, tmp_path: Path) -> Iterator[Callable[[], list[Replica]]]:
     metrics = web.Application()
 
     async def memory(_: web.Request) -> web.Response:
@@ -96,7 +111,7 @@ def replicas(pg_url: str, up: Upstreams, tmp_path: Path) -> Iterator[Callable[[]
 
     def start() -> list[Replica]:
         for i in range(3):  # one after the other: the first to start leads
-            r = Replica(f"c{i}", pg_url, scrape, tmp_path / f"c{i}.log")
+            r = Replica(f"c{i}", fleet_db, scrape, tmp_path / f"c{i}.log")
             started.append(r)
             wait_until(r.ready, f"comparator {r.name} ready", 60)
         return started
@@ -108,9 +123,9 @@ def replicas(pg_url: str, up: Upstreams, tmp_path: Path) -> Iterator[Callable[[]
             r.stop()
 
 
-def _rows(pg_url: str, query: str) -> list[Any]:
+def _rows(db: str, query: str) -> list[Any]:
     async def fetch() -> list[Any]:
-        conn = await asyncpg.connect(pg_url)
+        conn = await asyncpg.connect(db)
         try:
             return list(await conn.fetch(query))
         finally:
@@ -125,7 +140,7 @@ def _runs(names: list[str]) -> list[str]:
 
 
 def test_a_killed_leader_and_replica_lose_and_double_no_pair_and_one_replica_leads(
-    pg_url: str,
+    fleet_db: str,
     up: Upstreams,
     replicas: Callable[[], list[Replica]],
     start_proxy: Callable[..., ProxyProcess],
@@ -164,7 +179,7 @@ def test_a_killed_leader_and_replica_lose_and_double_no_pair_and_one_replica_lea
             if (wait := due - time.monotonic()) > 0:
                 time.sleep(wait)
             if killed_at is None and i >= REQUESTS // 2:
-                wait_until(lambda: bool(_rows(pg_url, "SELECT 1 FROM memory_samples LIMIT 1")),
+                wait_until(lambda: bool(_rows(fleet_db, "SELECT 1 FROM memory_samples LIMIT 1")),
                            "a memory sample from the leader", 10)  # fmt: skip
                 killed_at = datetime.now(UTC)
                 leader.proc.send_signal(signal.SIGKILL)
@@ -191,24 +206,24 @@ def test_a_killed_leader_and_replica_lose_and_double_no_pair_and_one_replica_lea
     assert sum(p.status()["counters"]["comparator_failovers"] for p in proxies) >= 1
 
     # Stored exactly once: one row per request id, and the hourly aggregates count each once.
-    (row,) = _rows(pg_url, "SELECT count(*) AS n, count(DISTINCT request_id) AS d FROM pairs")
+    (row,) = _rows(fleet_db, "SELECT count(*) AS n, count(DISTINCT request_id) AS d FROM pairs")
     assert (row["n"], row["d"]) == (REQUESTS, REQUESTS)
-    (exp,) = _rows(pg_url, f"SELECT id, n_pairs FROM experiments WHERE name = '{EXPERIMENT}'")
+    (exp,) = _rows(fleet_db, f"SELECT id, n_pairs FROM experiments WHERE name = '{EXPERIMENT}'")
     assert exp["n_pairs"] == REQUESTS
-    aggs = _rows(pg_url, f"SELECT data FROM hourly_aggregates WHERE experiment_id = {exp['id']}")
+    aggs = _rows(fleet_db, f"SELECT data FROM hourly_aggregates WHERE experiment_id = {exp['id']}")
     folded = sum(json.loads(a["data"])["counters"].get("pairs", 0) for a in aggs)
     assert folded == REQUESTS
 
     # One replica at a time looked and sampled: the killed leader, then the survivor.
     wait_until(
-        lambda: _rows(pg_url, f"SELECT 1 FROM verdicts WHERE replica = '{survivor.name}'"),
+        lambda: _rows(fleet_db, f"SELECT 1 FROM verdicts WHERE replica = '{survivor.name}'"),
         "a look by the new leader",
         FAILOVER_BOUND_S + 10,
     )
     time.sleep(1.0)  # a few more looks and samples by the new leader
     assert survivor.leads()
-    looks = _rows(pg_url, "SELECT replica, at, created_at FROM verdicts ORDER BY id")
-    samples = _rows(pg_url, "SELECT replica, ts FROM memory_samples ORDER BY id")
+    looks = _rows(fleet_db, "SELECT replica, at, created_at FROM verdicts ORDER BY id")
+    samples = _rows(fleet_db, "SELECT replica, ts FROM memory_samples ORDER BY id")
     assert _runs([v["replica"] for v in looks]) == [leader.name, survivor.name], looks
     assert _runs([s["replica"] for s in samples]) == [leader.name, survivor.name], samples
     assert all(a["at"] <= b["at"] for a, b in pairwise(looks))  # monotone
