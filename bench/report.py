@@ -260,7 +260,12 @@ def render_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             + ", ".join(noisy)
             + "; check those rows against a quiet rerun"
         )
-    digests = {d for r in summary["table"].values() for d in r.get("proxy_src_sha256", [])}
+    digests = {
+        d
+        for r in summary["table"].values()
+        if r["target"] != "baseline"  # another revision: its source differs by design
+        for d in r.get("proxy_src_sha256", [])
+    }
     if len(digests) > 1:
         lines.append(
             f"WARNING: proxy/ source changed during the run ({', '.join(sorted(digests))})"

@@ -3,11 +3,12 @@
 ::
 
     server side   listener.Server         the listening socket, connection and byte limits
-                  server.Connection       one client connection: a queue, dispatch, closing
+                  server.Connection       one client connection: a queue, dispatch
                   parse.RequestParsing    its llhttp callbacks and clocks; a Message per request
+                  closing.Closing         its close, its reset after a cut, its lingering close
                   message                 Request, Refusal (a frozen record), Limits
                   body.BodyStream         a large request body, handed over as it arrives
-    both sides    flow.FlowControl        pause/resume reading, drain writing
+    both sides    flow.FlowControl        pause/resume reading, drain writing; flow.delivered
     client side   client.ClientConnection one upstream connection: send, finish, timeout
                   answer.AnswerParsing    its llhttp callbacks and the checks llhttp lacks
                   exchange                its states (an enum), the answer head, callbacks

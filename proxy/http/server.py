@@ -22,35 +22,30 @@ goes away is routine: writes become no-ops and the handler sees :attr:`Connectio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
-import struct
 from collections import deque
 from typing import TYPE_CHECKING
 
 import httptools
 
 from proxy.http.body import HIGH_WATER
-from proxy.http.flow import FlowControl, delivered
+from proxy.http.closing import LINGER_S, Closing
+from proxy.http.flow import FlowControl
 from proxy.http.message import Message, Refusal, Request
 from proxy.http.parse import DISCARD_MAX, Refused, RequestParsing
 
 if TYPE_CHECKING:
     from proxy.http.listener import Server
 
-__all__ = ["PIPELINE_MAX", "PIPELINE_MAX_BYTES", "Connection"]
+__all__ = ["LINGER_S", "PIPELINE_MAX", "PIPELINE_MAX_BYTES", "Connection"]
 
 log = logging.getLogger("shadowtee.proxy")
 
 PIPELINE_MAX = 8  # queued requests per connection before reading pauses
 PIPELINE_MAX_BYTES = 1024 * 1024  # queued body bytes per connection before reading pauses
-FLUSH_BEFORE_RESET_S = 10.0  # a cut HTTP/1.0 answer: how long its bytes may take to arrive
-LINGER_S = 2.0  # after a refusal, how long what the client still sends is read and dropped
-_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 
-class Connection(RequestParsing, asyncio.Protocol):
+class Connection(Closing, RequestParsing, asyncio.Protocol):
     """One client connection: parse, queue, hand requests to the handler one at a time."""
 
     def __init__(self, server: Server) -> None:
@@ -314,65 +309,3 @@ class Connection(RequestParsing, asyncio.Protocol):
         """Wait while the client's socket buffer is full."""
         if self.flow is not None and not self.closed:
             await self.flow.drain()
-
-    def close(self) -> None:
-        """Close once what was written is flushed."""
-        self.closed = True
-        if self.transport is not None and self._flushing is None:  # else: a reset follows
-            self.transport.close()
-
-    def abort(self) -> None:
-        """Cut the connection: production broke off after the head was sent.
-
-        To an HTTP/1.1 client the answer's framing (a length, or chunks without their end) shows
-        the cut, so what was written before it (earlier pipelined answers) still goes out, then
-        the close. To an HTTP/1.0 client a body may be delimited by the close itself, which would
-        pass a short body off as complete: it gets a reset, once the bytes written before it
-        are delivered.
-        """
-        if self._cut_gracefully:
-            self.close()
-        elif self.transport is not None and not self.closed:
-            # What went out before the cut (earlier pipelined answers, the short body's start)
-            # reaches the client first; the reset follows, bounded by FLUSH_BEFORE_RESET_S.
-            self.closed = True
-            self._flushing = self._loop.create_task(self._reset_when_delivered())
-        else:
-            self._reset()
-
-    async def _reset_when_delivered(self) -> None:
-        try:
-            if self.transport is not None:
-                await delivered(self.transport, FLUSH_BEFORE_RESET_S)
-        finally:
-            self._reset()
-
-    def _reset(self) -> None:
-        """Close at once with a reset; what is still buffered is dropped."""
-        self.closed = True
-        transport = self.transport
-        if transport is not None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-            transport.abort()
-
-    def _close_lingering(self) -> None:
-        """After a refusal: close the sending side, read and drop what the client still sends
-        (up to DISCARD_MAX bytes, LINGER_S seconds), then close (RFC 9112 §9.6). Closing with
-        its body unread would reset the connection and could throw the refusal away."""
-        self.closed = True
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if not transport.can_write_eof():
-            transport.close()
-            return
-        transport.write_eof()
-        self._lingering = True
-        self._discard_left = DISCARD_MAX
-        self._stop_reading = False
-        if self.flow is not None:
-            self.flow.resume_reading()
-        self._linger_timer = self._loop.call_later(LINGER_S, self._reset)

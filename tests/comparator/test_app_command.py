@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +15,7 @@ import pytest
 from comparator.settings import ComparatorSettings
 from shadowtee.config import ConfigError, load_settings
 from tests.comparator.store_support import make_pair
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.net import free_port as free_port
 
 
 def shadowtee(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -35,7 +35,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -46,6 +45,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support.net import free_port as free_port
 
 Obj = dict[str, Any]
 
@@ -59,12 +60,6 @@ __all__ = ["Cluster", "PodError", "Process", "free_port", "image_config"]
 
 class PodError(AssertionError):
     """A container could not start, exited, or never became ready; the message has its log."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def image_config(dockerfile: Path = ROOT / "Dockerfile") -> tuple[list[str], dict[str, str], str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,14 +24,9 @@ from tests.deploy.test_rules_and_dashboard import (
     dashboard_exprs,
     referenced_metrics,
 )
+from tests.support.net import free_port
 
 SHADOWTEE = [sys.executable, "-m", "shadowtee"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _exposed(url: str) -> set[str]:
@@ -61,7 +55,7 @@ def _wait(url: str, proc: subprocess.Popen[bytes], deadline_s: float = 30) -> No
 @pytest.fixture(scope="module")
 def exposed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
     tmp = tmp_path_factory.mktemp("metrics")
-    comp, data, admin = _free_port(), _free_port(), _free_port()
+    comp, data, admin = free_port(), free_port(), free_port()
     env = {**os.environ, "SHADOWTEE_PROXY__SPOOL_DIR": str(tmp / "spool")}
     procs = [
         subprocess.Popen(
@@ -85,9 +79,9 @@ def exposed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
                 "--admin-listen",
                 f"127.0.0.1:{admin}",
                 "--prod",
-                f"http://127.0.0.1:{_free_port()}",
+                f"http://127.0.0.1:{free_port()}",
                 "--candidate",
-                f"http://127.0.0.1:{_free_port()}",
+                f"http://127.0.0.1:{free_port()}",
                 "--comparator",
                 f"http://127.0.0.1:{comp}",
             ],

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from aiohttp import web
 from comparator.wire import Pair, PairBatch
 from proxy.server import serve
 from proxy.settings import ProxySettings
+from tests.support.net import free_port as free_port
+from tests.support.net import serve_app as serve_app
 
 __all__ = [
     "SEEN",
@@ -37,31 +38,10 @@ __all__ = [
 ]
 
 
-def free_port() -> int:
-    """A port nothing listens on right now (for a server that starts later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def payload_bytes(n: int) -> bytes:
     """``n`` deterministic, non-repeating-looking bytes."""
     block = bytes(range(256)) * 16
     return (block * (n // len(block) + 1))[:n]
-
-
-@asynccontextmanager
-async def serve_app(app: web.Application, port: int = 0) -> AsyncIterator[str]:
-    """Run ``app`` on 127.0.0.1 and yield its base URL."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
-    await site.start()
-    host, bound = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{bound}"
-    finally:
-        await runner.cleanup()
 
 
 SEEN = web.AppKey("seen", list)

@@ -20,9 +20,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import socket
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -31,6 +29,8 @@ from aiohttp import web
 
 from comparator.wire import Pair, PairBatch
 from tests.reliability.proxy_process import ProxyProcess
+from tests.support.net import free_port as free_port
+from tests.support.poll import wait_until as wait_until
 
 __all__ = [
     "BIG_BYTES",
@@ -49,28 +49,6 @@ T = TypeVar("T")
 
 BIG_BYTES = 50 * 1024 * 1024  # the candidate's "big" answer: 50 MiB
 RID = "X-Shadow-Request-Id"
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now (for a server that starts later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], what: str, limit_s: float = 20.0) -> Any:
-    """Poll ``predicate()`` until it is truthy (at most ``limit_s``); return its value.
-
-    The bound only turns a hang into a failure with a message; no assertion depends on it.
-    """
-    deadline = time.monotonic() + limit_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit_s:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def infer_body(i: int, size: int = 0) -> bytes:
