@@ -2,20 +2,22 @@
 
 ::
 
-    client ──▶ app.handle ──▶ production (aiohttp pool)          the only path a client waits on
-                  │ tee.submit (sync, bounded, never awaited)
-                  └──▶ upstream.CandidateClient (own pool, deadline, lingering connections)
+    client ──▶ http.server.Connection ──▶ app.DataPort.handle ──▶ http.production (pool)
+                  │ tee.Tee.submit (sync, bounded, never awaited)      the only path a client waits on
+                  └──▶ http.candidate.CandidateClient (own pool, deadline, lingering connections)
                   │
     pairing.PairingBuffer (sync, bounded, keyed by request id, deadline eviction)
-                  │ shipper.Shipper: JSON batches, retries with jitter, spool.Spool on disk
+                  │ shipper.Shipper: JSON batches, retries with jitter, failover, spool.Spool on disk
                   ▼
-             comparator  POST /v1/pairs
+             comparator(s)  POST /v1/pairs
 
 Modules: :mod:`~proxy.settings` (every option), :mod:`~proxy.app` (data port and resource
-lifetimes), :mod:`~proxy.tee`, :mod:`~proxy.upstream`, :mod:`~proxy.pairing`,
-:mod:`~proxy.encode`, :mod:`~proxy.shipper`, :mod:`~proxy.spool`, :mod:`~proxy.metrics`,
-:mod:`~proxy.admin` (admin port), :mod:`~proxy.server` (run and ordered shutdown),
-:mod:`~proxy.headers`, :mod:`~proxy.outcomes`, :mod:`~proxy.exceptions`.
+lifetimes), :mod:`~proxy.http` (the HTTP/1.1 server and clients), :mod:`~proxy.tee`,
+:mod:`~proxy.pairing`, :mod:`~proxy.encode`, :mod:`~proxy.shipper`, :mod:`~proxy.spool`,
+:mod:`~proxy.metrics`, :mod:`~proxy.admin` (admin port), :mod:`~proxy.control` and
+:mod:`~proxy.breaker` (live control of the tee), :mod:`~proxy.validate` (opt-in input checks),
+:mod:`~proxy.server` (run and ordered shutdown), :mod:`~proxy.headers`, :mod:`~proxy.outcomes`,
+:mod:`~proxy.exceptions`.
 """
 
 from proxy.admin import create_admin_app
