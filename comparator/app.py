@@ -31,24 +31,36 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from comparator import workers
 from comparator.exceptions import IngestError, StoreError, UnknownExperiment
 from comparator.ingest import check_token, read_body, read_pairs
+from comparator.leader import PgLeader
 from comparator.looks import LookBook, Looker
 from comparator.metrics import ComparatorMetrics
-from comparator.settings import ComparatorSettings
+from comparator.policy import load_policy
+from comparator.sampler import MemorySampler
+from comparator.settings import ComparatorSettings, parse_host_port
 from comparator.store import ExperimentInfo, Store
+from comparator.summary import UnknownDimension, summarize
+from comparator.verdict import judge
+from comparator.webhook import WebhookConfig
+from comparator.wire import DropReport
 
 __all__ = [
     "GC_THRESHOLDS",
@@ -234,10 +246,6 @@ async def _store_batch(request: web.Request) -> web.Response:
 
 async def post_drops(request: web.Request) -> web.Response:
     """A proxy's cumulative drop counts (``comparator.wire.DropReport``); idempotent."""
-    from pydantic import ValidationError
-
-    from comparator.wire import DropReport
-
     settings = request.app[SETTINGS]
     try:
         check_token(request.headers.get("Authorization"), settings.token)
@@ -271,10 +279,6 @@ async def _experiment_or_404(request: web.Request) -> str:
 
 
 async def summary(request: web.Request) -> web.Response:
-    import re
-
-    from comparator.summary import UnknownDimension, summarize
-
     start, end = _parse_time(request, "from"), _parse_time(request, "to")
     by = request.query.get("by")
     if by is not None and not re.fullmatch(r"[a-z][a-z0-9_.-]{0,39}", by):
@@ -301,9 +305,6 @@ async def verdict(request: web.Request) -> web.Response:
             400, f"at: {at.isoformat()} is in the future (now {now.isoformat(timespec='seconds')})"
         )
     name = await _experiment_or_404(request)
-    from comparator.policy import load_policy
-    from comparator.verdict import judge
-
     cache = request.app[_POLICY]
     if "policy" not in cache:
         path = request.app[SETTINGS].policy
@@ -322,8 +323,6 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     registry = request.app[METRICS].registry
     metrics_dir = request.app[_ROLE].metrics_dir
     if metrics_dir is not None:  # --workers: every worker's counters, and this one's gauges
-        from prometheus_client.multiprocess import MultiProcessCollector
-
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
         registry.register(request.app[LOOKS])
@@ -365,10 +364,6 @@ async def _require_token(
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
-    from functools import partial
-
-    from comparator.policy import load_policy
-
     warmup = load_policy(Path(s.policy) if s.policy else None).window.warmup_minutes
     store = await Store.open(
         s.db,
@@ -393,7 +388,6 @@ async def _leader_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics.leader.set(1 if leadership.background else 0)
         yield
         return
-    from comparator.leader import PgLeader
 
     def changed(leading: bool) -> None:
         metrics.leader.set(1 if leading else 0)
@@ -413,8 +407,6 @@ async def _leader_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sampler_ctx(app: web.Application) -> AsyncIterator[None]:
-    from comparator.sampler import MemorySampler
-
     s = app[SETTINGS]
     if not s.scrape or not app[_ROLE].background:
         yield
@@ -463,12 +455,6 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _looks_ctx(app: web.Application) -> AsyncIterator[None]:
     """Periodic saved looks, verdict gauges and the decision webhook (comparator.looks)."""
-    try:
-        from comparator.policy import load_policy
-        from comparator.webhook import WebhookConfig
-    except ImportError:  # pragma: no cover - a build without the verdict engine
-        yield
-        return
     s = app[SETTINGS]
     policy = load_policy(Path(s.policy) if s.policy else None)
     app[_POLICY]["policy"] = policy
@@ -553,12 +539,8 @@ def run(
     With ``settings.workers`` > 1 this process starts the workers and waits (comparator.workers);
     a worker serves on the ``sock`` it was handed, in its ``role``. Returns the exit status.
     """
-    from comparator.settings import parse_host_port
-
     if sock is None and settings.workers > 1:
-        from comparator.workers import serve
-
-        return serve(settings)
+        return workers.serve(settings)
     with contextlib.suppress(ImportError):
         import uvloop
 
