@@ -27,6 +27,7 @@ COPY proxy ./proxy
 COPY serving ./serving
 COPY comparator ./comparator
 COPY reports ./reports
+COPY contract ./contract
 # setuptools and wheel build shadowtee here and are not needed at run time.
 RUN /opt/shadowtee/bin/pip install --no-deps --no-build-isolation . \
     && /opt/shadowtee/bin/pip uninstall -y setuptools wheel

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -22,6 +21,7 @@ from sqlalchemy.engine import Dialect
 
 from comparator.models import PairRow
 from comparator.wire import Pair
+from contract import sampled
 
 if TYPE_CHECKING:
     from comparator.normalize import BatchMetrics
@@ -74,16 +74,6 @@ def pair_records(cols: dict[str, list[Any]], dialect: Dialect) -> list[tuple[Any
             values = [None if v is None else process(v) for v in values]
         converted.append(values)
     return list(zip(*converted, strict=True))
-
-
-def sampled(request_id: str, rate: float) -> bool:
-    """Whether ``request_id`` hashes into the kept fraction ``rate`` (stable across restarts)."""
-    if rate <= 0:
-        return False
-    if rate >= 1:
-        return True
-    h = int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big")
-    return h < rate * 2**64
 
 
 def subset(metrics: BatchMetrics, idx: Sequence[int]) -> BatchMetrics:

@@ -16,15 +16,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract import EXPERIMENT_PATTERN, parse_host_port
+
 __all__ = ["ComparatorSettings", "ExperimentSettings", "parse_host_port"]
-
-
-def parse_host_port(value: str) -> tuple[str, int]:
-    """Split ``"HOST:PORT"`` (``"[::1]:8080"`` for IPv6) into a host and a port 0–65535."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class ExperimentSettings(BaseModel):
@@ -65,9 +59,7 @@ class ComparatorSettings(BaseSettings):
     scrape: dict[str, str] = Field(default_factory=dict)
     scrape_interval_s: Annotated[float, Field(gt=0, le=3600)] = 15.0
     scrape_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
-    scrape_experiment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = (
-        "default"
-    )
+    scrape_experiment: Annotated[str, Field(pattern=EXPERIMENT_PATTERN)] = "default"
     # Bearer token every /v1/ route requires (reads too); None = no authentication (loopback only).
     token: SecretStr | None = None
     store_request_bodies: bool = False

@@ -29,6 +29,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from contract import (
+    ERROR_MAX,
+    EXPERIMENT_PATTERN,
+    REQUEST_ID_MAX,
+    ROUTE_MAX,
+    SEGMENT_DIMENSION_PATTERN,
+    SEGMENT_DIMENSIONS_MAX,
+    SEGMENT_VALUE_MAX,
+    VERSION_MAX,
+    WIRE_VERSION,
+)
+
 __all__ = [
     "WIRE_VERSION",
     "BinaryBody",
@@ -39,12 +51,6 @@ __all__ = [
     "RequestInfo",
     "SideResult",
 ]
-
-WIRE_VERSION = 1
-
-EXPERIMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-SEGMENT_DIMENSION_PATTERN = r"^[a-z][a-z0-9_.-]{0,39}$"
-SEGMENT_VALUE_MAX = 128
 
 
 class Outcome(enum.StrEnum):
@@ -74,7 +80,7 @@ class BinaryBody(_Strict):
 
     base64: Annotated[str, Field(max_length=1 << 30, pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
     header_length: Annotated[int, Field(ge=0)] | None = None
-    content_type: Annotated[str, Field(max_length=200)] | None = None
+    content_type: Annotated[str, Field(max_length=VERSION_MAX)] | None = None
 
 
 class RequestInfo(_Strict):
@@ -87,10 +93,10 @@ class SideResult(_Strict):
     outcome: Outcome
     status: Annotated[int, Field(ge=100, le=599)] | None = None
     latency_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
-    model_version: Annotated[str, Field(max_length=200)] | None = None
+    model_version: Annotated[str, Field(max_length=VERSION_MAX)] | None = None
     body: Any | None = None
     body_bytes: Annotated[int, Field(ge=0)] | None = None
-    error: Annotated[str, Field(max_length=2000)] | None = None
+    error: Annotated[str, Field(max_length=ERROR_MAX)] | None = None
     binary: BinaryBody | None = None  # a body that is not JSON (e.g. OIP binary tensors)
 
     @property
@@ -100,10 +106,10 @@ class SideResult(_Strict):
 
 class Pair(_Strict):
     v: Literal[1] = 1
-    request_id: Annotated[str, Field(min_length=1, max_length=200)]
+    request_id: Annotated[str, Field(min_length=1, max_length=REQUEST_ID_MAX)]
     experiment: Annotated[str, Field(pattern=EXPERIMENT_PATTERN)]
     ts: datetime
-    route: Annotated[str, Field(max_length=2000)]
+    route: Annotated[str, Field(max_length=ROUTE_MAX)]
     request: RequestInfo
     prod: SideResult
     candidate: SideResult
@@ -125,7 +131,7 @@ class Pair(_Strict):
                 Annotated[str, Field(pattern=SEGMENT_DIMENSION_PATTERN)],
                 Annotated[str, Field(max_length=SEGMENT_VALUE_MAX)],
             ],
-            Field(max_length=8),
+            Field(max_length=SEGMENT_DIMENSIONS_MAX),
         ]
         | None
     ) = None

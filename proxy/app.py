@@ -29,6 +29,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from comparator.wire import Outcome
+from contract import MINTED_ABOVE
 from proxy import validate
 from proxy.encode import segment_extractor
 from proxy.headers import drop_set, request_lines, response_lines
@@ -240,11 +241,11 @@ class DataPort:
         key (so a replay samples the same requests). But the pair is keyed by the client's id plus
         64 random bits minted here, so that no id a client chooses can meet another request's pair
         — in the pairing buffer or in the comparator, which keeps one pair per key and counts a
-        second as a retried duplicate. Without an id (or with one over 180 characters) the proxy
-        mints one: unique (prefix, counter) and unguessable (64 random bits), so no client can
+        second as a retried duplicate. Without an id (or with one over MINTED_ABOVE characters)
+        the proxy mints one: unique (prefix, counter) and unguessable (64 random bits), so no client can
         pre-claim the id another request will get.
         """
-        if not client_id or len(client_id) > 180:
+        if not client_id or len(client_id) > MINTED_ABOVE:
             minted = f"{self._prefix}{next(self._counter):x}-{secrets.token_hex(8)}"
             return minted, minted
         return client_id, f"{client_id}~{secrets.token_hex(8)}"

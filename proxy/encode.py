@@ -28,12 +28,10 @@ from typing import Any
 from pydantic_core import from_json
 
 from comparator.wire import Outcome
+from contract import ERROR_MAX, ROUTE_MAX, SEGMENT_VALUE_MAX, VERSION_MAX
 from proxy.pairing import CompletedPair, Side
 
 __all__ = ["SEGMENT_VALUE_MAX", "encode_batch", "encode_pair", "join_batch", "segment_extractor"]
-
-#: Segment values are cut to this many characters (comparator.wire.SEGMENT_VALUE_MAX).
-SEGMENT_VALUE_MAX = 128
 
 
 def _checked(body: bytes | None, max_body_bytes: int) -> tuple[bytes | None, int | None]:
@@ -145,13 +143,13 @@ def _side(
     if side.latency_ms is not None:
         out += (b',"latency_ms":', _number(side.latency_ms))
     if side.model_version is not None:
-        out += (b',"model_version":', _text(side.model_version[:200]))
+        out += (b',"model_version":', _text(side.model_version[:VERSION_MAX]))
     if body is not None:
         out += (b',"body":', body)
     if body_bytes is not None:
         out += (b',"body_bytes":', b"%d" % body_bytes)
     if error is not None:
-        out += (b',"error":', _text(error[:2000]))
+        out += (b',"error":', _text(error[:ERROR_MAX]))
     if binary is not None:
         out += (b',"binary":', binary)
     out.append(b"}")
@@ -181,7 +179,7 @@ def encode_pair(pair: CompletedPair, *, experiment: str, max_body_bytes: int) ->
             b',"ts":"',
             _timestamp(pair.ts),
             b'","route":',
-            _text(pair.route[:2000]),
+            _text(pair.route[:ROUTE_MAX]),
             b',"request":{"sha256":',
             _text(pair.request_sha256),
             b',"body":',

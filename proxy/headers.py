@@ -88,7 +88,7 @@ def segment_header_values(
 ) -> dict[str, str] | None:
     """Segment values from request headers: ``wanted`` maps a lower-case header name to its
     dimension. The first occurrence counts, trimmed and cut to ``max_chars``
-    (comparator.wire.SEGMENT_VALUE_MAX); an empty or absent header gives no value. Bytes outside
+    (contract.SEGMENT_VALUE_MAX); an empty or absent header gives no value. Bytes outside
     ASCII read as Latin-1, as HTTP/1.1 delivers them."""
     out: dict[str, str] = {}
     for name, value in headers:

@@ -16,7 +16,8 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from comparator.wire import SEGMENT_VALUE_MAX, Outcome
+from comparator.wire import Outcome
+from contract import SEGMENT_VALUE_MAX
 
 __all__ = ["CompletedPair", "PairingBuffer", "Side"]
 

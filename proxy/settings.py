@@ -15,25 +15,21 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract import (
+    EXPERIMENT_PATTERN,
+    SEGMENT_DIMENSION_PATTERN,
+    SEGMENT_DIMENSIONS_MAX,
+    parse_host_port,
+)
 from proxy.headers import HOP_BY_HOP
 
 __all__ = ["ProxySettings", "parse_host_port"]
 
 DEFAULT_TEE_ROUTES = ("/v2/models/*/infer", "/v1/models/*:predict", "/predict", "/invocations")
 DEFAULT_REDACT = ("authorization", "cookie", "x-api-key")
-SEGMENT_DIMENSION = r"^[a-z][a-z0-9_.-]{0,39}$"  # comparator.wire.SEGMENT_DIMENSION_PATTERN
-SEGMENT_DIMENSIONS_MAX = 8  # the comparator takes at most this many per pair
+SEGMENT_DIMENSION = SEGMENT_DIMENSION_PATTERN
 # A header whose name holds one of these is a credential, whatever redact_headers says.
 SECRET_HEADER_WORDS = ("auth", "cookie", "token", "secret", "password", "api-key", "apikey")
-
-
-def parse_host_port(value: str) -> tuple[str, int]:
-    """Split ``"HOST:PORT"`` (``"[::1]:8080"`` for IPv6) into a host and a port 0–65535."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
 
 
 def _check_url(value: str | None) -> str | None:
@@ -65,7 +61,7 @@ class ProxySettings(BaseSettings):
     # on to the next when it is unreachable, times out or answers 5xx (README, "Running a fleet").
     comparator: str | None = None
     comparator_token: SecretStr | None = None
-    experiment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = "default"
+    experiment: Annotated[str, Field(pattern=EXPERIMENT_PATTERN)] = "default"
 
     # Production path.
     prod_timeout_ms: Annotated[float, Field(gt=0)] = 30_000.0

@@ -18,13 +18,13 @@ one attribute read on the request path; the breaker's counters are two integers 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
 from comparator.wire import Outcome
+from contract import key_hash, sample_threshold
 from proxy.headers import candidate_lines, segment_header_values
 from proxy.metrics import ProxyStats
 from proxy.outcomes import classify
@@ -50,14 +50,14 @@ class TeeRules:
         self.sample_rate = sample_rate
         # Deterministic sampling: the first 8 bytes of BLAKE2b(key) as an integer, compared with a
         # threshold, so the same key is picked on every proxy and on every replay.
-        self._threshold = int(sample_rate * 2**64)
+        self._threshold = sample_threshold(sample_rate)
         self._route_cache: dict[str, bool] = {}
 
     def set_sample_rate(self, rate: float) -> None:
         """Change the sample rate live (on the event loop: no request sees half of it)."""
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"sample rate must be within 0..1, got {rate!r}")
-        self._threshold = int(rate * 2**64)
+        self._threshold = sample_threshold(rate)
         self.sample_rate = rate
 
     def matches(self, method: str, path: str) -> bool:
@@ -75,8 +75,7 @@ class TeeRules:
             return True
         if self.sample_rate <= 0.0:
             return False
-        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") < self._threshold
+        return key_hash(key) < self._threshold
 
 
 class _Shadow(CandidateCall):

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from comparator.wire import EXPERIMENT_PATTERN
+from contract import EXPERIMENT_PATTERN
 
 __all__ = ["ReportSettings"]
 

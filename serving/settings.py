@@ -13,17 +13,10 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract import parse_host_port
 from serving.registry import RegistryRef, parse_spec
 
 __all__ = ["ServeSettings", "parse_host_port"]
-
-
-def parse_host_port(value: str) -> tuple[str, int]:
-    """Split ``"HOST:PORT"`` (``"[::1]:8000"`` for IPv6) into a host and a port 0–65535."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class ServeSettings(BaseSettings):

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from comparator.exceptions import ComparatorError
     from comparator.policy import PolicyError
     from comparator.replay import REPLAY_POLICY, ReplayError, check_url, load_requests, replay
-    from comparator.wire import EXPERIMENT_PATTERN
+    from contract import EXPERIMENT_PATTERN
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations of a throw-away DB
     try:
