@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import socket
 import sys
@@ -85,6 +86,11 @@ def _stats_response(counters: Counters, request: web.BaseRequest) -> web.Respons
     return None
 
 
+# shadowtee's pair encoder writes each pair as {"v":1,"request_id":"…", … "candidate":{"outcome":"…"
+_ID = re.compile(rb'\{"v":1,"request_id":"((?:[^"\\]|\\.)*)"')
+_CAND_OUTCOME = re.compile(rb'"candidate":\{"outcome":"([a-z]+)"')
+
+
 def make_comparator_handler(counters: Counters) -> Any:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         control = _stats_response(counters, request)
@@ -93,6 +99,18 @@ def make_comparator_handler(counters: Counters) -> Any:
         if request.method != "POST" or request.path != "/v1/pairs":
             return web.json_response({"error": "not found"}, status=404)
         raw = await request.read()
+        ids = _ID.findall(raw)
+        outcomes = _CAND_OUTCOME.findall(raw)
+        if ids and len(ids) == len(outcomes) and request.content_type != "application/x-ndjson":
+            # A batch as shadowtee writes it: its ids and outcomes read by two C-speed scans
+            # instead of parsing every pair, so the fake costs the proxy's core little (issue:
+            # a fair run gives the proxy its core).
+            counters.bump("batches")
+            counters.bump("pairs", len(ids))
+            counters.ids.update(i.decode("ascii", "replace") for i in ids)
+            for outcome in outcomes:
+                counters.bump(f"cand_{outcome.decode()}")
+            return web.json_response({"accepted": len(ids)})
         try:
             if request.content_type == "application/x-ndjson":
                 pairs = [from_json(line) for line in raw.splitlines() if line.strip()]
