@@ -431,9 +431,13 @@ async def _retention_loop(store: Store, days: float, gate: Callable[[], bool]) -
             await asyncio.sleep(LEADER_RECHECK_S)
             continue
         try:
-            n = await store.purge_pairs(datetime.now(UTC) - timedelta(days=days))
+            cutoff = datetime.now(UTC) - timedelta(days=days)
+            n = await store.purge_pairs(cutoff)
             if n:
                 log.info("retention: purged %d raw pairs older than %g days", n, days)
+            q = await store.purge_quarantine(cutoff)
+            if q:
+                log.info("retention: purged %d quarantine rows older than %g days", q, days)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("retention pass failed: %s", exc)
         await asyncio.sleep(RETENTION_INTERVAL_S)

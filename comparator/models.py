@@ -227,3 +227,14 @@ class QuarantineRow(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_quarantine_experiment_received_at", "experiment", "received_at"),)
+
+
+class QuarantineTallyRow(Base):
+    """How many quarantine rows retention purged, per experiment ("" when the pair named none)
+    and reason (migration 0006): counts of refused pairs outlive the rows."""
+
+    __tablename__ = "quarantine_tally"
+
+    experiment: Mapped[str] = mapped_column(String(128), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)

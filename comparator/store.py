@@ -29,9 +29,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from comparator.aggregates import Aggregate
 from comparator.database import async_url, make_engine, migration_state, upgrade_database
 from comparator.exceptions import StoreError, UnknownExperiment
-from comparator.models import MemorySampleRow, VerdictRow, VerdictStateRow
+from comparator.models import MemorySampleRow, QuarantineTallyRow, VerdictRow, VerdictStateRow
 from comparator.partitions import DEFAULT, Partitions, epoch_days
-from comparator.store_ingest import EXP, HOURS, PAIRS, Ingest, IngestResult, insert_for
+from comparator.store_ingest import (
+    EXP,
+    HOURS,
+    PAIRS,
+    QUARANTINE,
+    Ingest,
+    IngestResult,
+    insert_for,
+)
 from comparator.wire import Pair
 
 if TYPE_CHECKING:
@@ -51,6 +59,7 @@ __all__ = [
 MEM = cast(Table, MemorySampleRow.__table__)
 VERDICTS = cast(Table, VerdictRow.__table__)
 VSTATE = cast(Table, VerdictStateRow.__table__)
+TALLY = cast(Table, QuarantineTallyRow.__table__)
 _Q = TypeVar("_Q", bound=Select[Any])
 log = logging.getLogger(__name__)
 # The default partition on PostgreSQL (comparator.partitions): what retention still deletes by row.
@@ -561,6 +570,45 @@ class Store:
                 deleted += res.rowcount
                 if res.rowcount < batch_size:
                     break
+        return deleted
+
+    async def purge_quarantine(
+        self, older_than: datetime, *, batch_size: int = 10_000, max_batches: int = 1_000
+    ) -> int:
+        """Delete quarantine rows received before ``older_than``, oldest first in bounded
+        batches, adding what each batch held to ``quarantine_tally`` (per experiment and reason)
+        in the same transaction, so the counts of refused pairs stay whole. Returns the number
+        of rows deleted."""
+        deleted = 0
+        for _ in range(max_batches):
+            async with self._write() as conn:
+                rows = (
+                    await conn.execute(
+                        select(QUARANTINE.c.id, QUARANTINE.c.experiment, QUARANTINE.c.reason)
+                        .where(QUARANTINE.c.received_at < older_than)
+                        .order_by(QUARANTINE.c.id)
+                        .limit(batch_size)
+                    )
+                ).all()
+                if not rows:
+                    break
+                tally: dict[tuple[str, str], int] = {}
+                for r in rows:
+                    key = (r.experiment or "", r.reason)
+                    tally[key] = tally.get(key, 0) + 1
+                await conn.execute(
+                    delete(QUARANTINE).where(QUARANTINE.c.id.in_([r.id for r in rows]))
+                )
+                for (experiment, reason), n in sorted(tally.items()):
+                    upsert = self._insert(TALLY).values(experiment=experiment, reason=reason, n=n)
+                    await conn.execute(
+                        upsert.on_conflict_do_update(
+                            index_elements=["experiment", "reason"], set_={"n": TALLY.c.n + n}
+                        )
+                    )
+            deleted += len(rows)
+            if len(rows) < batch_size:
+                break
         return deleted
 
     async def count_pairs(self, name: str) -> int:

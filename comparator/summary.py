@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from comparator.aggregates import OTHER, Aggregate, ddsketch_value, keys
 from comparator.checks import coverage_counts
-from comparator.store import Store
+from comparator.store import TALLY, Store
 from comparator.store_ingest import QUARANTINE
 
 __all__ = [
@@ -202,14 +202,18 @@ def segment_summary(
 
 
 async def quarantine_counts(store: Store, name: str) -> dict[str, Any]:
-    """Pairs of ``name`` the comparator refused into the quarantine (ever), by reason."""
+    """Pairs of ``name`` the comparator refused into the quarantine (ever), by reason: the rows
+    still kept plus those retention purged (``quarantine_tally``)."""
     q = (
         select(QUARANTINE.c.reason, func.count())
         .where(QUARANTINE.c.experiment == name)
         .group_by(QUARANTINE.c.reason)
     )
+    purged = select(TALLY.c.reason, TALLY.c.n).where(TALLY.c.experiment == name)
     async with store.engine.connect() as conn:
         by_reason = {str(r): int(n) for r, n in (await conn.execute(q)).all()}
+        for r, n in (await conn.execute(purged)).all():
+            by_reason[str(r)] = by_reason.get(str(r), 0) + int(n)
     return {"total": sum(by_reason.values()), "by_reason": dict(sorted(by_reason.items()))}
 
 

@@ -36,7 +36,7 @@ async def test_upgrade_from_empty_reaches_head_and_is_idempotent(db_url: str) ->
         store = await Store.open(db_url)
         try:
             current, head = await store.migration_state()
-            assert current == head == "0005"
+            assert current == head == "0006"
             assert await store.ready()
             async with store.engine.connect() as conn:
                 tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
@@ -113,7 +113,7 @@ async def test_0002_keeps_the_pairs_of_an_0001_database_and_drops_their_foreign_
         await store.close()
     store = await Store.open(db_url)  # upgrades to head
     try:
-        assert await store.migration_state() == ("0005", "0005")
+        assert await store.migration_state() == ("0006", "0006")
         assert await store.count_pairs(exp) == 30
         assert [(h, a.to_json()) for h, a in await store.hourly_aggregates(exp)] == before
         async with store.engine.connect() as conn:
@@ -147,7 +147,7 @@ def test_db_upgrade_command_migrates_a_new_sqlite_file(tmp_path: object) -> None
             check=False,
         )
         assert out.returncode == 0, out.stderr
-        assert "revision 0005 (head 0005)" in out.stdout
+        assert "revision 0006 (head 0006)" in out.stdout
 
 
 def test_db_upgrade_command_fails_in_one_line_on_a_bad_url() -> None:

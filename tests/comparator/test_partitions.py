@@ -272,7 +272,7 @@ async def test_0004_partitions_a_0003_database_holding_pairs_and_downgrades(
         await store.close()
     store = await Store.open(any_db)  # to head
     try:
-        assert await store.migration_state() == ("0005", "0005")
+        assert await store.migration_state() == ("0006", "0006")
         assert await store.count_pairs(exp) == 40
         assert [(h, a.to_json()) for h, a in await store.hourly_aggregates(exp)] == before
         if store.partitions is not None:

@@ -252,3 +252,36 @@ async def test_under_the_lock_a_pair_far_before_another_writers_start_is_quarant
     finally:
         await first.close()
         await second.close()
+
+
+async def test_retention_purges_quarantine_rows_and_keeps_their_counts(api: Any, exp: str) -> None:
+    """Rows go in bounded batches, oldest first; the counts per reason survive in the tally, and
+    a later purge adds to them (SQLite and PostgreSQL)."""
+    from comparator.summary import quarantine_counts
+
+    http, store = api
+    now = datetime.now(UTC).replace(microsecond=0)
+    first = [make_pair(i, exp, ts=now - timedelta(seconds=30 - i)) for i in range(3)]
+    assert (await post_raw(http, json.dumps({"pairs": first}).encode()))[0] == 200
+    future = [make_pair(100 + i, exp, ts=now + timedelta(days=30)) for i in range(7)]
+    assert (await post_raw(http, json.dumps({"pairs": future}).encode()))[0] == 200
+    other = [{**make_pair(200, exp), "prod": "not a side"}]  # invalid
+    assert (await post_raw(http, json.dumps({"pairs": other}).encode()))[0] == 200
+    before = await quarantine_counts(store, exp)
+    assert before == {"total": 8, "by_reason": {"future": 7, "invalid": 1}}
+
+    assert await store.purge_quarantine(now - timedelta(hours=1)) == 0  # nothing that old
+    # every experiment's old rows go (the PostgreSQL database is shared with other tests)
+    assert await store.purge_quarantine(datetime.now(UTC) + timedelta(seconds=1), batch_size=3) >= 8
+    assert await quarantined(store, exp) == []
+    assert await quarantine_counts(store, exp) == before
+    # more refusals, purged again: the tally adds up
+    again = [make_pair(300 + i, exp, ts=now + timedelta(days=30)) for i in range(2)]
+    assert (await post_raw(http, json.dumps({"pairs": again}).encode()))[0] == 200
+    assert (await quarantine_counts(store, exp))["total"] == 10
+    assert await store.purge_quarantine(datetime.now(UTC) + timedelta(seconds=1)) >= 2
+    assert await quarantined(store, exp) == []
+    assert await quarantine_counts(store, exp) == {
+        "total": 10,
+        "by_reason": {"future": 9, "invalid": 1},
+    }
