@@ -99,25 +99,18 @@ def create_admin_app(state: ProxyState) -> web.Application:
         return web.json_response({"status": "ready"})
 
     async def status(_: web.Request) -> web.Response:
-        shipper, pairing, tee = state.shipper, state.pairing, state.tee
+        gauges = state.gauges()
         return web.json_response(
             {
                 "experiment": state.settings.experiment,
                 "draining": state.draining,
                 "counters": state.stats.snapshot(),
-                "gauges": {
-                    "tee_inflight": tee.inflight if tee else 0,
-                    "pairing_buffer_pairs": len(pairing) if pairing else 0,
-                    "ship_queue_pairs": shipper.queued if shipper else 0,
-                    "spool_batches": len(shipper.spool) if shipper else 0,
-                    "spool_pairs": shipper.spool.pairs if shipper else 0,
-                    "spool_bytes": shipper.spool.bytes if shipper else 0,
-                },
+                "gauges": gauges,
                 # teed + inherited == delivered + dropped + in flight ("unaccounted" is 0).
                 "accounting": state.stats.accounting(
-                    buffer=len(pairing) if pairing else 0,
-                    queue=shipper.queued if shipper else 0,
-                    spool=shipper.spool.pairs if shipper else 0,
+                    buffer=int(gauges["pairing_buffer_pairs"]),
+                    queue=int(gauges["ship_queue_pairs"]),
+                    spool=int(gauges["spool_pairs"]),
                 ),
                 "config": state.settings.public_view(),
                 # The tee as it runs now: live changes override the configuration above.

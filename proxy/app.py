@@ -74,6 +74,19 @@ class ProxyState:
     rules: TeeRules | None = None  # the live tee control changes its sample rate
     draining: bool = False
 
+    def gauges(self) -> dict[str, float]:
+        """The live gauges, read now: one source for ``/metrics`` and ``/admin/status``."""
+        tee, pairing, shipper = self.tee, self.pairing, self.shipper
+        return {
+            "tee_inflight": tee.inflight if tee else 0,
+            "tee_max_inflight": self.settings.max_inflight,
+            "pairing_buffer_pairs": len(pairing) if pairing else 0,
+            "ship_queue_pairs": shipper.queued if shipper else 0,
+            "spool_batches": len(shipper.spool) if shipper else 0,
+            "spool_pairs": shipper.spool.pairs if shipper else 0,
+            "spool_bytes": shipper.spool.bytes if shipper else 0,
+        }
+
 
 class DataPort:
     """The proxy's resources and its request handler."""
@@ -82,20 +95,7 @@ class DataPort:
         self.state = state = ProxyState(
             settings=settings, stats=ProxyStats(), registry=registry or CollectorRegistry()
         )
-        state.registry.register(
-            ProxyCollector(
-                state.stats,
-                {
-                    "tee_inflight": ("Candidate calls in flight.", lambda: state.tee.inflight if state.tee else 0),
-                    "tee_max_inflight": ("Bound on candidate calls in flight.", lambda: settings.max_inflight),
-                    "pairing_buffer_pairs": ("Pairs waiting for their other half.", lambda: len(state.pairing) if state.pairing else 0),
-                    "ship_queue_pairs": ("Finished pairs waiting to be shipped.", lambda: state.shipper.queued if state.shipper else 0),
-                    "spool_batches": ("Batches spooled on disk.", lambda: len(state.shipper.spool) if state.shipper else 0),
-                    "spool_pairs": ("Pairs spooled on disk.", lambda: state.shipper.spool.pairs if state.shipper else 0),
-                    "spool_bytes": ("Bytes spooled on disk.", lambda: state.shipper.spool.bytes if state.shipper else 0),
-                },
-            )
-        )  # fmt: skip
+        state.registry.register(ProxyCollector(state.stats, state.gauges))
         s = settings
         self._rules = state.rules = TeeRules(s.tee_routes, s.tee_methods, s.sample_rate)
         self._rid_name = s.request_id_header.encode("latin-1")

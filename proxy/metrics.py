@@ -158,12 +158,23 @@ class ProxyStats:
         }
 
 
+GAUGE_DOCS = {
+    "tee_inflight": "Candidate calls in flight.",
+    "tee_max_inflight": "Bound on candidate calls in flight.",
+    "pairing_buffer_pairs": "Pairs waiting for their other half.",
+    "ship_queue_pairs": "Finished pairs waiting to be shipped.",
+    "spool_batches": "Batches spooled on disk.",
+    "spool_pairs": "Pairs spooled on disk.",
+    "spool_bytes": "Bytes spooled on disk.",
+}
+
+
 class ProxyCollector(Collector):
     """Reads :class:`ProxyStats` and the live gauges when Prometheus scrapes."""
 
-    def __init__(self, stats: ProxyStats, gauges: dict[str, tuple[str, Callable[[], float]]]):
+    def __init__(self, stats: ProxyStats, gauges: Callable[[], dict[str, float]]):
         self._stats = stats
-        self._gauges = gauges
+        self._gauges = gauges  # ProxyState.gauges: described by GAUGE_DOCS
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         s = self._stats
@@ -244,12 +255,12 @@ class ProxyCollector(Collector):
         )
         # teed + inherited == delivered + dropped + buffer + queue + shipping + spool: the
         # difference, read from the live objects at this moment, is 0 unless a pair was lost.
-        gauges = self._gauges
+        gauges = self._gauges()
         if all(k in gauges for k in ("pairing_buffer_pairs", "ship_queue_pairs", "spool_pairs")):
             acc = s.accounting(
-                buffer=int(gauges["pairing_buffer_pairs"][1]()),
-                queue=int(gauges["ship_queue_pairs"][1]()),
-                spool=int(gauges["spool_pairs"][1]()),
+                buffer=int(gauges["pairing_buffer_pairs"]),
+                queue=int(gauges["ship_queue_pairs"]),
+                spool=int(gauges["spool_pairs"]),
             )
             yield GaugeMetricFamily(
                 p + "pairs_unaccounted",
@@ -267,5 +278,5 @@ class ProxyCollector(Collector):
             family = HistogramMetricFamily(p + name, doc)
             family.add_metric([], hist.cumulative(), sum_value=hist.total)
             yield family
-        for name, (doc, read) in self._gauges.items():
-            yield GaugeMetricFamily(p + name, doc, value=read())
+        for key, reading in gauges.items():
+            yield GaugeMetricFamily(p + key, GAUGE_DOCS.get(key, key), value=reading)
