@@ -189,6 +189,8 @@ class Bench:
             # Let the tees of the throughput phase finish or time out before counting.
             time.sleep(SHADOW_TIMEOUT_MS / 1000 + 0.3)
             result.update(self.fixed_rate(target, cand, url, admin))
+            if a.rates:
+                result["ladder"] = self.ladder(url)
             if proc:
                 result["peak_rss_mib"] = peak_rss_bytes(proc.pid) / 2**20
         finally:
@@ -234,6 +236,19 @@ class Bench:
             out["cand_received"] = stats.get("received", 0)
             out["cand_completed"] = stats.get("completed", 0)
             out["delivered_share"] = out["cand_completed"] / paced["sent_total"]
+        return out
+
+    def ladder(self, url: str) -> dict[str, dict[str, float]]:
+        """Latency at each of ``--rates`` (open loop, ``--rate-duration`` each): p50, p99,
+        p99.9 and max, and the requests that failed or passed the 2 s timeout."""
+        a = self.args
+        out: dict[str, dict[str, float]] = {}
+        for rate in a.rates:
+            time.sleep(SHADOW_TIMEOUT_MS / 1000 + 0.2)  # the last phase's tees end first
+            paced = run_paced(url, rate, a.rate_duration, warmup=a.rate_warmup)
+            out[f"{rate:g}"] = {
+                k: paced[k] for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms", "sent_total")
+            } | {"failed": paced["timeouts"] + paced["errors"]}
         return out
 
     def scrape(self, admin: int | None) -> dict[str, float]:

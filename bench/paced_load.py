@@ -106,6 +106,7 @@ async def run_paced(
         "errors": failed["error"],
         "p50_ms": float(np.percentile(censored, 50)),
         "p99_ms": float(np.percentile(censored, 99)),
+        "p999_ms": float(np.percentile(censored, 99.9)),
         "max_ms": float(censored.max()),
     }
 

@@ -18,6 +18,11 @@ wrk and the paced generator run on core 0, everything else on core 1. Only 127.0
     .venv/bin/python bench/proxy_bench.py --quick    # 1 short run, ~2 minutes
     .venv/bin/python bench/proxy_bench.py --targets shadowtee --baseline REV   # this tree vs REV
 
+``--rates 500,1000,2000,4000`` adds a latency ladder: each configuration is also loaded at each
+rate (open loop, ``--rate-duration`` s each), and the table gives p50, p99, p99.9 and max with what
+each proxy adds over direct access at that rate; the p99 curve is written as an SVG next to the
+JSON.
+
 ``--baseline REV`` adds the target ``baseline``: the same ``shadowtee proxy`` command run from a
 git worktree of REV (its packages first on ``PYTHONPATH``, the same virtual environment),
 interleaved with this tree's runs, and prints this tree / REV for throughput, CPU and p99.
@@ -43,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import BENCH_DIR, LOAD_CORE, missing_tools, take_bench_lock
 from measure import CANDIDATES, TARGETS, Bench, contaminated, measure_once, shadowtee_available
-from report import render_table, summarise
+from report import ladder_svg, render_table, summarise
 
 __all__ = ["main"]
 
@@ -124,6 +129,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--candidates", default=",".join(CANDIDATES), help="comma list of healthy, slow, hung"
     )
     p.add_argument(
+        "--rates",
+        default="",
+        metavar="R1,R2,...",
+        help="also measure latency at each of these fixed rates (e.g. 500,1000,2000,4000): "
+        "p50/p99/p99.9/max and what each adds over direct access, and an SVG plot",
+    )
+    p.add_argument(
         "--baseline",
         metavar="REV",
         help="also measure shadowtee as of git revision REV (a worktree), side by side",
@@ -136,6 +148,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.warmup = 1.0 if args.warmup is None else args.warmup
     args.rate_duration = args.rate_duration or (3.0 if quick else 6.0)
     args.retry_budget = args.retry_budget or (40.0 if quick else 240.0)
+    try:
+        args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    except ValueError:
+        p.error(f"--rates: expected numbers separated by commas, got {args.rates!r}")
+    if any(r <= 0 for r in args.rates):
+        p.error("--rates: every rate must be positive")
     args.targets = [t for t in args.targets.split(",") if t]
     if args.baseline and "baseline" not in args.targets:
         args.targets.append("baseline")
@@ -269,6 +287,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None, notes: list[str]) -> 
             {"meta": meta, "summary": summary, "runs": runs, "discarded": discarded}, indent=2
         )
     )
+    svg = ladder_svg(summary)
+    if svg is not None:
+        plot = path.with_suffix(".p99.svg")
+        plot.write_text(svg)
+        print(f"plot: {plot}")
     print(f"\nresults: {path}")
     return 0
 

@@ -62,6 +62,15 @@ def summarise(runs: list[dict[str, Any]], configs: list[tuple[str, str]]) -> dic
                 "comparator_pairs": _median([a["comparator_pairs"] for a in accts]),
                 "comparator_unique": _median([a["comparator_unique"] for a in accts]),
             }
+        ladders = [r["ladder"] for r in ok if "ladder" in r]
+        if ladders:
+            row["ladder"] = {
+                rate: {
+                    m: _median([lad[rate][m] for lad in ladders if rate in lad])
+                    for m in ("p50_ms", "p99_ms", "p999_ms", "max_ms", "failed")
+                }
+                for rate in ladders[0]
+            }
         table[f"{target}/{cand}"] = row
 
     def get(target: str, cand: str, metric: str) -> float | None:
@@ -103,6 +112,79 @@ def summarise(runs: list[dict[str, Any]], configs: list[tuple[str, str]]) -> dic
             if f"baseline/{cand}" in table and f"shadowtee/{cand}" in table
         }
     return {"table": table, "ratios": ratios}
+
+
+LADDER_METRICS = (("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9"), ("max_ms", "max"))
+
+
+def render_ladder(summary: dict[str, Any]) -> list[str]:
+    """Latency at each fixed rate, and what each proxy adds over direct access at that rate."""
+    rows = [r for r in summary["table"].values() if r.get("ladder")]
+    if not rows:
+        return []
+    direct = summary["table"].get("direct/-", {}).get("ladder") or {}
+    lines = [
+        "",
+        "latency at fixed rates, ms (open loop; in brackets: added over direct at that rate):",
+    ]
+    for row in rows:
+        for rate, m in row["ladder"].items():
+            cells = []
+            for key, label in LADDER_METRICS:
+                value = m.get(key)
+                base = (direct.get(rate) or {}).get(key)
+                added = (
+                    f" [{value - base:+.1f}]"
+                    if value is not None and base is not None and row["target"] != "direct"
+                    else ""
+                )
+                cells.append(f"{label} {_fmt(value, '.1f')}{added}")
+            lines.append(
+                f"  {row['target']:<11} {row['candidate']:<8} {float(rate):>6.0f} req/s  "
+                + ", ".join(cells)
+                + f", failed {_fmt(m.get('failed'), '.0f')}"
+            )
+    return lines
+
+
+def ladder_svg(summary: dict[str, Any], metric: str = "p99_ms") -> str | None:
+    """A small SVG plot of ``metric`` against the rate, one line per configuration."""
+    series = {
+        key: [(float(rate), m.get(metric)) for rate, m in row["ladder"].items()]
+        for key, row in summary["table"].items()
+        if row.get("ladder")
+    }
+    points = [(x, y) for s in series.values() for x, y in s if y is not None]
+    if not points:
+        return None
+    width, height, pad = 640, 400, 50
+    xmax = max(x for x, _ in points) * 1.05
+    ymax = max(y for _, y in points) * 1.1 or 1.0
+
+    def xy(x: float, y: float) -> str:
+        px = pad + x / xmax * (width - 2 * pad)
+        py = height - pad - y / ymax * (height - 2 * pad)
+        return f"{px:.1f},{py:.1f}"
+
+    colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
+        f'<text x="{pad}" y="20">{metric.replace("_ms", "")} latency (ms) against the fixed '
+        "rate (req/s)</text>",
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" '
+        'stroke="black"/>',
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
+        f'<text x="{width - pad}" y="{height - pad + 30}" text-anchor="end">{xmax:.0f}</text>',
+        f'<text x="{pad - 5}" y="{pad}" text-anchor="end">{ymax:.1f}</text>',
+    ]
+    for i, (key, s) in enumerate(sorted(series.items())):
+        colour = colours[i % len(colours)]
+        pts = " ".join(xy(x, y) for x, y in s if y is not None)
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{pts}"/>')
+        out.append(f'<text x="{width - pad - 150}" y="{pad + 16 * i}" fill="{colour}">{key}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -220,6 +302,7 @@ def render_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
                 f"comparator got {_fmt(a['comparator_pairs'], '.0f')} pairs "
                 f"({_fmt(a['comparator_unique'], '.0f')} distinct)"
             )
+    lines += render_ladder(summary)
     ratios = summary["ratios"]
     lines += ["", "ratios:"]
     for proxy in ("nginx", "handwritten", "shadowtee"):
