@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import os
@@ -284,16 +285,25 @@ class DataPort:
                 if raw_key:
                     key = raw_key.decode("latin-1")
             if self._rules.sampled(key):
-                # A large body, still arriving: teed, so read whole (unless the paused tee
-                # only counts it: then it is forwarded as it arrives, like one not sampled).
-                if req.stream is not None and not tee.turning_away:
-                    try:
-                        body = await req.read_body()
-                    except OSError:
-                        if req.stream.client_gone:  # the client broke off before its body's end
-                            return self._client_abort(pair_id, False)
-                        raise
-                paired = tee.submit(pair_id, method, req.target, path, headers, body)
+                incoming = req.stream
+                if incoming is not None and incoming.length > tee.max_body_bytes:
+                    # Too large to tee: its pair records it as skipped, and it is forwarded as
+                    # it arrives, hashed on the way (never held whole).
+                    incoming.digest = hashlib.sha256()
+                    paired = tee.skip_unread(
+                        pair_id, path, incoming.length, headers, incoming.digest.hexdigest
+                    )
+                else:
+                    # A large body, still arriving: teed, so read whole (unless the paused tee
+                    # only counts it: then it is forwarded as it arrives, like one not sampled).
+                    if incoming is not None and not tee.turning_away:
+                        try:
+                            body = await req.read_body()
+                        except OSError:
+                            if incoming.client_gone:  # the client broke off before its end
+                                return self._client_abort(pair_id, False)
+                            raise
+                    paired = tee.submit(pair_id, method, req.target, path, headers, body)
             else:
                 stats.not_sampled += 1
 

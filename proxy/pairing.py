@@ -59,6 +59,7 @@ class _Pending:
     opened: float | None = None  # time.monotonic() when the pair opened, to censor a missing prod
     prod: Side | None = None
     seen: dict[str, str] | None = None  # segment values read at open (request headers)
+    sha256: Callable[[], str] | None = None  # the body's digest when the body is not held
     candidate: Side | None = None
 
 
@@ -100,18 +101,21 @@ class PairingBuffer:
         candidate: Side | None = None,
         now: float | None = None,
         seen: dict[str, str] | None = None,
+        sha256: Callable[[], str] | None = None,
     ) -> bool:
         """Start a pair. Returns ``False`` (and counts it) when the buffer is full.
 
         ``now`` (the caller's ``time.monotonic()``) lets a production side still missing when the pair
         is emitted carry the time waited as its right-censored latency. ``seen``: segment values
         the caller read from the request (its headers), joined to the pair's other ones.
+        ``sha256``: the request body's digest, read when the pair is emitted, for a body that
+        is forwarded as it arrives instead of held (``body`` is then empty).
         """
         if len(self._pending) >= self.max_pairs:
             self.dropped_full += 1
             return False
         self._pending[request_id] = _Pending(
-            ts, route, body, deadline, now, candidate=candidate, seen=seen
+            ts, route, body, deadline, now, candidate=candidate, seen=seen, sha256=sha256
         )
         return True
 
@@ -188,7 +192,9 @@ class PairingBuffer:
                 request_id=request_id,
                 ts=entry.ts,
                 route=entry.route,
-                request_sha256=hashlib.sha256(entry.body).hexdigest(),
+                request_sha256=(
+                    entry.sha256() if entry.sha256 else hashlib.sha256(entry.body).hexdigest()
+                ),
                 request_body=entry.body if self.keep_request_body else None,
                 prod=prod,
                 candidate=candidate,

@@ -198,6 +198,36 @@ class Tee:
         need not be read whole (a large one is forwarded to production as it arrives)."""
         return self.paused and (self.probes <= 0 or self._closing)
 
+    @property
+    def max_body_bytes(self) -> int:
+        """Request bodies larger than this are not teed (their pair records them as skipped)."""
+        return self._max_body
+
+    def skip_unread(
+        self,
+        request_id: str,
+        route: str,
+        length: int,
+        headers: list[tuple[bytes, bytes]],
+        sha256: Callable[[], str],
+    ) -> bool:
+        """:meth:`submit` for a body over :attr:`max_body_bytes` that is still arriving: the
+        pair records it as skipped (``body_bytes`` = ``length``) without the body being held;
+        ``sha256`` gives its digest when the pair is emitted (the body hashed as it is
+        forwarded). Counted exactly as :meth:`submit` counts a body too large to tee."""
+        stats = self._stats
+        if self.paused:
+            if self.probes <= 0 or self._closing:
+                stats.tee_paused[self.pause_source] += 1
+                return False
+            self.probes -= 1
+        stats.skipped_body_too_large += 1
+        stats.outcomes[Outcome.SKIPPED] += 1
+        side = Side(Outcome.SKIPPED, body_bytes=length, error="request body too large")
+        return self._open(
+            request_id, time.time(), route, b"", time.monotonic(), side, headers, sha256
+        )
+
     def submit(
         self,
         request_id: str,
@@ -258,6 +288,7 @@ class Tee:
         now: float,
         side: Side | None,
         headers: list[tuple[bytes, bytes]],
+        sha256: Callable[[], str] | None = None,
     ) -> bool:
         seen = None
         if self._segment_headers:
@@ -271,6 +302,7 @@ class Tee:
             candidate=side,
             now=now,
             seen=seen,
+            sha256=sha256,
         )
         if not opened:
             self._stats.dropped["buffer_full"] += 1

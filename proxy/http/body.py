@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["HIGH_WATER", "STREAM_BODY_BYTES", "BodyStream"]
 
@@ -23,10 +24,21 @@ HIGH_WATER = 256 * 1024
 class BodyStream:
     """Body bytes between the server connection (feeding) and the handler (reading)."""
 
-    __slots__ = ("_chunks", "_error", "_on_taken", "_waiter", "buffered", "ended", "length")
+    __slots__ = (
+        "_chunks",
+        "_error",
+        "_on_taken",
+        "_waiter",
+        "buffered",
+        "digest",
+        "ended",
+        "length",
+    )
 
     def __init__(self, length: int, on_taken: Callable[[int], None]) -> None:
         self.length = length
+        # When set (a teed request too large to tee), every piece handed on is hashed into it.
+        self.digest: Any = None
         self._chunks: deque[bytes] = deque()
         self.buffered = 0
         self.ended = False
@@ -94,6 +106,8 @@ class BodyStream:
                 chunk = self._chunks.popleft()
                 self.buffered -= len(chunk)
                 self._on_taken(len(chunk))
+                if self.digest is not None:
+                    self.digest.update(chunk)
                 return chunk
             if self._error is not None:
                 raise self._error

@@ -809,6 +809,9 @@ async def _proxy(prod: str, candidate: str, spool: str) -> AsyncIterator[int]:
         prod_timeout_ms=RESPONSE_LIMIT_S * 1000,
         shutdown_timeout_s=2,
         tee_grace_ms=100,
+        # Below MAX_BODY: a large upload either is read whole for the tee or, over this, streams
+        # to production hashed for its pair (both paths under test).
+        max_tee_body_bytes=1536 * 1024,
     ) as proxy:
         yield int(proxy.url.rsplit(":", 1)[1])
 

@@ -9,6 +9,7 @@ memory than before them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import threading
@@ -20,7 +21,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.reliability.fakes import LoopThread, ProxyProcess
+from tests.reliability.conftest import Upstreams
+from tests.reliability.fakes import LoopThread, ProxyProcess, wait_until
 from tests.reliability.scenarios import faulty_tees, hung_candidate
 
 MAX_INFLIGHT = 64
@@ -267,3 +269,47 @@ def test_a_60_mib_upload_to_a_teed_route_while_the_tee_is_paused_is_not_held_who
     assert proxy.status()["counters"]["tee_paused"]["operator"] == 1
     # Forwarded as it arrives: read whole first it was ~180 MiB (the body, its join, the request).
     assert peak - before < 24, (before, peak)
+
+
+def test_a_60_mib_upload_over_max_tee_body_bytes_to_a_teed_route_is_not_held_whole(
+    lt: LoopThread, up: Upstreams, start_proxy: Callable[..., ProxyProcess]
+) -> None:
+    """Teed and sampled but over ``max_tee_body_bytes`` (8 MiB): forwarded as it arrives, hashed
+    on the way; its pair records it as skipped, with the SHA-256 of the body."""
+    size = 60 * 2**20
+    prod = lt.serve(_blob_production())
+    proxy = start_proxy(
+        prod=prod,
+        candidate=up.cand_url,
+        comparator=up.comp_url,
+        env={
+            "SHADOWTEE_PROXY__CLIENT_MAX_SIZE": str(size),
+            "SHADOWTEE_PROXY__TEE_ROUTES": '["/upload"]',  # teed, sampled at the default rate 1
+        },
+    )
+    before = proxy.rss_bytes() / 2**20
+    host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+    block = bytes(range(256)) * 4096  # 1 MiB, not all one byte: the digest must see the order
+    digest = hashlib.sha256()
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        for i in range(size // len(block)):
+            piece = block[i % 256 :] + block[: i % 256]
+            digest.update(piece)
+            sock.sendall(piece)
+        answer = sock.recv(4096)
+    peak = _peak_rss_mib(proxy.pid)
+    print(
+        f"\n60 MiB upload over max_tee_body_bytes: RSS before {before:.0f} MiB, peak {peak:.0f} MiB"
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"%d" % size)
+    assert peak - before < 24, (before, peak)  # read whole it was ~180 MiB
+    wait_until(lambda: up.comp.pairs, "the pair at the comparator")
+    (pair,) = up.comp.pairs
+    assert pair.candidate.outcome == "skipped"
+    assert pair.candidate.error == "request body too large"
+    assert pair.request.sha256 == digest.hexdigest()
+    status = proxy.status()
+    assert status["counters"]["skipped_body_too_large"] == 1
+    assert status["accounting"]["unaccounted"] == 0
+    assert up.cand.seen == []  # the candidate never saw it
