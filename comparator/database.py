@@ -68,9 +68,19 @@ def _current_and_head_sync(connection: Any) -> tuple[str | None, str | None]:
     return current, head
 
 
+#: The advisory lock key of migrations ("SHADOWMG"; the leader's is "SHADOWTE").
+MIGRATION_LOCK_KEY = 0x5348_4144_4F57_4D47
+
+
 async def upgrade_database(engine: AsyncEngine) -> None:
-    """Apply every pending migration (idempotent: at head it does nothing)."""
+    """Apply every pending migration (idempotent: at head it does nothing).
+
+    On PostgreSQL the migrations run under a transaction-level advisory lock, so replicas that
+    start at once on a new database take turns: the first migrates, the others find it at head.
+    """
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
         await conn.run_sync(_upgrade_sync)
 
 

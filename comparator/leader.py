@@ -8,9 +8,12 @@ once the server notices) frees the lock without any lease table to clean up. Eve
 same pace with a ``timeout_s`` bound, and drops the role as soon as that heartbeat fails.
 
 Failover bound: after the leader's session ends, another replica takes the lock on its next poll,
-so within ``interval_s`` (+ one connect). A leader whose connection silently breaks stops acting
-as leader within ``interval_s + timeout_s``; the server frees its lock once it sees the session
-gone (TCP keepalive), and it cannot take part again until it reconnects and wins the lock.
+so within ``interval_s`` (+ one connect). A leader that stops heartbeating — a broken connection,
+a hung process (SIGSTOP), an event loop blocked — stops acting as leader ``interval_s +
+timeout_s`` after its last good heartbeat (:attr:`is_leader` reads the heartbeat's age, so a
+process that wakes up acts on nothing before it has checked again), and the server ends its idle
+session after ``2 × (interval_s + timeout_s)`` (``idle_session_timeout``), which frees the lock
+for another replica: the two windows never overlap.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,13 +62,20 @@ class PgLeader:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self._conn: Any = None
+        self._last_ok = 0.0  # time.monotonic() of the last heartbeat or win that succeeded
         self._on_change = on_change
         self._leader = asyncio.Event()
         self._stopping = False
 
     @property
     def is_leader(self) -> bool:
-        return self._leader.is_set()
+        """Holding the lock, as of a heartbeat at most ``interval_s + timeout_s`` old."""
+        return self._leader.is_set() and time.monotonic() - self._last_ok <= self.failover_bound_s
+
+    @property
+    def idle_session_timeout_ms(self) -> int:
+        """After this long without a query, the server ends the lock's session (and the lock)."""
+        return int(2 * self.failover_bound_s * 1000)
 
     @property
     def failover_bound_s(self) -> float:
@@ -76,29 +87,28 @@ class PgLeader:
 
     async def step(self) -> bool:
         """One campaign tick: connect if needed, heartbeat when leading, else try the lock."""
-        import asyncpg
 
         try:
             if self._conn is None or self._conn.is_closed():
                 # A new session does not hold the old one's lock: step down before reconnecting.
-                if self.is_leader:
+                if self._leader.is_set():
                     log.warning("leader: the lock's session ended; stepping down")
                 self._set(False)
-                self._conn = await asyncio.wait_for(
-                    asyncpg.connect(self._url), timeout=self.timeout_s
-                )
-            if self.is_leader:
+                self._conn = await asyncio.wait_for(self._connect(), timeout=self.timeout_s)
+            if self._leader.is_set():
                 await asyncio.wait_for(self._conn.fetchval("SELECT 1"), timeout=self.timeout_s)
+                self._last_ok = time.monotonic()
             else:
                 got = await asyncio.wait_for(
                     self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key),
                     timeout=self.timeout_s,
                 )
                 if got:
+                    self._last_ok = time.monotonic()
                     log.info("leader: this replica now runs the background role")
                     self._set(True)
         except Exception as exc:  # any connection or query failure ends the role
-            if self.is_leader:
+            if self._leader.is_set():
                 log.warning("leader: lost the lock's connection (%s); stepping down", exc)
             self._set(False)
             await self._drop_conn()
@@ -122,6 +132,17 @@ class PgLeader:
             self._leader.clear()
         if was != leading and self._on_change is not None:
             self._on_change(leading)
+
+    async def _connect(self) -> Any:
+        import asyncpg
+
+        timeout = str(self.idle_session_timeout_ms)
+        try:
+            return await asyncpg.connect(
+                self._url, server_settings={"idle_session_timeout": timeout}
+            )
+        except asyncpg.exceptions.UndefinedObjectError:  # PostgreSQL before 14
+            return await asyncpg.connect(self._url)
 
     async def backend_pid(self) -> int | None:
         """The PostgreSQL backend pid of the lock's session (for tests and logs)."""

@@ -89,12 +89,12 @@ def segment_header_values(
     """Segment values from request headers: ``wanted`` maps a lower-case header name to its
     dimension. The first occurrence counts, trimmed and cut to ``max_chars``
     (contract.SEGMENT_VALUE_MAX); an empty or absent header gives no value. Bytes outside
-    ASCII read as Latin-1, as HTTP/1.1 delivers them."""
+    ASCII read as UTF-8 (what clients send today), an invalid sequence as U+FFFD."""
     out: dict[str, str] = {}
     for name, value in headers:
         dim = wanted.get(name.lower())
         if dim is not None and dim not in out:
-            text = value.decode("latin-1").strip()[:max_chars]
+            text = value.decode("utf-8", "replace").strip()[:max_chars]
             if text:
                 out[dim] = text
     return out or None

@@ -28,8 +28,24 @@ __all__ = ["ProxySettings", "parse_host_port"]
 DEFAULT_TEE_ROUTES = ("/v2/models/*/infer", "/v1/models/*:predict", "/predict", "/invocations")
 DEFAULT_REDACT = ("authorization", "cookie", "x-api-key")
 SEGMENT_DIMENSION = SEGMENT_DIMENSION_PATTERN
-# A header whose name holds one of these is a credential, whatever redact_headers says.
-SECRET_HEADER_WORDS = ("auth", "cookie", "token", "secret", "password", "api-key", "apikey")
+# A header whose name holds one of these (after "_" reads as "-") is taken for a credential,
+# whatever redact_headers says: it can never be a segment dimension.
+SECRET_HEADER_WORDS = (
+    "auth",
+    "cookie",
+    "token",
+    "secret",
+    "passw",
+    "key",
+    "session",
+    "jwt",
+    "bearer",
+    "credential",
+    "signature",
+    "private",
+    "csrf",
+    "xsrf",
+)
 
 
 def _check_url(value: str | None) -> str | None:
@@ -177,10 +193,31 @@ class ProxySettings(BaseSettings):
             return None
         urls = [u.strip() for u in value.split(",")]
         if any(not u for u in urls):
-            raise ValueError(f"an empty URL in the comparator list {value!r}")
-        checked = [_check_url(u) or "" for u in urls]
-        if len(set(checked)) != len(checked):
-            raise ValueError(f"a URL named twice in the comparator list {value!r}")
+            raise ValueError("an empty URL in the comparator list")
+        checked, seen = [], set()
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.username is not None or parts.password is not None:
+                # It would show on /admin/status and in logs: the token has its own setting.
+                raise ValueError(
+                    "a comparator URL carries no user or password (use comparator_token)"
+                )
+            if parts.query or parts.fragment or "#" in url:
+                raise ValueError(f"a comparator URL has no query or fragment, got {url!r}")
+            try:
+                port = parts.port
+            except ValueError:
+                raise ValueError(f"a comparator URL's port is 1-65535, got {url!r}") from None
+            checked.append(_check_url(url) or "")
+            key = (
+                parts.scheme.lower(),
+                (parts.hostname or "").lower(),
+                port,
+                parts.path.rstrip("/"),
+            )
+            if key in seen:
+                raise ValueError(f"a URL named twice in the comparator list: {url!r}")
+            seen.add(key)
         return ",".join(checked)
 
     @property
@@ -214,7 +251,7 @@ class ProxySettings(BaseSettings):
             )
         refused = {h.lower() for h in self.redact_headers} | {h.decode() for h in HOP_BY_HOP}
         for dim, header in self.segment_headers.items():
-            name = header.lower()
+            name = header.lower().replace("_", "-")
             if name in refused or any(w in name for w in SECRET_HEADER_WORDS):
                 raise ValueError(
                     f"segment_headers.{dim}: {header!r} is redacted, hop-by-hop or a credential; "

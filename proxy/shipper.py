@@ -54,6 +54,9 @@ __all__ = ["MIN_BATCH_BYTES", "Shipper"]
 log = logging.getLogger("shadowtee.proxy.shipper")
 
 _TRANSIENT = frozenset({408, 429})  # and every 5xx
+# Answers about the replica, not the batch: a token it refuses, a route it lacks. The batch is
+# kept and the shipper moves on to the next comparator (with one, it retries later).
+_MISCONFIGURED = frozenset({401, 403, 404, 405})
 _ENCODE_SLICE = 16  # pairs encoded between two yields to the event loop
 MIN_BATCH_BYTES = 16 * 1024  # a 413 never halves the limit below this
 _LIMIT_HEADER = "X-Max-Body-Bytes"
@@ -137,7 +140,11 @@ class Shipper:
         if len(self._bases) > 1:
             self._current = (self._current + 1) % len(self._bases)
             self._stats.comparator_failovers += 1
-            log.warning("comparator: moving on to %s", self._bases[self._current])
+            log.warning("comparator: moving on to %s", self._shown())
+
+    def _shown(self) -> str:
+        """The current comparator's base URL as logs may show it."""
+        return self._bases[self._current] if self._bases else "-"
 
     @property
     def queued(self) -> int:
@@ -417,6 +424,16 @@ class Shipper:
                     if resp.status == 413:
                         log.warning("comparator: batch of %d bytes too large", len(payload))
                         return "too_large"
+                    if resp.status in _MISCONFIGURED:
+                        self._stats.ship_failures += 1
+                        failure = "failed"
+                        log.error(
+                            "comparator %s answered %d (token or URL wrong?); the batch is kept",
+                            self._shown(),
+                            resp.status,
+                        )
+                        self._fail_over()
+                        continue
                     if 400 <= resp.status < 500 and resp.status not in _TRANSIENT:
                         log.error("comparator refused a batch (%d): %s", resp.status, text[:300])
                         return "rejected"

@@ -74,6 +74,11 @@ def test_comparator_list_of_the_proxy_is_checked_url_by_url() -> None:
         ("http://a,,http://b", "empty URL"),
         ("http://a,ftp://b", "expected an http"),
         ("http://a,http://a/", "named twice"),
+        ("http://A:8090,http://a:08090", "named twice"),
+        ("http://u:hunter2@a:8090", "no user or password"),
+        ("http://a:99999", "port"),
+        ("http://a:8090?x=1", "no query"),
+        ("http://a:8090#f", "no query"),
     ]:
         with pytest.raises(ConfigError) as err:
             load_settings(ProxySettings, section="proxy", overrides=base | {"comparator": bad})

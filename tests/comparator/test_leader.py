@@ -79,3 +79,31 @@ async def test_run_releases_the_lock_on_cancel() -> None:
     finally:
         task.cancel()
         await b._drop_conn()
+
+
+async def test_a_hung_leader_stops_acting_and_its_session_ends_so_another_leads() -> None:
+    """A leader that stops heartbeating (a SIGSTOPped process, a blocked loop) reads as not
+    leading after interval + timeout, and the server ends its idle session after twice that,
+    freeing the lock: the two windows never overlap."""
+    hung = PgLeader(_url(), key=KEY + 3, interval_s=0.2, timeout_s=0.3)
+    other = PgLeader(_url(), key=KEY + 3, interval_s=0.2, timeout_s=0.3)
+    try:
+        assert await hung.step() and hung.is_leader
+        assert not await other.step()
+        started = time.monotonic()
+        # ``hung`` takes no further step from here on.
+        while hung.is_leader:
+            assert time.monotonic() - started <= hung.failover_bound_s + 0.2
+            assert not await other.step()  # nobody else leads while it may still act
+            await asyncio.sleep(0.05)
+        deadline = started + hung.idle_session_timeout_ms / 1000 + 3.0
+        while not await other.step():
+            assert not hung.is_leader
+            assert time.monotonic() < deadline, "the hung leader's session was never ended"
+            await asyncio.sleep(0.1)
+        assert time.monotonic() - started >= hung.idle_session_timeout_ms / 1000 - 0.1
+        assert not await hung.step()  # it wakes: its session is gone, it does not lead
+        assert other.is_leader
+    finally:
+        await hung._drop_conn()
+        await other._drop_conn()

@@ -180,3 +180,17 @@ async def test_postgresql_connections_plan_each_statement_for_its_own_parameters
     finally:
         await store.close()
     assert mode == "force_custom_plan"
+
+
+async def test_replicas_starting_at_once_on_a_new_database_all_come_up(empty_db_url: str) -> None:
+    """Three stores opened concurrently on a database no one migrated: each reaches head (on
+    PostgreSQL the migrations take turns under an advisory lock)."""
+    if empty_db_url.startswith("sqlite"):
+        pytest.skip("SQLite: one file, one writer; replicas share PostgreSQL")
+    stores = await asyncio.gather(*(Store.open(empty_db_url) for _ in range(3)))
+    try:
+        for store in stores:
+            assert await store.migration_state() == ("0006", "0006")
+    finally:
+        for store in stores:
+            await store.close()

@@ -49,7 +49,7 @@ async def test_header_and_model_version_dimensions_count_what_the_clients_sent(
         elif pick < 0.2:
             h["X-Tenant"] = "   "  # blank: no value either
         else:
-            tenant = rng.choice(["t0", "t1", "t2", "  t3  ", "x" * 300])
+            tenant = rng.choice(["t0", "t1", "t2", "  t3  ", "x" * 300, "café-日"])
             h["X-Tenant"] = tenant
             value = tenant.strip()[:128]
             want[value] = want.get(value, 0) + 1
@@ -79,6 +79,12 @@ async def test_header_and_model_version_dimensions_count_what_the_clients_sent(
         ({"tenant": "X-Api-Key"}, {}, "credential"),
         ({"tenant": "X-Session-Token"}, {}, "credential"),
         ({"tenant": "Cookie"}, {}, "credential"),
+        ({"tenant": "X-Api_Key"}, {}, "credential"),
+        ({"tenant": "X-Access-Key"}, {}, "credential"),
+        ({"tenant": "X-Session-Id"}, {}, "credential"),
+        ({"tenant": "X-Jwt"}, {}, "credential"),
+        ({"tenant": "X-Signature"}, {}, "credential"),
+        ({"tenant": "X-Passwd"}, {}, "credential"),
         ({"tenant": "X-Internal"}, {"redact_headers": ("X-Internal",)}, "redacted"),
         ({"tenant": "Transfer-Encoding"}, {}, "hop-by-hop"),
         ({"tenant": "Connection"}, {}, "hop-by-hop"),

@@ -337,3 +337,27 @@ async def test_one_comparator_url_stays_put_when_it_fails(tmp_path: Path) -> Non
         assert s._stats.comparator_failovers == 0 and s.spool.pairs == 1
         assert failing.answers == [503, 503, 503]
         balanced(s)
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_a_replica_refusing_the_token_or_lacking_the_route_is_passed_over(
+    tmp_path: Path, status: int
+) -> None:
+    """An answer about the replica, not the batch: the batch is kept and the next replica takes
+    it; with that replica alone, the batch waits in the spool instead of being dropped."""
+    wrong, good = Comparator(verdict=lambda ids: status), Comparator()
+    async with serve_app(wrong.app()) as bad_url, serve_app(good.app()) as good_url:
+        for start in range(2):
+            async with shipper([bad_url, good_url], tmp_path / f"l{start}", retries=2) as s:
+                s._current = start
+                for i in range(20):
+                    s.enqueue(pair(i, rid=f"{status}-{start}-{i}"))
+                await s.ship_pending(retries=2)
+                acc = balanced(s)
+                assert acc["dropped"] == 0 and s._stats.pairs_delivered == 20
+        async with shipper(bad_url, tmp_path / "alone") as s:
+            s.enqueue(pair(1, rid="alone"))
+            await s.ship_pending(retries=1)
+            acc = balanced(s)
+            assert acc["dropped"] == 0 and s.spool.pairs == 1
+    assert len(good.ids) == 40 and wrong.taken == []
