@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +18,7 @@ from tests.comparator.store_support import (  # noqa: F401 - fixture
     db_url_fixture,
     make_pair,
 )
-from tests.conftest import _pg_exec
+from tests.support.pg import fresh_database
 
 TABLES = {
     "experiments",
@@ -75,13 +74,7 @@ def empty_db_url_fixture(request: pytest.FixtureRequest, tmp_path: Any) -> Itera
         yield f"sqlite:///{tmp_path}/empty.db"
         return
     server = str(request.getfixturevalue("pg_url")).rsplit("/", 1)[0]
-    name = f"shadowtee_mig_{uuid.uuid4().hex[:12]}"
-    admin = f"{server}/postgres"
-    asyncio.run(_pg_exec(admin, f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{server}/{name}"
-    finally:
-        asyncio.run(_pg_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield from fresh_database(server, "shadowtee_mig")
 
 
 async def test_0002_keeps_the_pairs_of_an_0001_database_and_drops_their_foreign_key(

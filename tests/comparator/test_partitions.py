@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -21,20 +20,14 @@ from comparator.store import Store
 from comparator.summary import summarize
 from comparator.wire import Pair
 from tests.comparator.store_support import T0, make_pair
-from tests.conftest import _pg_exec
+from tests.support.pg import fresh_database
 
 D1, D2 = T0.date(), T0.date() + timedelta(days=1)
 MIDNIGHT = datetime.combine(D2, datetime.min.time(), tzinfo=UTC)  # D1 | D2
 
 
 def _fresh(server: str) -> Iterator[str]:
-    name = f"shadowtee_part_{uuid.uuid4().hex[:12]}"
-    admin = f"{server}/postgres"
-    asyncio.run(_pg_exec(admin, f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{server}/{name}"
-    finally:
-        asyncio.run(_pg_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield from fresh_database(server, "shadowtee_part")
 
 
 @pytest.fixture(name="pg_db")

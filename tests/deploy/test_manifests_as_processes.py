@@ -32,7 +32,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -47,6 +46,7 @@ import pytest
 from shadowtee.traffic import digits_requests, drive
 from tests.deploy.pods import ROOT, Cluster, PodError
 from tests.deploy.render import render
+from tests.support.poll import wait_until
 
 DEPLOY = ROOT / "deploy"
 EXPERIMENT = "digits-v1-vs-v2"
@@ -111,14 +111,7 @@ def _stored_pairs(cluster: Cluster) -> int:
 
 
 def _wait_for(predicate: Any, timeout_s: float, what: str, step_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(step_s)
+    return wait_until(predicate, what, timeout_s, step_s)
 
 
 def _objects(overlay: str) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from aiohttp import web
 from tests.reliability.conftest import Upstreams
 from tests.reliability.fakes import free_port, infer_body, wait_until
 from tests.reliability.proxy_process import SHADOWTEE, ProxyProcess
+from tests.support.pg import fresh_database
 
 TOKEN = "fleet-token"
 EXPERIMENT = "fleet"
@@ -87,15 +87,7 @@ class Replica:
 @pytest.fixture(name="fleet_db")
 def fleet_db_fixture(pg_url: str) -> Iterator[str]:
     """A database of its own (the session's is shared with other tests' looks and pairs)."""
-    from tests.conftest import _pg_admin_url, _pg_exec
-
-    admin = _pg_admin_url()
-    name = f"shadowtee_fleet_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_exec(admin, f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{admin.rsplit('/', 1)[0]}/{name}"
-    finally:
-        asyncio.run(_pg_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield from fresh_database(pg_url.rsplit("/", 1)[0], "shadowtee_fleet")
 
 
 @pytest.fixture

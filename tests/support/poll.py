@@ -9,8 +9,11 @@ from typing import Any
 __all__ = ["wait_until"]
 
 
-def wait_until(predicate: Callable[[], Any], what: str, limit_s: float = 20.0) -> Any:
-    """Poll ``predicate()`` until it is truthy (at most ``limit_s``); return its value.
+def wait_until(
+    predicate: Callable[[], Any], what: str, limit_s: float = 20.0, step_s: float = 0.02
+) -> Any:
+    """Poll ``predicate()`` every ``step_s`` until it is truthy (at most ``limit_s``); return
+    its value.
 
     No assertion depends on the bound: it only names what never happened.
     """
@@ -21,4 +24,4 @@ def wait_until(predicate: Callable[[], Any], what: str, limit_s: float = 20.0) -
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {limit_s:g} s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(step_s)
