@@ -106,12 +106,12 @@ class Leadership:
     does; with it, on SQLite always, on PostgreSQL while ``elector`` holds the leader lock."""
 
     background: bool
-    elector: Any = None  # comparator.leader.PgLeader, or None
+    elector: PgLeader | None = None
 
     def __call__(self) -> bool:
         if not self.background:
             return False
-        return self.elector is None or bool(self.elector.is_leader)
+        return self.elector is None or self.elector.is_leader
 
 
 LEADERSHIP = web.AppKey("leadership", Leadership)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -592,10 +593,7 @@ class Store:
                 ).all()
                 if not rows:
                     break
-                tally: dict[tuple[str, str], int] = {}
-                for r in rows:
-                    key = (r.experiment or "", r.reason)
-                    tally[key] = tally.get(key, 0) + 1
+                tally = Counter((r.experiment or "", r.reason) for r in rows)
                 await conn.execute(
                     delete(QUARANTINE).where(QUARANTINE.c.id.in_([r.id for r in rows]))
                 )

@@ -243,8 +243,8 @@ class DataPort:
         64 random bits minted here, so that no id a client chooses can meet another request's pair
         — in the pairing buffer or in the comparator, which keeps one pair per key and counts a
         second as a retried duplicate. Without an id (or with one over MINTED_ABOVE characters)
-        the proxy mints one: unique (prefix, counter) and unguessable (64 random bits), so no client can
-        pre-claim the id another request will get.
+        the proxy mints one: unique (prefix, counter) and unguessable (64 random bits), so no
+        client can pre-claim the id another request will get.
         """
         if not client_id or len(client_id) > MINTED_ABOVE:
             minted = f"{self._prefix}{next(self._counter):x}-{secrets.token_hex(8)}"

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from contract import SEGMENT_VALUE_MAX
+
 __all__ = [
     "HOP_BY_HOP",
     "candidate_lines",
@@ -84,11 +86,10 @@ def response_lines(lines: Iterable[bytes], drop: frozenset[bytes]) -> list[bytes
 
 
 def segment_header_values(
-    headers: list[tuple[bytes, bytes]], wanted: dict[bytes, str], max_chars: int = 128
+    headers: list[tuple[bytes, bytes]], wanted: dict[bytes, str], max_chars: int = SEGMENT_VALUE_MAX
 ) -> dict[str, str] | None:
     """Segment values from request headers: ``wanted`` maps a lower-case header name to its
-    dimension. The first occurrence counts, trimmed and cut to ``max_chars``
-    (contract.SEGMENT_VALUE_MAX); an empty or absent header gives no value. Bytes outside
+    dimension. The first occurrence counts, trimmed and cut to ``max_chars``; an empty or absent header gives no value. Bytes outside
     ASCII read as UTF-8 (what clients send today), an invalid sequence as U+FFFD."""
     out: dict[str, str] = {}
     for name, value in headers:

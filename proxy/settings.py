@@ -27,7 +27,6 @@ __all__ = ["ProxySettings", "parse_host_port"]
 
 DEFAULT_TEE_ROUTES = ("/v2/models/*/infer", "/v1/models/*:predict", "/predict", "/invocations")
 DEFAULT_REDACT = ("authorization", "cookie", "x-api-key")
-SEGMENT_DIMENSION = SEGMENT_DIMENSION_PATTERN
 # A header whose name holds one of these (after "_" reads as "-") is taken for a credential,
 # whatever redact_headers says: it can never be a segment dimension.
 SECRET_HEADER_WORDS = (
@@ -74,7 +73,7 @@ class ProxySettings(BaseSettings):
     prod: str
     candidate: str
     # A comparator base URL, or several separated by commas: the shipper sends to one and moves
-    # on to the next when it is unreachable, times out or answers 5xx (README, "Running a fleet").
+    # on to the next when it fails or refuses this sidecar (README, "Running a fleet").
     comparator: str | None = None
     comparator_token: SecretStr | None = None
     experiment: Annotated[str, Field(pattern=EXPERIMENT_PATTERN)] = "default"
@@ -153,14 +152,14 @@ class ProxySettings(BaseSettings):
     segment_route: bool = False
     segment_pointers: Annotated[
         dict[
-            Annotated[str, Field(pattern=SEGMENT_DIMENSION)],
+            Annotated[str, Field(pattern=SEGMENT_DIMENSION_PATTERN)],
             Annotated[str, Field(pattern=r"^(/[^/]*)+$", max_length=200)],
         ],
         Field(max_length=8),
     ] = {}
     segment_headers: Annotated[
         dict[
-            Annotated[str, Field(pattern=SEGMENT_DIMENSION)],
+            Annotated[str, Field(pattern=SEGMENT_DIMENSION_PATTERN)],
             Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")],
         ],
         Field(max_length=8),

@@ -68,7 +68,8 @@ class Shipper:
     over between (``None``: count and drop).
 
     With a list, every POST goes to the current replica; one that is unreachable, times out or
-    answers 408/429/5xx makes the shipper move on to the next for the next try. Ingest is
+    answers 408/429/5xx, or 401/403/404/405 (wrong for this sidecar: the batch is kept), makes
+    the shipper move on to the next for the next try. Ingest is
     idempotent on the pair id, so a batch that a dying replica stored before it could answer is
     stored once when the next replica receives it again."""
 

@@ -215,17 +215,37 @@ class Tee:
         pair records it as skipped (``body_bytes`` = ``length``) without the body being held;
         ``sha256`` gives its digest when the pair is emitted (the body hashed as it is
         forwarded). Counted exactly as :meth:`submit` counts a body too large to tee."""
-        stats = self._stats
-        if self.paused:
-            if self.probes <= 0 or self._closing:
-                stats.tee_paused[self.pause_source] += 1
-                return False
-            self.probes -= 1
-        stats.skipped_body_too_large += 1
-        stats.outcomes[Outcome.SKIPPED] += 1
+        if self._admit() is None:
+            return False
+        return self._skip(request_id, route, b"", length, headers, sha256)
+
+    def _admit(self) -> bool | None:
+        """``None`` when the paused tee turns this request away (counted), else whether it is
+        one of the paused tee's probes (counted off the probes left)."""
+        if not self.paused:
+            return False
+        if self.probes <= 0 or self._closing:
+            self._stats.tee_paused[self.pause_source] += 1
+            return None
+        self.probes -= 1
+        return True
+
+    def _skip(
+        self,
+        request_id: str,
+        route: str,
+        body: bytes,
+        length: int,
+        headers: list[tuple[bytes, bytes]],
+        sha256: Callable[[], str] | None = None,
+    ) -> bool:
+        """Open the pair of a request whose body is too large to tee: its candidate side is
+        SKIPPED, counted in ``skipped_body_too_large``."""
+        self._stats.skipped_body_too_large += 1
+        self._stats.outcomes[Outcome.SKIPPED] += 1
         side = Side(Outcome.SKIPPED, body_bytes=length, error="request body too large")
         return self._open(
-            request_id, time.time(), route, b"", time.monotonic(), side, headers, sha256
+            request_id, time.time(), route, body, time.monotonic(), side, headers, sha256
         )
 
     def submit(
@@ -243,21 +263,14 @@ class Tee:
         The call itself starts on the event loop's next turn, after the handler has sent the
         request to production: production's answer never waits behind the candidate's write.
         """
+        probe = self._admit() if self.paused else False
+        if probe is None:
+            return False
+        if len(body) > self._max_body:
+            return self._skip(request_id, route, body, len(body), headers)
         stats = self._stats
-        probe = False
-        if self.paused:
-            if self.probes <= 0 or self._closing:
-                stats.tee_paused[self.pause_source] += 1
-                return False
-            self.probes -= 1
-            probe = True
         now = time.monotonic()
         opened_at = time.time()
-        if len(body) > self._max_body:
-            stats.skipped_body_too_large += 1
-            stats.outcomes[Outcome.SKIPPED] += 1
-            side = Side(Outcome.SKIPPED, body_bytes=len(body), error="request body too large")
-            return self._open(request_id, opened_at, route, body, now, side, headers)
         stats.teed += 1
         if self._closing or self.inflight >= self._max_inflight:
             stats.outcomes[Outcome.SHED] += 1

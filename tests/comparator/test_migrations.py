@@ -175,12 +175,16 @@ async def test_postgresql_connections_plan_each_statement_for_its_own_parameters
     assert mode == "force_custom_plan"
 
 
-async def test_replicas_starting_at_once_on_a_new_database_all_come_up(empty_db_url: str) -> None:
-    """Three stores opened concurrently on a database no one migrated: each reaches head (on
-    PostgreSQL the migrations take turns under an advisory lock)."""
-    if empty_db_url.startswith("sqlite"):
-        pytest.skip("SQLite: one file, one writer; replicas share PostgreSQL")
-    stores = await asyncio.gather(*(Store.open(empty_db_url) for _ in range(3)))
+@pytest.fixture(name="new_pg_url")
+def new_pg_url_fixture(pg_url: str) -> Iterator[str]:
+    """A PostgreSQL database no one migrated (replicas share PostgreSQL, never a SQLite file)."""
+    yield from fresh_database(pg_url.rsplit("/", 1)[0], "shadowtee_mig")
+
+
+async def test_replicas_starting_at_once_on_a_new_database_all_come_up(new_pg_url: str) -> None:
+    """Three stores opened concurrently on a database no one migrated: each reaches head (the
+    migrations take turns under an advisory lock)."""
+    stores = await asyncio.gather(*(Store.open(new_pg_url) for _ in range(3)))
     try:
         for store in stores:
             assert await store.migration_state() == ("0006", "0006")
