@@ -33,7 +33,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from comparator.wire import Outcome, Pair, RequestInfo, SideResult
+from comparator.wire import Pair, RequestInfo, SideResult
+from contract.outcomes import Outcome, classify
 
 __all__ = [
     "REPLAY_POLICY",
@@ -52,6 +53,10 @@ __all__ = [
 REPLAY_POLICY = Path(__file__).with_name("replay_policy.toml")
 
 MAX_ERROR_CHARS = 300
+# aiohttp's own exceptions, for contract.outcomes.classify: a connection that could not be made,
+# and every other failed call.
+_CONNECT = (aiohttp.ClientConnectorError, ConnectionRefusedError)
+_FAILURES = (aiohttp.ClientError, OSError)
 
 
 class ReplayError(Exception):
@@ -173,13 +178,12 @@ async def _call(
         return _side(
             Outcome.OK, status=resp.status, latency_ms=elapsed, version=version, raw=raw
         ), None
-    except TimeoutError:
+    except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
         deadline = timeout_s * 1000.0
-        return _side(Outcome.TIMEOUT, latency_ms=deadline, error=f"deadline {deadline:g} ms"), None
-    except aiohttp.ClientConnectorError as exc:
-        return _side(Outcome.ERROR, error=f"connect failed: {exc}"), exc
-    except (aiohttp.ClientError, OSError) as exc:
-        return _side(Outcome.ERROR, error=f"{type(exc).__name__}: {exc}"), None
+        outcome, reason = classify(exc, deadline, connect=_CONNECT, failures=_FAILURES)
+        waited = deadline if outcome is Outcome.TIMEOUT else None
+        side = _side(outcome, latency_ms=waited, error=reason)
+        return side, exc if isinstance(exc, aiohttp.ClientConnectorError) else None
 
 
 def build_pair(

@@ -23,7 +23,6 @@ What cannot be decoded counts as an invalid output.
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -40,6 +39,7 @@ from contract import (
     VERSION_MAX,
     WIRE_VERSION,
 )
+from contract.outcomes import Outcome
 
 __all__ = [
     "WIRE_VERSION",
@@ -51,18 +51,6 @@ __all__ = [
     "RequestInfo",
     "SideResult",
 ]
-
-
-class Outcome(enum.StrEnum):
-    """What became of one side's call."""
-
-    OK = (
-        "ok"  # a complete HTTP response arrived in time, any status (a 5xx is an error by `status`)
-    )
-    ERROR = "error"  # no usable response: connection refused or reset, a malformed response
-    TIMEOUT = "timeout"  # no complete response before the deadline (right-censored latency)
-    SHED = "shed"  # not sent: the in-flight bound was reached
-    SKIPPED = "skipped"  # not sent on purpose (body too large, not sampled for the twin, ...)
 
 
 class _Strict(BaseModel):

@@ -13,11 +13,10 @@
 
 Modules: :mod:`~proxy.settings` (every option), :mod:`~proxy.app` (data port and resource
 lifetimes), :mod:`~proxy.http` (the HTTP/1.1 server and clients), :mod:`~proxy.tee`,
-:mod:`~proxy.pairing`, :mod:`~proxy.encode`, :mod:`~proxy.shipper`, :mod:`~proxy.spool`,
+:mod:`~proxy.pairing`, :mod:`~proxy.pair_json`, :mod:`~proxy.shipper`, :mod:`~proxy.spool`,
 :mod:`~proxy.metrics`, :mod:`~proxy.admin` (admin port), :mod:`~proxy.control` and
 :mod:`~proxy.breaker` (live control of the tee), :mod:`~proxy.validate` (opt-in input checks),
-:mod:`~proxy.server` (run and ordered shutdown), :mod:`~proxy.headers`, :mod:`~proxy.outcomes`,
-:mod:`~proxy.exceptions`.
+:mod:`~proxy.server` (run and ordered shutdown), :mod:`~proxy.headers`, :mod:`~proxy.exceptions`.
 """
 
 from proxy.admin import create_admin_app

@@ -29,14 +29,13 @@ from dataclasses import dataclass
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from comparator.wire import Outcome
 from contract import MINTED_ABOVE
+from contract.outcomes import Outcome, classify
 from proxy import validate
-from proxy.encode import segment_extractor
 from proxy.headers import drop_set, request_lines, response_lines
 from proxy.http1 import Connection, Request, simple_response
 from proxy.metrics import ProxyCollector, ProxyStats
-from proxy.outcomes import classify
+from proxy.pair_json import segment_extractor
 from proxy.pairing import PairingBuffer, Side
 from proxy.settings import ProxySettings
 from proxy.shipper import Shipper

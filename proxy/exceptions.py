@@ -6,18 +6,21 @@
     └── SpoolError             the on-disk spool could not be read or written
 
     ConnectionError (OSError)
-    └── UpstreamProtocolError  production or the candidate sent something that is not a
-                               well-formed, unambiguous HTTP/1.1 response
+    └── contract.outcomes.ProtocolError
+        └── UpstreamProtocolError  production or the candidate sent something that is not a
+                                   well-formed, unambiguous HTTP/1.1 response
     TimeoutError (OSError)
     └── UpstreamTimeout        production sent nothing for longer than its read timeout
 
 The upstream errors derive from the builtin ``OSError`` family so that every failure of an
 upstream call, ours or the socket's, is one ``except OSError``. They are not exceptions past
-:mod:`proxy.outcomes`: ``classify()`` maps them (and the socket's own errors) to an
-:class:`~comparator.wire.Outcome` and a short reason, and the pair records them.
+:func:`contract.outcomes.classify`, which maps them (and the socket's own errors) to an
+:class:`~contract.outcomes.Outcome` and a short reason, and the pair records them.
 """
 
 from __future__ import annotations
+
+from contract.outcomes import ProtocolError
 
 __all__ = ["ProxyError", "SpoolError", "UpstreamProtocolError", "UpstreamTimeout"]
 
@@ -30,7 +33,7 @@ class SpoolError(ProxyError):
     """The spool directory is unusable (permissions, disk full, corrupt file)."""
 
 
-class UpstreamProtocolError(ConnectionError):
+class UpstreamProtocolError(ProtocolError):
     """The upstream sent something that is not a well-formed HTTP/1.1 response."""
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from comparator.wire import Outcome
+from contract.outcomes import Outcome
 
 __all__ = ["DROP_REASONS", "PAUSE_SOURCES", "LatencyHistogram", "ProxyCollector", "ProxyStats"]
 

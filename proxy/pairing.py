@@ -16,8 +16,8 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from comparator.wire import Outcome
 from contract import SEGMENT_VALUE_MAX
+from contract.outcomes import Outcome
 
 __all__ = ["CompletedPair", "PairingBuffer", "Side"]
 
@@ -76,7 +76,7 @@ class PairingBuffer:
     on_emit: Callable[[CompletedPair], None]
     candidate_deadline_ms: float
     keep_request_body: bool = False
-    # (route, request body) -> segment values of the pair (proxy.encode.segment_extractor)
+    # (route, request body) -> segment values of the pair (proxy.pair_json.segment_extractor)
     segments: Callable[[str, bytes], dict[str, str] | None] | None = None
     # add prod_version and cand_version (each side's X-Model-Version) to the segment values
     segment_versions: bool = False

@@ -44,8 +44,8 @@ from typing import Any
 
 import aiohttp
 
-from proxy.encode import encode_pair, join_batch
 from proxy.metrics import ProxyStats
+from proxy.pair_json import encode_pair, join_batch
 from proxy.pairing import CompletedPair
 from proxy.spool import Spool, SpooledBatch
 

@@ -23,11 +23,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
-from comparator.wire import Outcome
 from contract import key_hash, sample_threshold
+from contract.outcomes import Outcome, classify
 from proxy.headers import candidate_lines, segment_header_values
 from proxy.metrics import ProxyStats
-from proxy.outcomes import classify
 from proxy.pairing import PairingBuffer, Side
 from proxy.upstream import CandidateCall, CandidateClient, CandidateResponse, encode_request
 

@@ -16,7 +16,7 @@
                   production              ProductionClient (streamed answers, one retry rule)
                   candidate               CandidateClient, CandidateCall (whole answers)
 
-Upstream errors live in :mod:`proxy.exceptions`; :mod:`proxy.outcomes` maps them to outcomes.
+Upstream errors live in :mod:`proxy.exceptions`; :func:`contract.outcomes.classify` maps them to outcomes.
 """
 
 from __future__ import annotations

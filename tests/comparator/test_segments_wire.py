@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from comparator.wire import Outcome, Pair
-from proxy.encode import SEGMENT_VALUE_MAX, encode_pair, segment_extractor
+from proxy.pair_json import SEGMENT_VALUE_MAX, encode_pair, segment_extractor
 from proxy.pairing import PairingBuffer, Side
 from proxy.settings import ProxySettings
 

@@ -6,7 +6,7 @@ import json
 
 from comparator.ingest import screen_body
 from comparator.wire import Outcome, Pair, PairBatch
-from proxy.encode import encode_batch, encode_pair
+from proxy.pair_json import encode_batch, encode_pair
 from proxy.pairing import CompletedPair, Side
 
 

@@ -27,8 +27,8 @@ from typing import Any
 
 from pydantic_core import from_json
 
-from comparator.wire import Outcome
 from contract import ERROR_MAX, ROUTE_MAX, SEGMENT_VALUE_MAX, VERSION_MAX
+from contract.outcomes import Outcome
 from proxy.pairing import CompletedPair, Side
 
 __all__ = ["SEGMENT_VALUE_MAX", "encode_batch", "encode_pair", "join_batch", "segment_extractor"]

@@ -9,7 +9,7 @@ import numpy as np
 
 from comparator.normalize import NormalizeConfig, measure
 from comparator.wire import Outcome, Pair
-from proxy.encode import encode_pair
+from proxy.pair_json import encode_pair
 from proxy.pairing import CompletedPair, Side
 
 
