@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from proxy.app import ProxyState
 from proxy.control import ControlCollector, ControlError, TeeControl
@@ -65,9 +65,7 @@ def create_admin_app(state: ProxyState) -> web.Application:
     app = web.Application(client_max_size=_MAX_WRITE_BODY)
 
     async def control_ctx(app: web.Application) -> AsyncIterator[None]:
-        # The data port has started (server.serve starts it before the admin runner), so the
-        # tee and its rules exist; the control lives as long as the admin port.
-        assert state.tee is not None and state.rules is not None
+        # The control lives as long as the admin port.
         control = TeeControl(tee=state.tee, rules=state.rules, settings=state.settings)
         collector = ControlCollector(control)
         state.registry.register(collector)
@@ -83,15 +81,15 @@ def create_admin_app(state: ProxyState) -> web.Application:
 
     app.cleanup_ctx.append(control_ctx)
 
-    async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(state.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    # prometheus-client's handler: the text format, or OpenMetrics when the scraper asks for
+    # it (Prometheus does), gzipped when the scraper accepts it.
+    metrics = make_aiohttp_handler(state.registry)
 
     async def live(_: web.Request) -> web.Response:
         return web.json_response({"status": "live"})
 
     async def ready(_: web.Request) -> web.Response:
-        if state.draining or state.tee is None:
+        if state.draining:
             return web.json_response({"status": "not ready", "reason": "not serving"}, status=503)
         reason = await _production_reachable(state.settings.prod)
         if reason is not None:

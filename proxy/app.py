@@ -61,43 +61,117 @@ _REAP_INTERVAL_S = 0.1
 
 @dataclass
 class ProxyState:
-    """Everything the handler and the admin port read; filled in by :meth:`DataPort.start`."""
+    """Everything the handler and the admin port read, built whole by :class:`DataPort`."""
 
     settings: ProxySettings
     stats: ProxyStats
     registry: CollectorRegistry
-    prod: ProductionClient | None = None
-    ship_session: aiohttp.ClientSession | None = None
-    shipper: Shipper | None = None
-    pairing: PairingBuffer | None = None
-    tee: Tee | None = None
-    rules: TeeRules | None = None  # the live tee control changes its sample rate
+    prod: ProductionClient
+    shipper: Shipper
+    pairing: PairingBuffer
+    tee: Tee
+    rules: TeeRules  # the live tee control changes its sample rate
     draining: bool = False
 
     def gauges(self) -> dict[str, float]:
         """The live gauges, read now: one source for ``/metrics`` and ``/admin/status``."""
-        tee, pairing, shipper = self.tee, self.pairing, self.shipper
+        spool = self.shipper.spool
         return {
-            "tee_inflight": tee.inflight if tee else 0,
+            "tee_inflight": self.tee.inflight,
             "tee_max_inflight": self.settings.max_inflight,
-            "pairing_buffer_pairs": len(pairing) if pairing else 0,
-            "ship_queue_pairs": shipper.queued if shipper else 0,
-            "spool_batches": len(shipper.spool) if shipper else 0,
-            "spool_pairs": shipper.spool.pairs if shipper else 0,
-            "spool_bytes": shipper.spool.bytes if shipper else 0,
+            "pairing_buffer_pairs": len(self.pairing),
+            "ship_queue_pairs": self.shipper.queued,
+            "spool_batches": len(spool),
+            "spool_pairs": spool.pairs,
+            "spool_bytes": spool.bytes,
         }
 
 
 class DataPort:
-    """The proxy's resources and its request handler."""
+    """The proxy's resources and its request handler.
+
+    Built inside the running event loop. Each resource registers its own closing on one
+    :class:`~contextlib.AsyncExitStack` as it is made (the pools and the comparator session here,
+    the background tasks in :meth:`start`), so :meth:`stop` closes them in reverse order: stop
+    teeing and drain the in-flight tees, stop the reaper, close every open pair, flush them to
+    the comparator (or the spool), then close the pools.
+    """
 
     def __init__(self, settings: ProxySettings, registry: CollectorRegistry | None = None):
-        self.state = state = ProxyState(
-            settings=settings, stats=ProxyStats(), registry=registry or CollectorRegistry()
-        )
-        state.registry.register(ProxyCollector(state.stats, state.gauges))
         s = settings
-        self._rules = state.rules = TeeRules(s.tee_routes, s.tee_methods, s.sample_rate)
+        self._exits = exits = contextlib.AsyncExitStack()
+        stats = ProxyStats()
+        prod = ProductionClient(
+            s.prod,
+            limit=s.prod_pool_size,
+            timeout_s=s.prod_timeout_s,
+            inline_bytes=INLINE_MAX_BYTES,
+        )
+        exits.push_async_callback(prod.close)
+        ship_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=4, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=s.ship_timeout_ms / 1000.0),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        exits.push_async_callback(ship_session.close)
+        if s.comparator is None:
+            log.warning("no --comparator: pairs are counted as dropped (reason no_comparator)")
+        shipper = Shipper(
+            session=ship_session,
+            comparator_url=list(s.comparator_urls) or None,
+            token=s.comparator_token.get_secret_value() if s.comparator_token else None,
+            experiment=s.experiment,
+            spool=Spool(s.spool_dir, s.max_spool_bytes),
+            stats=stats,
+            batch_size=s.batch_size,
+            flush_interval_s=s.flush_interval_ms / 1000.0,
+            timeout_s=s.ship_timeout_ms / 1000.0,
+            retries=s.ship_retries,
+            backoff_s=s.retry_backoff_ms / 1000.0,
+            max_queue=s.ship_queue_max_pairs,
+            max_body_bytes=s.max_pair_body_bytes,
+            max_batch_bytes=s.max_batch_bytes,
+            poison_after=s.ship_poison_after,
+        )
+        pairing = PairingBuffer(
+            max_pairs=s.buffer_max_pairs,
+            on_emit=shipper.enqueue,
+            candidate_deadline_ms=s.shadow_timeout_ms,
+            keep_request_body=s.include_request_body,
+            segments=segment_extractor(s.segment_route, s.segment_pointers),
+            segment_versions=s.segment_model_versions,
+        )
+        tee = Tee(
+            client=CandidateClient(
+                s.candidate,
+                linger_s=s.candidate_linger_ms / 1000.0,
+                max_body_bytes=s.client_max_size,
+                # Only a pair's worth of the candidate's answer is held; the rest is counted.
+                keep_bytes=s.max_pair_body_bytes,
+            ),
+            deadline_s=s.shadow_timeout_s,
+            max_inflight=s.max_inflight,
+            max_body_bytes=s.max_tee_body_bytes,
+            redact=s.redact_headers,
+            forward_auth=s.forward_auth_to_candidate,
+            pairing=pairing,
+            stats=stats,
+            # A pair waits for the slower of the two sides, plus a margin for the event loop.
+            pair_ttl_s=max(s.shadow_timeout_s, s.prod_timeout_s) + 1.0,
+            segment_headers=s.segment_headers,
+        )
+        self._rules = TeeRules(s.tee_routes, s.tee_methods, s.sample_rate)
+        self.state = state = ProxyState(
+            settings=settings,
+            stats=stats,
+            registry=registry or CollectorRegistry(),
+            prod=prod,
+            shipper=shipper,
+            pairing=pairing,
+            tee=tee,
+            rules=self._rules,
+        )
+        state.registry.register(ProxyCollector(stats, state.gauges))
         self._rid_name = s.request_id_header.encode("latin-1")
         self._rid_lower = self._rid_name.lower()
         self._key_header = (
@@ -112,101 +186,24 @@ class DataPort:
         # bits per id (unguessable: see _pair_key).
         self._prefix = os.urandom(6).hex() + "-"
         self._counter = itertools.count(1)
-        self._shipper_task: asyncio.Task[None] | None = None
-        self._reaper: asyncio.Task[None] | None = None
         self._validator = validate.install(settings, state.registry)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        state, s = self.state, self.state.settings
-        state.prod = ProductionClient(
-            s.prod,
-            limit=s.prod_pool_size,
-            timeout_s=s.prod_timeout_s,
-            inline_bytes=INLINE_MAX_BYTES,
-        )
-        state.ship_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=4, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=s.ship_timeout_ms / 1000.0),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        if s.comparator is None:
-            log.warning("no --comparator: pairs are counted as dropped (reason no_comparator)")
-        state.shipper = Shipper(
-            session=state.ship_session,
-            comparator_url=list(s.comparator_urls) or None,
-            token=s.comparator_token.get_secret_value() if s.comparator_token else None,
-            experiment=s.experiment,
-            spool=Spool(s.spool_dir, s.max_spool_bytes),
-            stats=state.stats,
-            batch_size=s.batch_size,
-            flush_interval_s=s.flush_interval_ms / 1000.0,
-            timeout_s=s.ship_timeout_ms / 1000.0,
-            retries=s.ship_retries,
-            backoff_s=s.retry_backoff_ms / 1000.0,
-            max_queue=s.ship_queue_max_pairs,
-            max_body_bytes=s.max_pair_body_bytes,
-            max_batch_bytes=s.max_batch_bytes,
-            poison_after=s.ship_poison_after,
-        )
-        self._shipper_task = asyncio.create_task(state.shipper.run(), name="shadowtee-shipper")
-        state.pairing = PairingBuffer(
-            max_pairs=s.buffer_max_pairs,
-            on_emit=state.shipper.enqueue,
-            candidate_deadline_ms=s.shadow_timeout_ms,
-            keep_request_body=s.include_request_body,
-            segments=segment_extractor(s.segment_route, s.segment_pointers),
-            segment_versions=s.segment_model_versions,
-        )
-        state.tee = Tee(
-            client=CandidateClient(
-                s.candidate,
-                linger_s=s.candidate_linger_ms / 1000.0,
-                max_body_bytes=s.client_max_size,
-                # Only a pair's worth of the candidate's answer is held; the rest is counted.
-                keep_bytes=s.max_pair_body_bytes,
-            ),
-            deadline_s=s.shadow_timeout_s,
-            max_inflight=s.max_inflight,
-            max_body_bytes=s.max_tee_body_bytes,
-            redact=s.redact_headers,
-            forward_auth=s.forward_auth_to_candidate,
-            pairing=state.pairing,
-            stats=state.stats,
-            # A pair waits for the slower of the two sides, plus a margin for the event loop.
-            pair_ttl_s=max(s.shadow_timeout_s, s.prod_timeout_s) + 1.0,
-            segment_headers=s.segment_headers,
-        )
-        self._reaper = asyncio.create_task(_reap(state.pairing), name="shadowtee-pair-reaper")
+        """Start the background tasks: the shipper and the pair reaper."""
+        state, exits = self.state, self._exits
+        shipper = asyncio.create_task(state.shipper.run(), name="shadowtee-shipper")
+        exits.push_async_callback(_stop_shipping, state.shipper, shipper)
+        exits.callback(lambda: state.pairing.drain(time.monotonic()))
+        reaper = asyncio.create_task(_reap(state.pairing), name="shadowtee-pair-reaper")
+        exits.push_async_callback(_cancel, reaper)
+        exits.push_async_callback(_stop_teeing, state.tee, state.settings.tee_grace_ms / 1000.0)
 
     async def stop(self) -> None:
         """Stop teeing, drain tees (bounded), flush every pair, close the pools. Idempotent."""
-        state, s = self.state, self.state.settings
-        state.draining = True
-        if state.tee is not None:
-            cancelled = await state.tee.drain(s.tee_grace_ms / 1000.0)
-            if cancelled:
-                log.warning(
-                    "shutdown: cancelled %d candidate calls still running after the grace",
-                    cancelled,
-                )
-            await state.tee.close()
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
-        if state.pairing is not None:
-            state.pairing.drain(time.monotonic())
-        if state.shipper is not None and self._shipper_task is not None:
-            await state.shipper.close()
-            await self._shipper_task
-            self._shipper_task = None
-        if state.prod is not None:
-            await state.prod.close()
-        if state.ship_session is not None:
-            await state.ship_session.close()
+        self.state.draining = True
+        await self._exits.aclose()
 
     # --- the request path ---------------------------------------------------------------------
 
@@ -218,7 +215,7 @@ class DataPort:
             # A timeout is a right-censored latency, at least the deadline: not a missing one.
             waited = state.settings.prod_timeout_ms if outcome is Outcome.TIMEOUT else None
             side = Side(outcome, latency_ms=waited, error=reason)
-            state.pairing.set_prod(rid, side)  # type: ignore[union-attr]
+            state.pairing.set_prod(rid, side)
         if outcome is Outcome.TIMEOUT:
             state.stats.prod_timeouts += 1
             return simple_response(504, f"production timed out: {reason}\n", close=not keep)
@@ -231,7 +228,7 @@ class DataPort:
         self.state.stats.client_aborts += 1
         if paired:
             side = Side(Outcome.ERROR, error="client broke off its request body")
-            self.state.pairing.set_prod(pair_id, side)  # type: ignore[union-attr]
+            self.state.pairing.set_prod(pair_id, side)
         return False
 
     def _pair_key(self, client_id: str) -> tuple[str, str]:
@@ -256,7 +253,6 @@ class DataPort:
         stats = state.stats
         stats.requests += 1
         pairing, tee, prod = state.pairing, state.tee, state.prod
-        assert pairing is not None and tee is not None and prod is not None
         if self._validator is not None:  # validate_inputs: a 400 before production sees it
             refused = await self._validator.refusal(req)
             if refused is not None:
@@ -418,6 +414,26 @@ class DataPort:
             return False, None, None
         # A body too large to keep travels in the pair as its size only.
         return keep, (b"".join(kept) if kept is not None else None), None
+
+
+async def _stop_teeing(tee: Tee, grace_s: float) -> None:
+    cancelled = await tee.drain(grace_s)
+    if cancelled:
+        log.warning(
+            "shutdown: cancelled %d candidate calls still running after the grace", cancelled
+        )
+    await tee.close()
+
+
+async def _stop_shipping(shipper: Shipper, task: asyncio.Task[None]) -> None:
+    await shipper.close()
+    await task
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _reap(pairing: PairingBuffer) -> None:

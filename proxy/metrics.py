@@ -256,17 +256,16 @@ class ProxyCollector(Collector):
         # teed + inherited == delivered + dropped + buffer + queue + shipping + spool: the
         # difference, read from the live objects at this moment, is 0 unless a pair was lost.
         gauges = self._gauges()
-        if all(k in gauges for k in ("pairing_buffer_pairs", "ship_queue_pairs", "spool_pairs")):
-            acc = s.accounting(
-                buffer=int(gauges["pairing_buffer_pairs"]),
-                queue=int(gauges["ship_queue_pairs"]),
-                spool=int(gauges["spool_pairs"]),
-            )
-            yield GaugeMetricFamily(
-                p + "pairs_unaccounted",
-                "teed + inherited - delivered - dropped - in flight: 0 when no pair was lost.",
-                value=acc["unaccounted"],
-            )
+        acc = s.accounting(
+            buffer=int(gauges["pairing_buffer_pairs"]),
+            queue=int(gauges["ship_queue_pairs"]),
+            spool=int(gauges["spool_pairs"]),
+        )
+        yield GaugeMetricFamily(
+            p + "pairs_unaccounted",
+            "teed + inherited - delivered - dropped - in flight: 0 when no pair was lost.",
+            value=acc["unaccounted"],
+        )
         for name, doc, hist in (
             ("production_latency_seconds", "Production response time.", s.prod_latency),
             (

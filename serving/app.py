@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from serving.batcher import Batcher
 from serving.exceptions import (
@@ -208,11 +209,6 @@ async def infer(request: web.Request) -> web.Response:
         metrics.request_seconds.observe(time.perf_counter() - start)
 
 
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
 # --- middleware and signals ------------------------------------------------------------------
 
 
@@ -376,7 +372,8 @@ def create_app(
     r.add_get("/v2/health/live", live)
     r.add_get("/v2/health/ready", ready)
     r.add_get("/v2", server_metadata)
-    r.add_get("/metrics", metrics_endpoint)
+    # prometheus-client's handler: text or OpenMetrics as the scraper asks, gzip when accepted.
+    r.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         r.add_get(prefix, model_metadata)
         r.add_get(prefix + "/ready", model_ready)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.proxy.fakes import (
@@ -63,6 +67,33 @@ async def test_metrics_health_and_status(tmp_path: Path) -> None:
         s.labels["reason"]: s.value for s in families["shadowtee_proxy_pairs_dropped"].samples
     }
     assert dropped["no_comparator"] == 3  # counted, not silent, even without a comparator
+
+
+async def test_metrics_speak_what_the_scraper_asks_for(tmp_path: Path) -> None:
+    """/metrics is prometheus-client's handler: the text format by default, OpenMetrics when the
+    scraper asks for it (as Prometheus does), gzip only when the scraper accepts it; the same
+    families either way."""
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as client,
+        serve_app(prod_app()) as prod,
+        serve_app(FakeCandidate().app()) as cand,
+        running_proxy(prod=prod, candidate=cand, spool_dir=str(tmp_path)) as proxy,
+    ):
+        url = proxy.admin + "/metrics"
+        async with client.get(url, headers={"Accept-Encoding": "identity"}) as resp:
+            assert resp.content_type == "text/plain"
+            assert "Content-Encoding" not in resp.headers
+            text = (await resp.read()).decode()
+        om = {"Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"}
+        async with client.get(url, headers=om) as resp:
+            assert resp.content_type == "application/openmetrics-text"
+            assert resp.headers["Content-Encoding"] == "gzip"
+            openmetrics = gzip.decompress(await resp.read()).decode()
+    assert openmetrics.endswith("# EOF\n")
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert "shadowtee_proxy_requests" in names and "shadowtee_proxy_tee_inflight" in names
+    om_names = {f.name for f in openmetrics_families(openmetrics)}
+    assert {"shadowtee_proxy_requests", "shadowtee_proxy_tee_inflight"} <= om_names
 
 
 async def test_not_ready_when_production_is_unreachable(tmp_path: Path) -> None:
