@@ -11,8 +11,9 @@
                   ▼
              comparator(s)  POST /v1/pairs
 
-Modules: :mod:`~proxy.settings` (every option), :mod:`~proxy.app` (data port and resource
-lifetimes), :mod:`~proxy.http` (the HTTP/1.1 server and clients), :mod:`~proxy.tee`,
+Modules: :mod:`~proxy.settings` (every option), :mod:`~proxy.app` (the data port),
+:mod:`~proxy.state` (its resources and their lifetimes), :mod:`~proxy.http` (the HTTP/1.1 server
+and clients), :mod:`~proxy.tee`,
 :mod:`~proxy.pairing`, :mod:`~proxy.pair_json`, :mod:`~proxy.shipper`, :mod:`~proxy.spool`,
 :mod:`~proxy.metrics`, :mod:`~proxy.admin` (admin port), :mod:`~proxy.control` and
 :mod:`~proxy.breaker` (live control of the tee), :mod:`~proxy.validate` (opt-in input checks),

@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from proxy.app import ProxyState
 from proxy.control import ControlCollector, ControlError, TeeControl
+from proxy.state import ProxyState
 
 __all__ = ["create_admin_app"]
 

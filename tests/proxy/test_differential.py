@@ -61,7 +61,7 @@ from tests.rawhttp import (
     encode_request,
 )
 
-# The proxy's thresholds the sizes straddle (proxy/app.py INLINE_MAX_BYTES, proxy/upstream.py
+# The proxy's thresholds the sizes straddle (proxy/state.py INLINE_MAX_BYTES, proxy/upstream.py
 # _HIGH_WATER); copied, not imported, since the proxy's internals are being restructured.
 INLINE = 1024 * 1024
 HIGH_WATER = 256 * 1024
