@@ -6,7 +6,8 @@ The pairing buffer calls :meth:`Shipper.enqueue` (synchronous, bounded). One tas
 1. replays spooled batches oldest first — the comparator sees pairs in about the order they were
    made;
 2. sends the queued pairs as JSON documents to ``POST /v1/pairs`` (bearer token when configured),
-   retrying connection errors, 408, 429 and 5xx with exponential backoff and full jitter;
+   retrying connection errors, 408, 429 and 5xx with exponential backoff and full jitter, and
+   moving on between replicas (:mod:`proxy.comparators`);
 3. spools a batch that still failed, or any batch while older ones wait in the spool.
 
 Batches are cut by size as well as by count: at most ``batch_size`` pairs and ``max_batch_bytes``,
@@ -33,17 +34,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
-import os
-import random
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 
+from proxy.comparators import Comparators
 from proxy.metrics import ProxyStats
 from proxy.pair_json import encode_pair, join_batch
 from proxy.pairing import CompletedPair
@@ -53,25 +52,13 @@ __all__ = ["MIN_BATCH_BYTES", "Shipper"]
 
 log = logging.getLogger("shadowtee.proxy.shipper")
 
-_TRANSIENT = frozenset({408, 429})  # and every 5xx
-# Answers about the replica, not the batch: a token it refuses, a route it lacks. The batch is
-# kept and the shipper moves on to the next comparator (with one, it retries later).
-_MISCONFIGURED = frozenset({401, 403, 404, 405})
 _ENCODE_SLICE = 16  # pairs encoded between two yields to the event loop
 MIN_BATCH_BYTES = 16 * 1024  # a 413 never halves the limit below this
-_LIMIT_HEADER = "X-Max-Body-Bytes"
-_LIMIT_SLACK = 4096  # below the comparator's limit: room for the headers it may count
 
 
 class Shipper:
-    """Batches, retries and the spool, around one comparator URL or a list of replicas to fail
-    over between (``None``: count and drop).
-
-    With a list, every POST goes to the current replica; one that is unreachable, times out or
-    answers 408/429/5xx, or 401/403/404/405 (wrong for this sidecar: the batch is kept), makes
-    the shipper move on to the next for the next try. Ingest is
-    idempotent on the pair id, so a batch that a dying replica stored before it could answer is
-    stored once when the next replica receives it again."""
+    """Batches and the spool, around one comparator URL or a list of replicas to fail over
+    between (:class:`~proxy.comparators.Comparators`; ``None``: count and drop)."""
 
     def __init__(
         self,
@@ -92,17 +79,16 @@ class Shipper:
         max_batch_bytes: int = 8 * 1024 * 1024,
         poison_after: int = 5,
     ) -> None:
-        self._session = session
-        if isinstance(comparator_url, str):
-            comparator_url = [comparator_url]
-        self._bases = [u.rstrip("/") for u in comparator_url or ()]
-        # Proxies start at different replicas of a list, so a fleet spreads its batches.
-        self._current = random.randrange(len(self._bases)) if self._bases else 0
-        self._proxy_id = os.urandom(8).hex()
-        self._drops_reported: dict[str, int] = {}
-        self._headers = {"Content-Type": "application/json"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        self.link = Comparators(
+            session=session,
+            urls=comparator_url,
+            token=token,
+            experiment=experiment,
+            stats=stats,
+            timeout_s=timeout_s,
+            backoff_s=backoff_s,
+            on_limit=self._lower_limit,
+        )
         self._experiment = experiment
         self.spool = spool
         self._stats = stats
@@ -110,9 +96,7 @@ class Shipper:
         stats.spool_files_set_aside += spool.set_aside_files
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._retries = retries
-        self._backoff_s = backoff_s
         self._max_queue = max_queue
         self._max_body = max_body_bytes
         self.batch_limit = max_batch_bytes  # bytes; lowered by the comparator's header or a 413
@@ -124,28 +108,6 @@ class Shipper:
         # One pass at a time: close()'s last pass waits for a pass of run() in progress, so no
         # spooled batch is sent (and counted) by two passes at once.
         self._pass = asyncio.Lock()
-
-    @property
-    def _url(self) -> str | None:
-        return f"{self._bases[self._current]}/v1/pairs" if self._bases else None
-
-    @property
-    def _drops_url(self) -> str | None:
-        # Drop counts reach the report through the comparator too, cumulative per proxy process.
-        if not self._bases:
-            return None
-        return f"{self._bases[self._current]}/v1/experiments/{self._experiment}/drops"
-
-    def _fail_over(self) -> None:
-        """Move on to the next comparator of the list (nothing with one)."""
-        if len(self._bases) > 1:
-            self._current = (self._current + 1) % len(self._bases)
-            self._stats.comparator_failovers += 1
-            log.warning("comparator: moving on to %s", self._shown())
-
-    def _shown(self) -> str:
-        """The current comparator's base URL as logs may show it."""
-        return self._bases[self._current] if self._bases else "-"
 
     @property
     def queued(self) -> int:
@@ -160,7 +122,7 @@ class Shipper:
         """Accept one finished pair; synchronous, never waits."""
         stats = self._stats
         stats.pairs_emitted += 1
-        if self._url is None:
+        if not self.link.configured:
             stats.dropped["no_comparator"] += 1
             return
         if len(self._queue) >= self._max_queue:
@@ -195,7 +157,7 @@ class Shipper:
 
     async def ship_pending(self, *, retries: int) -> None:
         """Replay the spool in order, then send (or spool) everything queued."""
-        if self._url is None:
+        if not self.link.configured:
             return
         async with self._pass:
             await self._ship_pending(retries)
@@ -211,7 +173,7 @@ class Shipper:
             else:
                 replaying = not await self._ship(pairs, items, retries)
         if not replaying:
-            await self._report_drops()
+            await self.link.report_drops()
 
     async def _next_batch(self) -> tuple[list[CompletedPair], list[bytes]]:
         """Take pairs off the queue and encode them, up to ``batch_size`` pairs and
@@ -254,7 +216,7 @@ class Shipper:
         stats = self._stats
         payload = join_batch(items)
         n = len(items)
-        result = await self._post(payload, retries=retries)
+        result = await self.link.post(payload, retries=retries)
         if result == "too_large":
             self._lower_limit(len(payload) // 2)
             if n > 1:
@@ -282,22 +244,6 @@ class Shipper:
     def _lower_limit(self, limit: int) -> None:
         self.batch_limit = max(MIN_BATCH_BYTES, min(self.batch_limit, limit))
 
-    async def _report_drops(self) -> None:
-        """Send the cumulative drop counts when they changed; best effort, retried next pass."""
-        current = {reason: int(n) for reason, n in self._stats.dropped.items() if n}
-        if not current or current == self._drops_reported or self._drops_url is None:
-            return
-        assert self._session is not None
-        body = json.dumps({"proxy_id": self._proxy_id, "dropped": current}).encode()
-        try:
-            async with self._session.post(
-                self._drops_url, data=body, headers=self._headers, timeout=self._timeout
-            ) as resp:
-                if 200 <= resp.status < 300:
-                    self._drops_reported = current
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.debug("drop report not delivered: %s", exc or type(exc).__name__)
-
     async def _replay(self) -> bool:
         """Send spooled batches oldest first; return ``True`` if some are still spooled."""
         spool, stats = self.spool, self._stats
@@ -306,7 +252,7 @@ class Shipper:
             if payload is None:
                 self._set_aside(batch, "spool_unreadable")
                 continue
-            result = await self._post(payload, retries=0)
+            result = await self.link.post(payload, retries=0)
             if result == "unreachable":
                 return True
             if result == "failed":  # an answer: maybe this batch's fault, not the comparator's
@@ -341,11 +287,11 @@ class Shipper:
         if payload is None:
             self._set_aside(nxt, "spool_unreadable")
             return True
-        if await self._post(payload, retries=0) != "ok":
+        if await self.link.post(payload, retries=0) != "ok":
             return False
         self.spool.remove(nxt)
         self._stats.pairs_replayed += nxt.pairs
-        if await self._post(head_payload, retries=0) == "ok":
+        if await self.link.post(head_payload, retries=0) == "ok":
             self._strikes.pop(head, None)
             self.spool.remove(head)
             self._stats.pairs_replayed += head.pairs
@@ -399,70 +345,6 @@ class Shipper:
             log.warning("spool full (%d bytes): dropped %d pairs", self.spool.bytes, pairs)
         else:
             stats.dropped["spool_write_error"] += pairs
-
-    async def _post(self, payload: bytes, *, retries: int) -> str:
-        """``"ok"``, ``"too_large"`` (413), ``"rejected"`` (refused for good: do not retry),
-        ``"failed"`` (answered 408, 429 or 5xx, or timed out: retry later) or ``"unreachable"``
-        (no connection)."""
-        assert self._session is not None and self._url is not None
-        failure = "failed"
-        for attempt in range(retries + 1):
-            if attempt:
-                # Full jitter keeps many proxies from retrying in lockstep after an outage.
-                await asyncio.sleep(random.uniform(0, self._backoff_s * 2 ** (attempt - 1)))
-            try:
-                # A file-like body: aiohttp warns about (and CI errors on) bytes over 1 MiB.
-                async with self._session.post(
-                    self._url,
-                    data=io.BytesIO(payload),
-                    headers=self._headers,
-                    timeout=self._timeout,
-                ) as resp:
-                    text = await resp.text(errors="replace")
-                    self._learn_limit(resp.headers.get(_LIMIT_HEADER))
-                    if 200 <= resp.status < 300:
-                        return "ok"
-                    if resp.status == 413:
-                        log.warning("comparator: batch of %d bytes too large", len(payload))
-                        return "too_large"
-                    if resp.status in _MISCONFIGURED:
-                        self._stats.ship_failures += 1
-                        failure = "failed"
-                        log.error(
-                            "comparator %s answered %d (token or URL wrong?); the batch is kept",
-                            self._shown(),
-                            resp.status,
-                        )
-                        self._fail_over()
-                        continue
-                    if 400 <= resp.status < 500 and resp.status not in _TRANSIENT:
-                        log.error("comparator refused a batch (%d): %s", resp.status, text[:300])
-                        return "rejected"
-                    self._stats.ship_failures += 1
-                    failure = "failed"
-                    log.warning("comparator answered %d: %s", resp.status, text[:200])
-                    self._fail_over()
-            except TimeoutError:  # reached but not done in time: maybe this batch's fault
-                self._stats.ship_failures += 1
-                failure = "failed"
-                log.warning("comparator did not answer a batch of %d bytes in time", len(payload))
-                self._fail_over()
-            except (aiohttp.ClientError, OSError) as exc:
-                self._stats.ship_failures += 1
-                failure = "unreachable"
-                log.warning("comparator unreachable: %s", exc or type(exc).__name__)
-                self._fail_over()
-            except Exception:  # a bug must not take the batch with it: it is spooled
-                self._stats.ship_failures += 1
-                failure = "unreachable"
-                log.exception("sending a batch failed")
-        return failure
-
-    def _learn_limit(self, header: str | None) -> None:
-        """Cut batches below the body limit the comparator announces."""
-        if header is None or not header.isdigit():
-            return
-        self._lower_limit(int(header) - _LIMIT_SLACK)
 
 
 def _reduced(item: Any) -> Any:

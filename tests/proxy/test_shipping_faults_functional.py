@@ -318,7 +318,7 @@ async def test_a_list_of_comparators_fails_over_past_a_dead_and_a_failing_one(
     async with serve_app(failing.app()) as bad_url, serve_app(good.app()) as good_url:
         for start in range(3):
             async with shipper([dead, bad_url, good_url], tmp_path / str(start), retries=3) as s:
-                s._current = start
+                s.link.current = start
                 for i in range(30):
                     s.enqueue(pair(i, rid=f"s{start}-{i}"))
                 await s.ship_pending(retries=3)
@@ -349,7 +349,7 @@ async def test_a_replica_refusing_the_token_or_lacking_the_route_is_passed_over(
     async with serve_app(wrong.app()) as bad_url, serve_app(good.app()) as good_url:
         for start in range(2):
             async with shipper([bad_url, good_url], tmp_path / f"l{start}", retries=2) as s:
-                s._current = start
+                s.link.current = start
                 for i in range(20):
                     s.enqueue(pair(i, rid=f"{status}-{start}-{i}"))
                 await s.ship_pending(retries=2)

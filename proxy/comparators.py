@@ -1,0 +1,166 @@
+"""The comparator replicas a sidecar ships to: one POST with retries, failover, the body limit.
+
+Every POST goes to the current replica; one that is unreachable, times out or answers 408/429/5xx,
+or 401/403/404/405 (wrong for this sidecar: the batch is kept), makes the shipper move on to the
+next for the next try. Ingest is idempotent on the pair id, so a batch that a dying replica stored
+before it could answer is stored once when the next replica receives it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import random
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import aiohttp
+
+from proxy.metrics import ProxyStats
+
+__all__ = ["Comparators", "PostResult"]
+
+log = logging.getLogger("shadowtee.proxy.shipper")
+
+# "ok"; "too_large" (413); "rejected" (refused for good: do not retry); "failed" (answered 408,
+# 429 or 5xx, or timed out: retry later); "unreachable" (no connection).
+PostResult = Literal["ok", "too_large", "rejected", "failed", "unreachable"]
+
+_TRANSIENT = frozenset({408, 429})  # and every 5xx
+# Answers about the replica, not the batch: a token it refuses, a route it lacks. The batch is
+# kept and the shipper moves on to the next comparator (with one, it retries later).
+_MISCONFIGURED = frozenset({401, 403, 404, 405})
+_LIMIT_HEADER = "X-Max-Body-Bytes"
+_LIMIT_SLACK = 4096  # below the comparator's limit: room for the headers it may count
+
+
+class Comparators:
+    """One comparator URL or a list of replicas to fail over between (empty: none)."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession | None,
+        urls: str | Sequence[str] | None,
+        token: str | None,
+        experiment: str,
+        stats: ProxyStats,
+        timeout_s: float,
+        backoff_s: float,
+        on_limit: Callable[[int], None],
+    ) -> None:
+        self._session = session
+        if isinstance(urls, str):
+            urls = [urls]
+        self._bases = [u.rstrip("/") for u in urls or ()]
+        # Proxies start at different replicas of a list, so a fleet spreads its batches.
+        self.current = random.randrange(len(self._bases)) if self._bases else 0
+        self._experiment = experiment
+        self._stats = stats
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._backoff_s = backoff_s
+        self._on_limit = on_limit  # told the largest body the comparator takes, when it says
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._proxy_id = os.urandom(8).hex()
+        self._drops_reported: dict[str, int] = {}
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._bases)
+
+    def shown(self) -> str:
+        """The current comparator's base URL as logs may show it."""
+        return self._bases[self.current] if self._bases else "-"
+
+    def _fail_over(self) -> None:
+        """Move on to the next comparator of the list (nothing with one)."""
+        if len(self._bases) > 1:
+            self.current = (self.current + 1) % len(self._bases)
+            self._stats.comparator_failovers += 1
+            log.warning("comparator: moving on to %s", self.shown())
+
+    async def post(self, payload: bytes, *, retries: int) -> PostResult:
+        """POST one batch to ``/v1/pairs``, retrying a failure ``retries`` times with
+        exponential backoff and full jitter, moving on to the next replica after each."""
+        assert self._session is not None and self._bases
+        failure: PostResult = "failed"
+        for attempt in range(retries + 1):
+            if attempt:
+                # Full jitter keeps many proxies from retrying in lockstep after an outage.
+                await asyncio.sleep(random.uniform(0, self._backoff_s * 2 ** (attempt - 1)))
+            try:
+                # A file-like body: aiohttp warns about (and CI errors on) bytes over 1 MiB.
+                async with self._session.post(
+                    f"{self._bases[self.current]}/v1/pairs",
+                    data=io.BytesIO(payload),
+                    headers=self._headers,
+                    timeout=self._timeout,
+                ) as resp:
+                    text = await resp.text(errors="replace")
+                    self._learn_limit(resp.headers.get(_LIMIT_HEADER))
+                    if 200 <= resp.status < 300:
+                        return "ok"
+                    if resp.status == 413:
+                        log.warning("comparator: batch of %d bytes too large", len(payload))
+                        return "too_large"
+                    if resp.status in _MISCONFIGURED:
+                        self._stats.ship_failures += 1
+                        failure = "failed"
+                        log.error(
+                            "comparator %s answered %d (token or URL wrong?); the batch is kept",
+                            self.shown(),
+                            resp.status,
+                        )
+                        self._fail_over()
+                        continue
+                    if 400 <= resp.status < 500 and resp.status not in _TRANSIENT:
+                        log.error("comparator refused a batch (%d): %s", resp.status, text[:300])
+                        return "rejected"
+                    self._stats.ship_failures += 1
+                    failure = "failed"
+                    log.warning("comparator answered %d: %s", resp.status, text[:200])
+                    self._fail_over()
+            except TimeoutError:  # reached but not done in time: maybe this batch's fault
+                self._stats.ship_failures += 1
+                failure = "failed"
+                log.warning("comparator did not answer a batch of %d bytes in time", len(payload))
+                self._fail_over()
+            except (aiohttp.ClientError, OSError) as exc:
+                self._stats.ship_failures += 1
+                failure = "unreachable"
+                log.warning("comparator unreachable: %s", exc or type(exc).__name__)
+                self._fail_over()
+            except Exception:  # a bug must not take the batch with it: it is spooled
+                self._stats.ship_failures += 1
+                failure = "unreachable"
+                log.exception("sending a batch failed")
+        return failure
+
+    def _learn_limit(self, header: str | None) -> None:
+        """Cut batches below the body limit the comparator announces."""
+        if header is None or not header.isdigit():
+            return
+        self._on_limit(int(header) - _LIMIT_SLACK)
+
+    async def report_drops(self) -> None:
+        """Send the cumulative drop counts when they changed; best effort, retried next pass.
+        They reach the report through the comparator, cumulative per proxy process."""
+        current = {reason: int(n) for reason, n in self._stats.dropped.items() if n}
+        if not current or current == self._drops_reported or not self._bases:
+            return
+        assert self._session is not None
+        url = f"{self._bases[self.current]}/v1/experiments/{self._experiment}/drops"
+        body = json.dumps({"proxy_id": self._proxy_id, "dropped": current}).encode()
+        try:
+            async with self._session.post(
+                url, data=body, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                if 200 <= resp.status < 300:
+                    self._drops_reported = current
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.debug("drop report not delivered: %s", exc or type(exc).__name__)
