@@ -13,8 +13,8 @@
 
 Modules: :mod:`~proxy.settings` (every option), :mod:`~proxy.app` (the data port),
 :mod:`~proxy.state` (its resources and their lifetimes), :mod:`~proxy.http` (the HTTP/1.1 server
-and clients), :mod:`~proxy.tee`,
-:mod:`~proxy.pairing`, :mod:`~proxy.pair_json`, :mod:`~proxy.shipper`, :mod:`~proxy.spool`,
+and clients), :mod:`~proxy.tee` and :mod:`~proxy.tee_rules`, :mod:`~proxy.pairing`,
+:mod:`~proxy.pair_json`, :mod:`~proxy.shipper` and :mod:`~proxy.comparators`, :mod:`~proxy.spool`,
 :mod:`~proxy.metrics`, :mod:`~proxy.admin` (admin port), :mod:`~proxy.control` and
 :mod:`~proxy.breaker` (live control of the tee), :mod:`~proxy.validate` (opt-in input checks),
 :mod:`~proxy.server` (run and ordered shutdown), :mod:`~proxy.headers`, :mod:`~proxy.exceptions`.

@@ -38,7 +38,8 @@ from prometheus_client.registry import Collector
 from proxy.breaker import Breaker, BreakerConfig, BreakerState
 from proxy.metrics import PAUSE_SOURCES
 from proxy.settings import ProxySettings
-from proxy.tee import Tee, TeeRules
+from proxy.tee import Tee
+from proxy.tee_rules import TeeRules
 from proxy.upstream import CandidateClient
 
 __all__ = [

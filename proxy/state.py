@@ -25,7 +25,8 @@ from proxy.pairing import PairingBuffer
 from proxy.settings import ProxySettings
 from proxy.shipper import Shipper
 from proxy.spool import Spool
-from proxy.tee import Tee, TeeRules
+from proxy.tee import Tee
+from proxy.tee_rules import TeeRules
 from proxy.upstream import CandidateClient, ProductionClient
 
 __all__ = ["INLINE_MAX_BYTES", "ProxyState", "build", "start_tasks"]

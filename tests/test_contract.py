@@ -14,7 +14,7 @@ from comparator import replay
 from comparator.wire import Pair
 from contract.outcomes import REASON_MAX, Outcome, classify
 from proxy.exceptions import UpstreamProtocolError, UpstreamTimeout
-from proxy.tee import TeeRules
+from proxy.tee_rules import TeeRules
 from tests.comparator.store_support import make_pair
 from tests.support.net import free_port
 

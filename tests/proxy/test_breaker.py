@@ -9,7 +9,8 @@ from proxy.control import ControlError, TeeControl, check_candidate_url, check_s
 from proxy.metrics import ProxyStats
 from proxy.pairing import PairingBuffer
 from proxy.settings import ProxySettings
-from proxy.tee import Tee, TeeRules
+from proxy.tee import Tee
+from proxy.tee_rules import TeeRules
 from proxy.upstream import CandidateClient
 
 CFG = BreakerConfig(

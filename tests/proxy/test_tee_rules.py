@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy.settings import DEFAULT_TEE_ROUTES
-from proxy.tee import TeeRules
+from proxy.tee_rules import TeeRules
 
 
 def test_default_routes() -> None:

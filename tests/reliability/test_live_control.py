@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.tee import TeeRules
+from proxy.tee_rules import TeeRules
 from tests.reliability.conftest import Upstreams
 from tests.reliability.fakes import FakeCandidate, ProxyProcess, free_port, infer_body, wait_until
 from tests.reliability.proxy_process import ROOT, SHADOWTEE
