@@ -11,7 +11,8 @@
 How it fits together: :mod:`reports.data` gathers a :class:`ReportData` from the store (hourly
 aggregates, memory samples, the verdict at the end of the day, a bounded sample of pairs);
 :mod:`reports.facts` turns it into plain numbers; :mod:`reports.plots` draws the charts;
-:mod:`reports.render` renders the three documents. Same database and day → byte-identical files.
+:mod:`reports.render` and :mod:`reports.markdown` render the three documents. Same database
+and day → byte-identical files.
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ async def write_report(
     this day has no data for is removed, so the folder holds one consistent report.
     """
     from reports.facts import facts
+    from reports.markdown import render_json, render_markdown
     from reports.plots import PLOTS, render_plots
-    from reports.render import render_html, render_json, render_markdown
+    from reports.render import render_html
 
     data = await gather(store, experiment, day, policy=policy, tz=tz)
     f = facts(data)

@@ -1,4 +1,5 @@
-"""Turn the report's facts into ``report.html``, ``report.json`` and ``report.md`` text.
+"""Turn the report's facts into ``report.html`` (``report.json`` and ``report.md``:
+:mod:`reports.markdown`).
 
 Every renderer reads its numbers from :func:`reports.facts.facts`, so the three files agree.
 The HTML page is self-contained: inline CSS and inline SVG charts, no JavaScript, no fonts or images
@@ -8,13 +9,12 @@ fetched from anywhere. Every piece of text that came from a request, a response 
 
 from __future__ import annotations
 
-import json
-from html import escape
 from typing import Any
 
-from reports.fmt import count, g, interval, mib, ms, pct, quantile_text
+from reports.fmt import count, esc, g, html_table, interval, mib, ms, pct, quantile_text
+from reports.render_segments import drift_html, segments_html
 
-__all__ = ["render_html", "render_json", "render_markdown"]
+__all__ = ["render_html"]
 
 _CSS = """
 *{box-sizing:border-box}
@@ -56,29 +56,10 @@ table.heatmap{width:auto}table.heatmap td.heat{width:22px;height:16px;padding:0;
 .drift-warning{background:#fff3bf;border:1px solid #f0c36d;border-radius:4px;padding:6px 10px}
 """
 
-MD_REASONS = 6  # a pull-request comment stays short
 _SIDE = {"prod": "production", "cand": "candidate", "twin": "production twin"}
 
 
 # -- HTML -----------------------------------------------------------------------------------------
-def _e(x: object) -> str:
-    return escape(str(x), quote=True)
-
-
-def _table(head: list[str], rows: list[list[str]], num: set[int] | None = None) -> str:
-    """A table of already-escaped HTML cells; the columns in ``num`` (default: all but the first)
-    are right-aligned numbers."""
-    num = set(range(1, len(head))) if num is None else num
-    cls = [' class="num"' if i in num else "" for i in range(len(head))]
-    out = ["<table><thead><tr>"]
-    out += [f"<th{cls[i]}>{h}</th>" for i, h in enumerate(head)]
-    out.append("</tr></thead><tbody>")
-    for row in rows:
-        out.append("<tr>" + "".join(f"<td{cls[i]}>{c}</td>" for i, c in enumerate(row)) + "</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
-
-
 def _tiles(items: list[tuple[str, str]]) -> str:
     return (
         '<div class="tiles">'
@@ -99,13 +80,13 @@ def _verdict_html(f: dict[str, Any]) -> str:
             '<p class="note">The experiment had not started by the end of this day.</p></section>'
         )
     decision = str(v["decision"])
-    reasons = "".join(f"<li>{_e(r)}</li>" for r in v["reasons"])
+    reasons = "".join(f"<li>{esc(r)}</li>" for r in v["reasons"])
     elapsed = "—" if v["elapsed_hours"] is None else f"{v['elapsed_hours']:.1f}"
     return (
-        f'<section class="verdict {_e(decision.lower())}">'
-        f'<div class="decision">{_e(decision.upper())}</div>'
-        f"<p>score <b>{_e(g(v['score']))}</b>/100 · policy <code>{_e(v['policy'])}</code> · "
-        f"judged at {_e(v['at'])} after {_e(elapsed)} h of shadowing</p>"
+        f'<section class="verdict {esc(decision.lower())}">'
+        f'<div class="decision">{esc(decision.upper())}</div>'
+        f"<p>score <b>{esc(g(v['score']))}</b>/100 · policy <code>{esc(v['policy'])}</code> · "
+        f"judged at {esc(v['at'])} after {esc(elapsed)} h of shadowing</p>"
         f"<ul>{reasons}</ul></section>"
     )
 
@@ -118,51 +99,51 @@ def _scorecard_html(f: dict[str, Any]) -> str:
     skipped = [str(c["id"]) for c in v["checks"] if str(c["status"]).lower() == "na"]
     rows = [
         [
-            f"<code>{_e(c['id'])}</code>{' <b title=critical>C</b>' if c['critical'] else ''}",
-            _e(c["group"]),
-            f'<span class="badge {_e(str(c["status"]).lower())}">{_e(str(c["status"]).upper())}</span>',
-            _e(g(c["estimate"])),
-            _e(interval(c["lower"], c["upper"])),
-            _e(g(c["margin"])),
-            _e(count(c["n"])),
-            _e(c["reason"]),
+            f"<code>{esc(c['id'])}</code>{' <b title=critical>C</b>' if c['critical'] else ''}",
+            esc(c["group"]),
+            f'<span class="badge {esc(str(c["status"]).lower())}">{esc(str(c["status"]).upper())}</span>',
+            esc(g(c["estimate"])),
+            esc(interval(c["lower"], c["upper"])),
+            esc(g(c["margin"])),
+            esc(count(c["n"])),
+            esc(c["reason"]),
         ]
         for c in applicable
     ]
     head = ["check", "group", "status", "estimate", "interval", "margin", "n", "reason"]
-    table = _table(head, rows, num={3, 4, 5, 6})
+    table = html_table(head, rows, num={3, 4, 5, 6})
     note = "C = critical check. Interval: the anytime-valid confidence sequence of the estimate."
     if skipped:
         note += f" Not applicable to this experiment: {', '.join(skipped)}."
-    return f"<section><h2>Scorecard</h2>{table}<p class='note'>{_e(note)}</p></section>"
+    return f"<section><h2>Scorecard</h2>{table}<p class='note'>{esc(note)}</p></section>"
 
 
 def _traffic_html(f: dict[str, Any]) -> str:
     t = f["traffic"]
     sides = list(t["outcomes"])
     rows = [
-        [_e(o)] + [_e(count(t["outcomes"][s][o])) for s in sides] for o in t["outcomes"]["prod"]
+        [esc(o)] + [esc(count(t["outcomes"][s][o])) for s in sides] for o in t["outcomes"]["prod"]
     ]
     paired = t["paired"]
     for check in ("error", "timeout", "invalid"):
         p = paired[check]
         rows.append(
             [
-                f"{_e(check)} rate (paired, n = {_e(count(p['n']))})",
-                _e(pct(p["prod_rate"], 3)),
-                _e(pct(p["cand_rate"], 3)),
+                f"{esc(check)} rate (paired, n = {esc(count(p['n']))})",
+                esc(pct(p["prod_rate"], 3)),
+                esc(pct(p["cand_rate"], 3)),
             ]
             + ["—"] * (len(sides) - 2)
         )
     tiles = _tiles(
         [
-            ("pairs stored", _e(count(t["pairs"]))),
-            ("teed to the candidate", _e(count(t["teed"]))),
-            ("shed", _e(count(t["outcomes"]["cand"]["shed"]))),
-            ("skipped", _e(count(t["outcomes"]["cand"]["skipped"]))),
+            ("pairs stored", esc(count(t["pairs"]))),
+            ("teed to the candidate", esc(count(t["teed"]))),
+            ("shed", esc(count(t["outcomes"]["cand"]["shed"]))),
+            ("skipped", esc(count(t["outcomes"]["cand"]["skipped"]))),
             (
                 "outputs compared",
-                _e(
+                esc(
                     f"{pct(t['coverage']['compared'] / t['coverage']['both_ok'])} of "
                     f"{count(t['coverage']['both_ok'])}"
                     if t["coverage"]["both_ok"]
@@ -171,17 +152,17 @@ def _traffic_html(f: dict[str, Any]) -> str:
             ),
             (
                 "pairs dropped",
-                _e(count(t["spool_drops"]) if t["spool_drops"] is not None else "n/a"),
+                esc(count(t["spool_drops"]) if t["spool_drops"] is not None else "n/a"),
             ),
-            ("pairs quarantined", _e(count(t.get("quarantined", 0)))),
+            ("pairs quarantined", esc(count(t.get("quarantined", 0)))),
         ]
     )
-    note = f"Pairs dropped by proxies: {_e(t['spool_drops_note'])}."
+    note = f"Pairs dropped by proxies: {esc(t['spool_drops_note'])}."
     by_reason = t.get("quarantined_by_reason") or {}
     if by_reason:
         detail = ", ".join(f"{r} {count(n)}" for r, n in by_reason.items())
-        note += f" Pairs refused by the comparator and kept in its quarantine: {_e(detail)}."
-    table = _table(["outcome"] + [_e(_SIDE.get(s, s)) for s in sides], rows)
+        note += f" Pairs refused by the comparator and kept in its quarantine: {esc(detail)}."
+    table = html_table(["outcome"] + [esc(_SIDE.get(s, s)) for s in sides], rows)
     return f"<section><h2>Traffic</h2>{tiles}{table}<p class='note'>{note}</p></section>"
 
 
@@ -196,17 +177,19 @@ def _latency_html(f: dict[str, Any], plots: dict[str, str]) -> str:
             est = "n/a" if c["estimate"] is None else g(c["estimate"])
             ratio = f"{est} {interval(c['lower'], c['upper'])}"
         rows.append(
-            [q, _e(quantile_text(lat["prod"], q)), _e(quantile_text(lat["cand"], q)), _e(ratio)]
+            [q, esc(quantile_text(lat["prod"], q)), esc(quantile_text(lat["cand"], q)), esc(ratio)]
         )
     rows.append(
         ["completed / timeouts"]
         + [
-            _e(f"{count(lat[s]['completed'])} / {count(lat[s]['censored'])}")
+            esc(f"{count(lat[s]['completed'])} / {count(lat[s]['censored'])}")
             for s in ("prod", "cand")
         ]
         + [""]
     )
-    table = _table(["", "production", "candidate", "ratio cand/prod [interval, whole run]"], rows)
+    table = html_table(
+        ["", "production", "candidate", "ratio cand/prod [interval, whole run]"], rows
+    )
     return (
         f"<section><h2>Latency</h2>{table}"
         "<p class='note'>Quantiles of the day from log-bucket histograms (1% relative error), "
@@ -225,10 +208,10 @@ def _divergence_html(f: dict[str, Any], plots: dict[str, str]) -> str:
         parts.append(
             _tiles(
                 [
-                    ("pairs compared (both ok)", _e(count(cls["n"]))),
-                    ("top-1 disagreement", _e(pct(cls["disagreement_rate"]))),
-                    ("JS distance > 0.1", _e(pct(cls["js_tail_rate"]))),
-                    ("mean JS distance", _e(g(cls["js_mean"]))),
+                    ("pairs compared (both ok)", esc(count(cls["n"]))),
+                    ("top-1 disagreement", esc(pct(cls["disagreement_rate"]))),
+                    ("JS distance > 0.1", esc(pct(cls["js_tail_rate"]))),
+                    ("mean JS distance", esc(g(cls["js_mean"]))),
                 ]
             )
         )
@@ -239,9 +222,10 @@ def _divergence_html(f: dict[str, Any], plots: dict[str, str]) -> str:
     ):
         if task in d:
             rows = [
-                [_e(k), _e(g(v) if isinstance(v, float) else count(v))] for k, v in d[task].items()
+                [esc(k), esc(g(v) if isinstance(v, float) else count(v))]
+                for k, v in d[task].items()
             ]
-            parts.append(f"<h3>{label}</h3>" + _table(["measure", "value"], rows))
+            parts.append(f"<h3>{label}</h3>" + html_table(["measure", "value"], rows))
     if not cls and not any(t in d for t in ("regression", "embedding", "ranking")):
         parts.append("<p class='note'>No pair had two valid answers to compare.</p>")
     parts += [_figure(plots, n) for n in ("confusion", "class_hist", "divergence")]
@@ -256,24 +240,24 @@ def _memory_html(f: dict[str, Any], plots: dict[str, str]) -> str:
         )
     rows = [
         [
-            _e(f"{_SIDE.get(m['side'], m['side'])} {m['kind']}"),
-            _e(count(m["n"])),
-            _e(mib(m["min_bytes"])),
-            _e(mib(m["max_bytes"])),
-            _e(mib(m["last_bytes"])),
-            _e(mib(m["limit_bytes"])),
+            esc(f"{_SIDE.get(m['side'], m['side'])} {m['kind']}"),
+            esc(count(m["n"])),
+            esc(mib(m["min_bytes"])),
+            esc(mib(m["max_bytes"])),
+            esc(mib(m["last_bytes"])),
+            esc(mib(m["limit_bytes"])),
         ]
         for m in f["memory"]
     ]
-    table = _table(["series", "samples", "min", "max", "last", "limit"], rows)
+    table = html_table(["series", "samples", "min", "max", "last", "limit"], rows)
     return f"<section><h2>Memory</h2>{table}{_figure(plots, 'memory')}</section>"
 
 
 def _pre(text: str | None, label: str = "") -> str:
-    label = f"<span class='note'>{_e(label)}</span>" if label else ""
+    label = f"<span class='note'>{esc(label)}</span>" if label else ""
     if text is None:
         return f"{label}<span class='note'> not stored</span><br>"
-    return f"{label}<pre>{_e(text)}</pre>"
+    return f"{label}<pre>{esc(text)}</pre>"
 
 
 def _divergent_html(f: dict[str, Any]) -> str:
@@ -285,10 +269,10 @@ def _divergent_html(f: dict[str, Any]) -> str:
         classes = " → ".join("—" if c is None else str(c) for c in p["classes"])
         rows.append(
             [
-                f"<code>{_e(p['request_id'])}</code><br><span class='note'>{_e(p['ts'])}<br>"
-                f"{_e(p['route'])}</span>",
-                _e(" / ".join(p["outcomes"])) + "<br>" + _e(classes),
-                _e(g(p["divergence"])),
+                f"<code>{esc(p['request_id'])}</code><br><span class='note'>{esc(p['ts'])}<br>"
+                f"{esc(p['route'])}</span>",
+                esc(" / ".join(p["outcomes"])) + "<br>" + esc(classes),
+                esc(g(p["divergence"])),
                 _pre(p["request_excerpt"]),
                 _pre(p["prod_excerpt"], "production") + _pre(p["cand_excerpt"], "candidate"),
             ]
@@ -302,7 +286,7 @@ def _divergent_html(f: dict[str, Any]) -> str:
     ]
     return (
         "<section><h2>Most divergent requests</h2>"
-        + _table(head, rows, num={2})
+        + html_table(head, rows, num={2})
         + "<p class='note'>Bodies appear only when the comparator stores them "
         "(<code>store_request_bodies</code>); they are shown as text, truncated.</p></section>"
     )
@@ -326,114 +310,9 @@ def _previous_html(f: dict[str, Any]) -> str:
         change = "—"
         if today is not None and before:
             change = f"{100 * (today - before) / abs(before):+.1f}%"
-        rows.append([_e(label), _e(fmt(today)), _e(fmt(before)), _e(change)])
-    head = ["measure", _e(f["day"]), _e(prev["day"]), "change"]
-    return f"<section><h2>Compared with the previous day</h2>{_table(head, rows)}</section>"
-
-
-def _heat_color(rate: float | None, top: float) -> str:
-    if rate is None:
-        return "#f4f6f8"
-    x = 0.0 if top <= 0 else min(1.0, rate / top)
-    # white (agreement) to red (the day's highest disagreement)
-    return f"rgb(255,{round(255 - 150 * x)},{round(255 - 170 * x)})"
-
-
-def _segments_html(f: dict[str, Any]) -> str:
-    dims = f.get("segments") or []
-    if not dims:
-        return ""
-    parts = ["<section id='segments'><h2>Segments</h2>"]
-    for d in dims:
-        rows = []
-        for r in d["rows"]:
-            w = r["worst"]
-            status = str(w["status"]) if w else "—"
-            rows.append(
-                [
-                    f"<code>{_e(r['value'])}</code>",
-                    _e(count(r["pairs"])),
-                    _e(pct(r["top1_disagreement"])),
-                    _e(pct(r["error_delta"], 3)),
-                    f"<code>{_e(w['id'])}</code>" if w else "—",
-                    f'<span class="badge {_e(status.lower())}">{_e(status.upper())}</span>',
-                    _e(g(w["estimate"]) if w else "—"),
-                    _e(interval(w["lower"], w["upper"]) if w else "—"),
-                    _e(g(w["margin"]) if w else "—"),
-                    _e(g(w["distance"]) if w else "—"),
-                ]
-            )
-        head = [
-            "segment",
-            "pairs",
-            "top-1 disagreement",
-            "error Δ",
-            "nearest check",
-            "status",
-            "estimate",
-            "interval",
-            "margin",
-            "beyond margin",
-        ]
-        parts.append(f"<h3>{_e(d['dimension'])}</h3>")
-        parts.append(_table(head, rows, num={1, 2, 3, 6, 7, 8, 9}))
-        heat = d["heatmap"]
-        rates = [x for row in heat["cells"] for x in row if x is not None]
-        top = max(rates, default=0.0)
-        hours = [h[11:13] for h in heat["hours"]]
-        cells = "".join(
-            f"<tr><th><code>{_e(v)}</code></th>"
-            + "".join(
-                f'<td class="heat" style="background:{_heat_color(x, top)}" '
-                f'title="{_e(v)} {_e(h)}: {_e(pct(x))} of {_e(count(n))} pairs"></td>'
-                for x, n, h in zip(row, nrow, heat["hours"], strict=True)
-            )
-            + "</tr>"
-            for v, row, nrow in zip(heat["values"], heat["cells"], heat["pairs"], strict=True)
-        )
-        head_row = "<tr><th></th>" + "".join(f"<th class='num'>{_e(h)}</th>" for h in hours)
-        parts.append(
-            f"<table class='heatmap' aria-label='top-1 disagreement by segment and hour'>"
-            f"{head_row}</tr>{cells}</table>"
-            f"<p class='note'>Heatmap: top-1 disagreement per segment (rows) and UTC hour "
-            f"(columns), white 0 to red {_e(pct(top))}. Segments are the top "
-            f"{len(heat['values'])} by pairs, the rest as (other); each critical check runs "
-            f"per segment at α/(k·dimensions) and only its FAIL counts (a REJECT).</p>"
-        )
-    parts.append("</section>")
-    return "".join(parts)
-
-
-def _drift_html(f: dict[str, Any]) -> str:
-    d = f.get("drift")
-    if not d:
-        return ""
-    mix = d["prediction_mix"]
-    rows = [
-        [
-            f"production's prediction mix (PSI of {mix.get('of', 'classes')})",
-            _e(g(mix["psi"])),
-            _e(mix["level"] or "not enough pairs"),
-            _e(" → ".join(count(n) for n in mix["n"])),
-        ]
-    ]
-    rows += [
-        [
-            f"<code>{_e(x['feature'])}</code>",
-            _e(g(x["psi"])),
-            "",
-            _e(" → ".join(map(count, x["n"]))),
-        ]
-        for x in d["features"]
-    ]
-    warn = "".join(f"<p class='drift-warning'><b>Warning:</b> {_e(w)}</p>" for w in d["warnings"])
-    note = (
-        "Day over day: this day against the day before (input features over a bounded sample of "
-        f"stored request bodies, {d['features_compared']} compared). PSI < 0.1 stable, < 0.25 "
-        "moderate, else large. Drift informs; it does not change the decision."
-    )
-    table = _table(["what", "PSI", "level", "n (before → day)"], rows, num={1})
-    return f"<section id='drift'><h2>Drift of the window</h2>{warn}{table}<p class='note'>{_e(note)}</p></section>"
+        rows.append([esc(label), esc(fmt(today)), esc(fmt(before)), esc(change)])
+    head = ["measure", esc(f["day"]), esc(prev["day"]), "change"]
+    return f"<section><h2>Compared with the previous day</h2>{html_table(head, rows)}</section>"
 
 
 def render_html(f: dict[str, Any], plots: dict[str, str]) -> str:
@@ -445,12 +324,12 @@ def render_html(f: dict[str, Any], plots: dict[str, str]) -> str:
         f"production {m['prod_version'] or '?'} vs candidate {m['cand_version'] or '?'}"
         f" · task {m['task'] or 'auto'}"
     )
-    body = [f"<header><h1>{_e(f['experiment'])}</h1><p>{_e(sub)}</p></header>"]
+    body = [f"<header><h1>{esc(f['experiment'])}</h1><p>{esc(sub)}</p></header>"]
     if f["empty"]:
         body.append(
             f"<section><div class='empty'>No traffic on this day.</div><p class='note' "
-            f"style='text-align:center'>No pair of {_e(f['experiment'])} was stored between "
-            f"{_e(f['start'])} and {_e(f['end'])}.</p></section>"
+            f"style='text-align:center'>No pair of {esc(f['experiment'])} was stored between "
+            f"{esc(f['start'])} and {esc(f['end'])}.</p></section>"
         )
         body.append(_verdict_html(f))
     else:
@@ -460,116 +339,22 @@ def render_html(f: dict[str, Any], plots: dict[str, str]) -> str:
             _traffic_html(f),
             _latency_html(f, plots),
             _divergence_html(f, plots),
-            _segments_html(f),
-            _drift_html(f),
+            segments_html(f),
+            drift_html(f),
             _memory_html(f, plots),
             _divergent_html(f),
             _previous_html(f),
         ]
     body.append(
-        f"<footer>{_e(f['schema'])} · built from {_e(len(f['hourly']))} hourly aggregates "
-        f"and a bounded sample of pairs · experiment started {_e(m['started_at'])}</footer>"
+        f"<footer>{esc(f['schema'])} · built from {esc(len(f['hourly']))} hourly aggregates "
+        f"and a bounded sample of pairs · experiment started {esc(m['started_at'])}</footer>"
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head>"
         f"<body><main>{''.join(body)}</main></body></html>\n"
     )
 
 
 # -- JSON and Markdown ----------------------------------------------------------------------------
-def render_json(f: dict[str, Any]) -> str:
-    return json.dumps(f, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-
-
-def _md(text: object) -> str:
-    """Plain text safe inside Markdown: no markup, no HTML (a PR comment renders both)."""
-    out = escape(str(text), quote=False)
-    for ch in "\\`*_[]|":
-        out = out.replace(ch, "\\" + ch)
-    return out
-
-
-def _code(text: object) -> str:
-    """Text inside a Markdown code span: escapes do not apply there, so drop backticks instead."""
-    return "`" + str(text).replace("`", "'").replace("\n", " ") + "`"
-
-
-def render_markdown(f: dict[str, Any]) -> str:
-    """A short summary that fits a pull-request comment."""
-    m = f["models"]
-    lines = [
-        f"### shadowtee · {_md(f['experiment'])} · {f['day']} ({_md(f['tz'])})",
-        "",
-        f"production {_code(m['prod_version'] or '?')} vs candidate {_code(m['cand_version'] or '?')}",
-        "",
-    ]
-    v = f["verdict"]
-    if v is None:
-        lines.append("**No verdict**: the experiment had not started by the end of this day.")
-    else:
-        lines.append(
-            f"**Verdict: {_md(str(v['decision']).upper())}** — score {g(v['score'])}/100, "
-            f"{v['elapsed_hours']:.1f} h elapsed, policy {_code(v['policy'])}"
-        )
-        lines += [f"- {_md(r)}" for r in v["reasons"][:MD_REASONS]]
-        if len(v["reasons"]) > MD_REASONS:
-            lines.append(f"- … and {len(v['reasons']) - MD_REASONS} more (see report.html)")
-    lines.append("")
-    if f["empty"]:
-        lines.append("**No traffic on this day.**")
-        return "\n".join(lines) + "\n"
-    t, lat = f["traffic"], f["latency"]
-    cls = f["divergence"]["classification"]
-    prev = f["previous_day"]["numbers"]
-    rows = [
-        ("pairs (teed)", f"{count(t['pairs'])} ({count(t['teed'])})", ""),
-        (
-            "outputs compared (both ok)",
-            f"{count(t['coverage']['compared'])} of {count(t['coverage']['both_ok'])}",
-            "",
-        ),
-        (
-            "error rate",
-            pct(t["paired"]["error"]["prod_rate"], 3),
-            pct(t["paired"]["error"]["cand_rate"], 3),
-        ),
-        (
-            "timeout rate",
-            pct(t["paired"]["timeout"]["prod_rate"], 3),
-            pct(t["paired"]["timeout"]["cand_rate"], 3),
-        ),
-        *[
-            (q, quantile_text(lat["prod"], q), quantile_text(lat["cand"], q))
-            for q in ("p50", "p95", "p99")
-        ],
-    ]
-    lines += ["| | production | candidate |", "|---|---:|---:|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    if cls:
-        lines.append(
-            f"\nTop-1 disagreement **{pct(cls['disagreement_rate'])}** "
-            f"(previous day {pct(prev['top1_disagreement'])}), JS distance > 0.1: "
-            f"{pct(cls['js_tail_rate'])} of {count(cls['n'])} compared pairs."
-        )
-    if v is not None:
-        bad = [
-            c for c in v["checks"] if str(c["status"]).lower() in ("fail", "inconclusive", "warn")
-        ]
-        if bad:
-            lines.append(
-                "\nChecks not passing: "
-                + "; ".join(f"{_code(c['id'])} {_md(str(c['status']).upper())}" for c in bad)
-            )
-    for w in (f.get("drift") or {}).get("warnings", []):
-        lines.append(f"\n**Warning:** {_md(w)}")
-    seg_fail = [
-        f"{_code(s['dimension'] + '=' + s['value'])} {_code(s['id'])}"
-        for s in (v or {}).get("segments", [])
-        if str(s["status"]).upper() == "FAIL"
-    ]
-    if seg_fail:
-        lines.append("\nSegments failing: " + "; ".join(seg_fail))
-    lines.append("\nFull report: `report.html` (charts, scorecard, most divergent requests).")
-    return "\n".join(lines) + "\n"

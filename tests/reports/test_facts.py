@@ -8,7 +8,7 @@ import pytest
 
 from comparator.aggregates import ddsketch_key
 from reports.facts import cdf_points, excerpt, quantile
-from reports.render import _md
+from reports.markdown import _md
 
 
 def _hist(values: list[float]) -> dict[int, int]:
