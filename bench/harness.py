@@ -215,11 +215,11 @@ class Processes:
         return proc
 
     def start_fake(
-        self, args: list[str], log: Path | None = None
+        self, args: list[str], log: Path | None = None, core: int = SERVER_CORE
     ) -> tuple[subprocess.Popen[bytes], int]:
-        """Start ``fake_upstreams.py ARGS`` on the server core; return it and its port."""
+        """Start ``fake_upstreams.py ARGS`` on ``core``; return it and its port."""
         proc = self.start(
-            [sys.executable, str(BENCH_DIR / "fake_upstreams.py"), *args], core=SERVER_CORE, log=log
+            [sys.executable, str(BENCH_DIR / "fake_upstreams.py"), *args], core=core, log=log
         )
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 15.0)
@@ -243,9 +243,14 @@ class Processes:
         if proc in self.started:
             self.started.remove(proc)
 
-    def own_cpu_seconds(self) -> float:
-        """CPU seconds used so far by every child still running (fakes and the proxy)."""
-        return sum(cpu_seconds(p.pid) for p in self.started if p.poll() is None)
+    def own_cpu_seconds(self, core: int = SERVER_CORE) -> float:
+        """CPU seconds used so far by every child still running on ``core`` (the proxy and the
+        fakes there)."""
+        return sum(
+            cpu_seconds(p.pid)
+            for p in self.started
+            if p.poll() is None and os.sched_getaffinity(p.pid) == {core}
+        )
 
     def stop_all(self) -> None:
         for proc in reversed(list(self.started)):

@@ -12,7 +12,9 @@ production; ``direct`` is the client talking to production with no proxy at all.
 3. **peak RSS** of the proxy (VmHWM) after both phases.
 
 Runs are interleaved (run 1 of every configuration, then run 2, ...) and the table shows medians.
-wrk and the paced generator run on core 0, everything else on core 1. Only 127.0.0.1 is used.
+wrk, the paced generator and the fake comparator (whose parsing of shadowtee's batches is no cost
+of the proxy's) run on core 0; the proxy under test and the fake production and candidates on
+core 1. Only 127.0.0.1 is used.
 
     .venv/bin/python bench/proxy_bench.py            # full: 3 runs, ~10 minutes on 2 cores
     .venv/bin/python bench/proxy_bench.py --quick    # 1 short run, ~2 minutes

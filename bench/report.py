@@ -259,7 +259,8 @@ def render_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"proxy benchmark  {meta['started']}  {meta['machine']['cpus']} cores "
         f"({meta['machine']['cpu_model']}), medians of {s['runs']} interleaved run(s)",
         f"max throughput: wrk -t1 -c{s['connections']} {s['duration']:g} s; latency: open loop at "
-        f"{s['rate']:g} req/s for {s['rate_duration']:g} s; load on core 0, servers on core 1",
+        f"{s['rate']:g} req/s for {s['rate_duration']:g} s; load and fake comparator on core 0, "
+        "proxy and fake upstreams on core 1",
         "",
         f"{'target':<12} {'candidate':<9} {'max req/s':>9} {'CPU-s/10k':>9} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'delivered':>9} {'RSS MiB':>8} {'lost':>6} {'other':>6}",
