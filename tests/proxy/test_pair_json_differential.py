@@ -1,0 +1,222 @@
+"""proxy.pair_json against a plain reference: the same pair built as a dict and ``json.dumps``.
+
+The proxy writes pairs by splicing bytes (bodies as received, strings through the C escaper) for
+speed; the reference below writes the same wire pair the slow, obvious way. Random pairs — odd
+text (NUL, lone surrogates from ``%ff`` paths, non-ASCII), statuses out of range, bodies that are
+JSON, not JSON, NaN, hold a NUL, look like OIP binary or are too large — must decode to the same
+document either way, and every document must be one the comparator's wire model takes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from comparator.wire import Pair
+from contract import ERROR_MAX, ROUTE_MAX, VERSION_MAX
+from contract.outcomes import Outcome
+from proxy.pair_json import encode_pair
+from proxy.pairing import CompletedPair, Side
+
+MAX_BODY = 400
+
+
+def _text(value: str) -> str:
+    """What every store accepts: NUL and lone (low) surrogates become U+FFFD."""
+    return "".join("\ufffd" if c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+
+
+def _needs_repair(value: str | None) -> bool:
+    return value is not None and _text(value) != value
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _body(body: bytes | None) -> tuple[Any, int | None, bool]:
+    """(the JSON value to embed or None, body_bytes, embedded?)"""
+    if body is None:
+        return None, None, False
+    if not body or len(body) > MAX_BODY or b"\\u0000" in body:
+        return None, len(body), False
+    try:
+        return json.loads(body, parse_constant=_no_constants), None, True
+    except ValueError:
+        return None, len(body), False
+
+
+def _binary(body: bytes | None, embedded: bool) -> dict[str, str] | None:
+    if embedded or not body or len(body) > MAX_BODY or body[:1] != b"{":
+        return None
+    return {"base64": base64.b64encode(body).decode()}
+
+
+def _side(side: Side) -> dict[str, Any]:
+    value, body_bytes, embedded = _body(side.body)
+    if side.body is None and side.outcome is Outcome.OK:
+        body_bytes = side.body_bytes
+    status, error, outcome = side.status, side.error, side.outcome
+    if status is not None and not 100 <= status <= 599:
+        error = f"protocol error: status {status}" + (f"; {error}" if error else "")
+        status, outcome = None, Outcome.ERROR
+    out: dict[str, Any] = {"outcome": outcome.value}
+    if status is not None:
+        out["status"] = status
+    if side.latency_ms is not None:
+        latency = round(side.latency_ms, 3)
+        out["latency_ms"] = latency if math.isfinite(latency) else None
+    if side.model_version is not None:
+        out["model_version"] = _text(side.model_version[:VERSION_MAX])
+    if embedded:
+        out["body"] = value
+    if body_bytes is not None:
+        out["body_bytes"] = body_bytes
+    if error is not None:
+        out["error"] = _text(error[:ERROR_MAX])
+    binary = _binary(side.body, embedded)
+    if binary is not None:
+        out["binary"] = binary
+    return out
+
+
+def reference(pair: CompletedPair, experiment: str) -> dict[str, Any]:
+    request_body, _, embedded = _body(pair.request_body)
+    request: dict[str, Any] = {"sha256": pair.request_sha256, "body": request_body}
+    binary = _binary(pair.request_body, embedded)
+    if binary is not None:
+        request["binary"] = binary
+    stamp = datetime.fromtimestamp(pair.ts, UTC).isoformat(timespec="milliseconds")
+    doc: dict[str, Any] = {
+        "v": 1,
+        "request_id": _text(pair.request_id),
+        "experiment": _text(experiment),
+        "ts": stamp.replace("+00:00", "Z"),
+        "route": _text(pair.route[:ROUTE_MAX]),
+        "request": request,
+        "prod": _side(pair.prod),
+        "candidate": _side(pair.candidate),
+    }
+    repaired = [n for n in ("request_id", "route") if _needs_repair(getattr(pair, n))]
+    if pair.request_body is not None and b"\\u0000" in pair.request_body:
+        repaired.append("request.body")
+    for name, side in (("prod", pair.prod), ("candidate", pair.candidate)):
+        if side.status is not None and not 100 <= side.status <= 599:
+            repaired.append(f"{name}.status")
+        if _needs_repair(side.model_version):
+            repaired.append(f"{name}.model_version")
+        if _needs_repair(side.error):
+            repaired.append(f"{name}.error")
+        if side.body is not None and b"\\u0000" in side.body:
+            repaired.append(f"{name}.body")
+    if repaired:
+        doc["repaired"] = repaired
+    if pair.segments:
+        doc["segments"] = {_text(k): _text(v) for k, v in pair.segments.items()}
+    return doc
+
+
+# --- random pairs --------------------------------------------------------------------------------
+
+_ODD = [
+    "a",
+    "Z",
+    "/",
+    "~",
+    " ",
+    '"',
+    "\\",
+    "\x00",
+    "\x1f",
+    "\x7f",
+    "é",
+    "日",
+    "\U0001f600",
+    "\udcff",
+]
+
+
+def _str(rng: random.Random, longest: int = 12) -> str:
+    return "".join(rng.choice(_ODD) for _ in range(rng.randint(0, longest)))
+
+
+def _value(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(7 if depth < 3 else 4)
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind == 1:
+        return rng.randint(-(10**12), 10**12)
+    if kind == 2:
+        return rng.uniform(-1e6, 1e6)
+    if kind == 3:
+        return _str(rng).replace("\udcff", "?")  # JSON text is UTF-8: no lone surrogate in it
+    if kind in (4, 5):
+        return [_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return {_str(rng, 4).replace("\udcff", "?"): _value(rng, depth + 1) for _ in range(3)}
+
+
+def _raw_body(rng: random.Random) -> bytes | None:
+    kind = rng.randrange(9)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return b""
+    if kind in (2, 3):  # JSON, as a server might space it
+        indent = rng.choice([None, 1])
+        return json.dumps(_value(rng), ensure_ascii=rng.random() < 0.5, indent=indent).encode()
+    if kind == 4:
+        return b'{"outputs":[{"data":[NaN]}]}'
+    if kind == 5:
+        return b'{"text":"a\\u0000b"}'
+    if kind == 6:  # the OIP binary extension: a JSON header, then raw bytes
+        return b'{"outputs":[]}' + bytes(rng.randrange(256) for _ in range(rng.randint(1, 20)))
+    if kind == 7:
+        return json.dumps({"big": "x" * MAX_BODY}).encode()  # valid, too large to embed
+    return json.dumps(_value(rng)).encode()[:-1] or b"{"  # cut short
+
+
+def _side_of(rng: random.Random) -> Side:
+    outcome = rng.choice(list(Outcome))
+    return Side(
+        outcome,
+        status=rng.choice([None, 200, 503, 99, 600, 0, 42]),
+        latency_ms=rng.choice([None, 0.0, 3.14159, 1e-7, 250.0, rng.uniform(0, 1e4)]),
+        model_version=rng.choice([None, "1", _str(rng), "v" * (VERSION_MAX + 5)]),
+        body=_raw_body(rng),
+        body_bytes=rng.choice([None, 0, 12345]),
+        error=rng.choice([None, "deadline 250 ms", _str(rng), "e" * (ERROR_MAX + 3)]),
+    )
+
+
+def _pair(rng: random.Random) -> CompletedPair:
+    prod = _side_of(rng)
+    cand = _side_of(rng)
+    if rng.random() < 0.2:  # byte-identical bodies: the proxy checks them once
+        cand.body = prod.body
+    return CompletedPair(
+        request_id=rng.choice(["r1", "r" + _str(rng), "x" * 180 + "~" + "0" * 16]),
+        ts=rng.choice([1_790_000_000.0, 1_790_000_000.9995, rng.uniform(0, 4e9)]),
+        route=rng.choice(["/v2/models/m/infer", "/" + _str(rng, 30), "/" + "p" * (ROUTE_MAX + 9)]),
+        request_sha256="0" * 64,
+        request_body=_raw_body(rng),
+        prod=prod,
+        candidate=cand,
+        segments=rng.choice([None, {}, {"tenant": _str(rng), "route": "/a"}]),
+    )
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_spliced_pair_equals_the_reference_and_the_wire_model_takes_it(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(250):
+        pair = _pair(rng)
+        experiment = rng.choice(["e1", "exp.2-b_c"])
+        line = encode_pair(pair, experiment=experiment, max_body_bytes=MAX_BODY)
+        assert json.loads(line) == reference(pair, experiment), pair
+        Pair.model_validate_json(line)
