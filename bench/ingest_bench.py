@@ -44,9 +44,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy import select
 
-from comparator.aggregates import Aggregate, Moments
 from comparator.app import GC_THRESHOLDS, tune_gc
-from comparator.store import EXP, Store
+from comparator.measure.aggregates import Aggregate, Moments
+from comparator.store.reads import EXP, Store
 from comparator.wire import Pair
 
 T = TypeVar("T")
@@ -512,8 +512,8 @@ async def bench_summary(
     ``total / hours`` pairs: the summary reads aggregates only, so this is the same work as
     after ingesting ``total`` raw pairs (which this benchmark does not store).
     """
-    from comparator.normalize import NormalizeConfig, fold, measure
-    from comparator.summary import summarize
+    from comparator.judge.summary import summarize
+    from comparator.measure.normalize import NormalizeConfig, fold, measure
 
     store = await Store.open(url)
     exp = f"bench-sum-{uuid.uuid4().hex[:8]}"

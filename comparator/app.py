@@ -12,7 +12,7 @@
 
 With a token configured, every route but ``/metrics`` and ``/health/*`` needs
 ``Authorization: Bearer <token>`` (reads too: a verdict or a summary is not for anyone who can
-reach the port). Only the periodic look (:mod:`comparator.looks`) and ``shadowtee verdict`` store
+reach the port). Only the periodic look (:mod:`comparator.judge.looks`) and ``shadowtee verdict`` store
 verdicts, so no caller can plant a decision for ``shadowtee promote`` to act on.
 
 Resources live in cleanup contexts in order — the store (migrated on start), the leader campaign,
@@ -50,16 +50,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from comparator import workers
 from comparator.exceptions import IngestError, StoreError, UnknownExperiment
 from comparator.ingest import check_token, read_body, read_pairs
+from comparator.judge.looks import LookBook, Looker
+from comparator.judge.policy import load_policy
+from comparator.judge.summary import UnknownDimension, summarize
+from comparator.judge.verdict import judge
+from comparator.judge.webhook import WebhookConfig
 from comparator.leader import PgLeader
-from comparator.looks import LookBook, Looker
 from comparator.metrics import ComparatorMetrics
-from comparator.policy import load_policy
 from comparator.sampler import MemorySampler
 from comparator.settings import ComparatorSettings, parse_host_port
-from comparator.store import ExperimentInfo, Store
-from comparator.summary import UnknownDimension, summarize
-from comparator.verdict import judge
-from comparator.webhook import WebhookConfig
+from comparator.store.reads import ExperimentInfo, Store
 from comparator.wire import DropReport
 
 __all__ = [
@@ -458,7 +458,7 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _looks_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Periodic saved looks, verdict gauges and the decision webhook (comparator.looks)."""
+    """Periodic saved looks, verdict gauges and the decision webhook (comparator.judge.looks)."""
     s = app[SETTINGS]
     policy = load_policy(Path(s.policy) if s.policy else None)
     app[_POLICY]["policy"] = policy

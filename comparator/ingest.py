@@ -173,7 +173,7 @@ class Refused:
 
 
 # Why a pair is quarantined: it fails the wire model; it carries text no store accepts; it is
-# dated far before the experiment's first pair, or in the future (comparator.store_ingest); the
+# dated far before the experiment's first pair, or in the future (comparator.store.writer); the
 # proxy repaired it (stored too, listed for inspection).
 QUARANTINE_REASONS = ("invalid", "unstorable_text", "too_old", "future", "repaired")
 

@@ -3,7 +3,7 @@
 A replay is the gate before live shadowing: the same request bodies go to both models, each
 answer becomes one side of a wire :class:`~comparator.wire.Pair`, and the pairs take exactly the
 path live pairs take — :meth:`Store.ingest` (normalisation with ``measure``/``fold``) and then
-:func:`~comparator.verdict.judge`. Only the policy differs: a golden set is a few hundred
+:func:`~comparator.judge.verdict.judge`. Only the policy differs: a golden set is a few hundred
 requests sent within seconds, not a 24 h window, so replay judges with a policy whose minimum
 window is zero (:data:`REPLAY_POLICY`) and says so.
 
@@ -77,7 +77,7 @@ class ReplayRequest:
 class ReplayResult:
     experiment: str
     pairs: int
-    verdict: Any  # comparator.verdict.Verdict, typed loosely to keep this module import-light
+    verdict: Any  # comparator.judge.verdict.Verdict, typed loosely to keep this module import-light
 
 
 def check_url(option: str, url: str) -> str:
@@ -279,10 +279,10 @@ async def replay(
     progress: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
     """Send, store through :meth:`Store.ingest` and judge; returns the verdict (saved in the DB)."""
-    from comparator.normalize import NormalizeConfig
-    from comparator.policy import load_policy
-    from comparator.store import Store
-    from comparator.verdict import judge
+    from comparator.judge.policy import load_policy
+    from comparator.judge.verdict import judge
+    from comparator.measure.normalize import NormalizeConfig
+    from comparator.store.reads import Store
 
     policy = load_policy(policy_path or REPLAY_POLICY)
     # Latency is read with the policy's warm-up (zero for a golden set), as the comparator does.

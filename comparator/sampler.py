@@ -24,7 +24,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from comparator.metrics import ComparatorMetrics
-from comparator.store import MemorySample, Store
+from comparator.store.reads import MemorySample, Store
 
 __all__ = ["MemorySampler", "parse_memory"]
 

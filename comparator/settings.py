@@ -22,7 +22,7 @@ __all__ = ["ComparatorSettings", "ExperimentSettings", "parse_host_port"]
 
 
 class ExperimentSettings(BaseModel):
-    """How to read one experiment's outputs (see comparator.normalize.NormalizeConfig)."""
+    """How to read one experiment's outputs (see comparator.measure.normalize.NormalizeConfig)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -135,12 +135,12 @@ class ComparatorSettings(BaseSettings):
         return self
 
     def normalize_config(self, experiment: str, *, policy_warmup_minutes: float = 30.0) -> object:
-        """The comparator.normalize.NormalizeConfig for ``experiment``.
+        """The comparator.measure.normalize.NormalizeConfig for ``experiment``.
 
         ``policy_warmup_minutes`` is the loaded policy's warm-up, used unless ``warmup_minutes`` is
         set explicitly.
         """
-        from comparator.normalize import NormalizeConfig
+        from comparator.measure.normalize import NormalizeConfig
 
         exp = self.experiments.get(experiment) or self.experiments.get("*") or ExperimentSettings()
         return NormalizeConfig(

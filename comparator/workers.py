@@ -56,7 +56,7 @@ def _on_signal(signum: int, _frame: Any) -> None:
 
 
 async def _migrate(url: str) -> None:
-    from comparator.store import Store
+    from comparator.store.reads import Store
 
     await (await Store.open(url, upgrade=True)).close()
 

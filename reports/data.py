@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from comparator.aggregates import Aggregate
-from comparator.store import ExperimentInfo, MemorySample, StoredPair
-from comparator.summary import quarantine_counts
+from comparator.judge.summary import quarantine_counts
+from comparator.measure.aggregates import Aggregate
+from comparator.store.reads import ExperimentInfo, MemorySample, StoredPair
 
 if TYPE_CHECKING:
-    from comparator.store import Store
+    from comparator.store.reads import Store
 
 __all__ = [
     "DIVERGENT_LIMIT",
@@ -75,7 +75,7 @@ class VerdictSummary:
     at: datetime
     elapsed_hours: float
     checks: tuple[CheckRow, ...]
-    # per-segment checks, as comparator.checks.SegmentResult.to_json() writes them
+    # per-segment checks, as comparator.judge.checks.SegmentResult.to_json() writes them
     segments: tuple[dict[str, Any], ...] = ()
 
     def check(self, check_id: str) -> CheckRow | None:
@@ -194,8 +194,8 @@ async def _judge(
     store: Store, experiment: str, policy: Path | None, at: datetime
 ) -> VerdictSummary:
     """The verdict as it stood at ``at``, computed afresh and not saved (a report only reads)."""
-    from comparator.policy import PolicyError, load_policy
-    from comparator.verdict import judge
+    from comparator.judge.policy import PolicyError, load_policy
+    from comparator.judge.verdict import judge
 
     try:
         pol = load_policy(policy)

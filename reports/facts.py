@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from comparator.aggregates import Aggregate, ddsketch_value, keys
-from comparator.checks import coverage_counts
-from comparator.store import StoredPair
+from comparator.judge.checks import coverage_counts
+from comparator.measure.aggregates import Aggregate, ddsketch_value, keys
+from comparator.store.reads import StoredPair
 from reports.data import CheckRow, ReportData
 from reports.segments import drift_facts, segment_facts
 

@@ -29,7 +29,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from comparator.aggregates import keys
+from comparator.measure.aggregates import keys
 from reports.data import ReportData
 from reports.facts import SIDES, cdf_points
 

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from comparator import stats
-from comparator.aggregates import keys, signed_value
-from comparator.store import StoredPair
-from comparator.summary import segment_summary
+from comparator.judge import stats
+from comparator.judge.summary import segment_summary
+from comparator.measure.aggregates import keys, signed_value
+from comparator.store.reads import StoredPair
 from reports.data import ReportData
 
 __all__ = ["FEATURES_SHOWN", "PSI_WARN", "SEGMENTS_K", "drift_facts", "segment_facts"]

@@ -62,7 +62,7 @@ class DemoOptions:
     concurrency: int = 4
     rate: float = 100.0
     models: Path = REPO / "models"
-    policy: Path = REPO / "comparator" / "demo_policy.toml"
+    policy: Path = REPO / "comparator" / "judge" / "demo_policy.toml"
     shadow_timeout_ms: float = 2000.0
 
     @property
@@ -118,10 +118,10 @@ def window_seconds(policy: Path) -> float:
 
 async def judge_and_report(opts: DemoOptions) -> dict[str, Any]:
     """Judge with the demo policy (once its window has elapsed), write the report, sum up."""
-    from comparator.aggregates import Aggregate
-    from comparator.policy import load_policy
-    from comparator.store import Store
-    from comparator.verdict import judge
+    from comparator.judge.policy import load_policy
+    from comparator.judge.verdict import judge
+    from comparator.measure.aggregates import Aggregate
+    from comparator.store.reads import Store
     from reports import ReportError, write_report
     from reports.facts import key_numbers
 

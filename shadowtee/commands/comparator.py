@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         ComparatorSettings, section="comparator", overrides=overrides, config_file=args.config
     )
     if settings.policy:
-        from comparator.policy import PolicyError, load_policy
+        from comparator.judge.policy import PolicyError, load_policy
 
         try:
             load_policy(Path(settings.policy))

@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _promote(args: argparse.Namespace) -> Any:
-    from comparator.registry import promote_experiment
-    from comparator.store import Store
+    from comparator.judge.registry import promote_experiment
+    from comparator.store.reads import Store
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter is not the answer
     store = await Store.open(args.db)
@@ -49,7 +49,7 @@ async def _promote(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from comparator.exceptions import StoreError, UnknownExperiment
-    from comparator.registry import RegistryError
+    from comparator.judge.registry import RegistryError
     from shadowtee.config import ConfigError
 
     try:

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     import re
 
     from comparator.exceptions import ComparatorError
-    from comparator.policy import PolicyError
+    from comparator.judge.policy import PolicyError
     from comparator.replay import REPLAY_POLICY, ReplayError, check_url, load_requests, replay
     from contract import EXPERIMENT_PATTERN
 

@@ -56,7 +56,7 @@ def parse_at(value: str | None, now: datetime | None = None) -> datetime | None:
 
 
 def exit_code(decision: Any) -> int:
-    from comparator.verdict import Decision
+    from comparator.judge.verdict import Decision
 
     match decision:
         case Decision.PROMOTE:
@@ -85,8 +85,8 @@ def scorecard(verdict: Any) -> str:
 
 
 async def _judge(args: argparse.Namespace, at: datetime | None, policy: Any) -> Any:
-    from comparator.store import Store
-    from comparator.verdict import judge
+    from comparator.judge.verdict import judge
+    from comparator.store.reads import Store
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter is not the answer
     store = await Store.open(args.db)
@@ -98,7 +98,7 @@ async def _judge(args: argparse.Namespace, at: datetime | None, policy: Any) -> 
 
 def run(args: argparse.Namespace) -> int:
     from comparator.exceptions import StoreError, UnknownExperiment
-    from comparator.policy import PolicyError, load_policy
+    from comparator.judge.policy import PolicyError, load_policy
     from shadowtee.config import ConfigError
 
     at = parse_at(args.at)

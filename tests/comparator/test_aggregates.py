@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from comparator.aggregates import Aggregate, Moments, ddsketch_key, ddsketch_value, keys
+from comparator.measure.aggregates import Aggregate, Moments, ddsketch_key, ddsketch_value, keys
 
 
 @pytest.mark.parametrize(

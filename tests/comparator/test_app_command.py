@@ -138,7 +138,7 @@ def test_a_bad_output_pointer_is_named() -> None:
 
 
 def test_latency_warm_up_follows_the_policy_unless_set(tmp_path: Path) -> None:
-    from comparator.policy import DEMO_POLICY_PATH, load_policy
+    from comparator.judge.policy import DEMO_POLICY_PATH, load_policy
 
     demo_warmup = load_policy(DEMO_POLICY_PATH).window.warmup_minutes
     s = ComparatorSettings(db=f"sqlite:///{tmp_path}/c.db", policy=str(DEMO_POLICY_PATH))

@@ -8,9 +8,9 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from comparator.aggregates import Aggregate, Moments, ddsketch_key, keys
-from comparator.checks import CheckContext, CheckResult, Status, evaluate, infer_task
-from comparator.policy import load_policy
+from comparator.judge.checks import CheckContext, CheckResult, Status, evaluate, infer_task
+from comparator.judge.policy import load_policy
+from comparator.measure.aggregates import Aggregate, Moments, ddsketch_key, keys
 from tests.comparator.verdict_fakes import T0, memory_series
 
 POLICY = load_policy(None)

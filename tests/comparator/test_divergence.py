@@ -8,7 +8,7 @@ from scipy.spatial.distance import cosine as scipy_cosine_distance
 from scipy.spatial.distance import jensenshannon
 from scipy.special import softmax as scipy_softmax
 
-from comparator.divergence import cosine, js_distance, on_simplex, rbo_ext, softmax
+from comparator.measure.divergence import cosine, js_distance, on_simplex, rbo_ext, softmax
 
 RTOL = 1e-8
 
@@ -104,7 +104,7 @@ def test_rows_near_float_max_are_off_the_simplex_without_a_warning() -> None:
 
     import numpy as np
 
-    from comparator.divergence import on_simplex
+    from comparator.measure.divergence import on_simplex
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -13,9 +13,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from comparator.app import create_app
-from comparator.policy import DEMO_POLICY_PATH
+from comparator.judge.policy import DEMO_POLICY_PATH
+from comparator.judge.webhook import SIGNATURE_HEADER, verify
 from comparator.settings import ComparatorSettings
-from comparator.webhook import SIGNATURE_HEADER, verify
 from tests.comparator.store_support import running
 from tests.comparator.verdict_fakes import wire_pair
 

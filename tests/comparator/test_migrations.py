@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect
 
-from comparator.models import Base
-from comparator.store import Store
+from comparator.store.models import Base
+from comparator.store.reads import Store
 from comparator.wire import Pair
 from tests.comparator.store_support import (  # noqa: F401 - fixture
     db_url_fixture,
@@ -45,7 +45,7 @@ async def test_upgrade_from_empty_reaches_head_and_is_idempotent(db_url: str) ->
 
 
 def _not_a_partition(name: str | None, type_: str, parent_names: Any) -> bool:
-    """The day partitions of ``pairs`` on PostgreSQL (comparator.partitions) are no model's."""
+    """The day partitions of ``pairs`` on PostgreSQL (comparator.store.partitions) are no model's."""
     return not (type_ == "table" and name is not None and name.startswith("pairs_"))
 
 
@@ -83,7 +83,7 @@ async def test_0002_keeps_the_pairs_of_an_0001_database_and_drops_their_foreign_
     db_url = empty_db_url
     from alembic import command
 
-    from comparator.database import _alembic_config, make_engine
+    from comparator.store.database import _alembic_config, make_engine
 
     def upgrade_to(connection: Any, revision: str) -> None:
         cfg = _alembic_config()

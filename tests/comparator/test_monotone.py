@@ -6,11 +6,11 @@ sizes, latency, memory: the series need not be stationary, which is what makes a
 rule is not written to exclude it). The looks are chained as the comparator chains them: each look
 starts from the previous look's running intervals.
 
-* Rule level (:func:`comparator.checks.evaluate` alone): every check with an interval decides by
+* Rule level (:func:`comparator.judge.checks.evaluate` alone): every check with an interval decides by
   conditions that exclude each other on the running intersection, so its PASS or FAIL stays with
   no help from the verdict state. ``memory_headroom`` (a running peak, no interval) and
   ``class_psi`` (a point-estimate band) are not intervals: the next level keeps them.
-* Verdict level (:func:`comparator.verdict.judge` over a store): every check's decided status
+* Verdict level (:func:`comparator.judge.verdict.judge` over a store): every check's decided status
   stays, for all 17 checks, and a REJECT stays REJECT.
 """
 
@@ -24,11 +24,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from comparator.aggregates import Aggregate, Moments, ddsketch_key, keys
-from comparator.checks import CheckContext, Status, evaluate
-from comparator.policy import load_policy
-from comparator.store import MemorySample
-from comparator.verdict import DECIDED, Decision, judge
+from comparator.judge.checks import CheckContext, Status, evaluate
+from comparator.judge.policy import load_policy
+from comparator.judge.verdict import DECIDED, Decision, judge
+from comparator.measure.aggregates import Aggregate, Moments, ddsketch_key, keys
+from comparator.store.reads import MemorySample
 from tests.comparator.verdict_fakes import T0, FakeStore
 
 MIB = 1024.0 * 1024.0

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import jensenshannon
 
-from comparator.aggregates import Aggregate, Moments, ddsketch_key, keys
-from comparator.normalize import (
+from comparator.measure.aggregates import Aggregate, Moments, ddsketch_key, keys
+from comparator.measure.normalize import (
     BatchMetrics,
     NormalizeConfig,
     ddsketch_keys,
@@ -22,7 +22,7 @@ from comparator.normalize import (
     measure,
     read_output,
 )
-from comparator.outputs import _signature, _signatures, decode_binary, read_outputs
+from comparator.measure.outputs import _signature, _signatures, decode_binary, read_outputs
 from comparator.wire import Pair
 
 START = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)

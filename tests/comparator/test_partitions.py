@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect, text
 
-from comparator.partitions import DAYS_AHEAD, day_name
-from comparator.store import Store
-from comparator.summary import summarize
+from comparator.judge.summary import summarize
+from comparator.store.partitions import DAYS_AHEAD, day_name
+from comparator.store.reads import Store
 from comparator.wire import Pair
 from tests.comparator.store_support import T0, make_pair
 from tests.support.pg import fresh_database
@@ -65,7 +65,7 @@ async def rows_in(store: Store, table: str) -> int:
 async def upgrade_to(db_url: str, revision: str, *, down: bool = False) -> None:
     from alembic import command
 
-    from comparator.database import _alembic_config, make_engine
+    from comparator.store.database import _alembic_config, make_engine
 
     def run(connection: Any) -> None:
         cfg = _alembic_config()
@@ -136,7 +136,7 @@ async def test_a_day_that_cannot_be_created_now_is_stored_in_default_without_wai
     them over."""
     import asyncpg
 
-    from comparator.partitions import LOCK_KEY
+    from comparator.store.partitions import LOCK_KEY
 
     store = await Store.open(pg_db)
     holder = await asyncpg.connect(pg_db)
@@ -300,7 +300,7 @@ async def test_0004_partitions_a_0003_database_holding_pairs_and_downgrades(
 
 
 def test_day_names_and_bounds_are_utc_days() -> None:
-    from comparator.partitions import day_bounds, epoch_days
+    from comparator.store.partitions import day_bounds, epoch_days
 
     assert day_name(date(2026, 12, 3)) == "pairs_p20261203"
     start, end = day_bounds(date(2026, 12, 3))

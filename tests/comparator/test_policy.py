@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from comparator.policy import (
+from comparator.judge.policy import (
     CHECK_IDS,
     DEFAULT_POLICY_PATH,
     DEMO_POLICY_PATH,

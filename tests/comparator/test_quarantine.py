@@ -18,8 +18,8 @@ from sqlalchemy import select
 from comparator.app import STORE, create_app
 from comparator.ingest import screen_body
 from comparator.settings import ComparatorSettings
-from comparator.store import Store
-from comparator.store_ingest import MAX_BACKDATE, QUARANTINE
+from comparator.store.reads import Store
+from comparator.store.writer import MAX_BACKDATE, QUARANTINE
 from tests.comparator.store_support import (  # noqa: F401 - fixtures
     T0,
     db_url_fixture,
@@ -224,7 +224,7 @@ async def test_under_the_lock_a_pair_far_before_another_writers_start_is_quarant
 ) -> None:
     """Two stores on one database (two comparator processes): the second has never seen the
     experiment, so only the locked row tells it where the experiment starts."""
-    from comparator.aggregates import keys
+    from comparator.measure.aggregates import keys
     from comparator.wire import Pair
 
     first, second = await Store.open(db_url), await Store.open(db_url)
@@ -257,7 +257,7 @@ async def test_under_the_lock_a_pair_far_before_another_writers_start_is_quarant
 async def test_retention_purges_quarantine_rows_and_keeps_their_counts(api: Any, exp: str) -> None:
     """Rows go in bounded batches, oldest first; the counts per reason survive in the tally, and
     a later purge adds to them (SQLite and PostgreSQL)."""
-    from comparator.summary import quarantine_counts
+    from comparator.judge.summary import quarantine_counts
 
     http, store = api
     now = datetime.now(UTC).replace(microsecond=0)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from comparator.policy import DEMO_POLICY_PATH, load_policy
-from comparator.registry import RegistryError, promote, read_aliases
-from comparator.store import Store
-from comparator.verdict import judge
+from comparator.judge.policy import DEMO_POLICY_PATH, load_policy
+from comparator.judge.registry import RegistryError, promote, read_aliases
+from comparator.judge.verdict import judge
+from comparator.store.reads import Store
 from shadowtee.cli import main
 from tests.comparator.verdict_fakes import START, wire_pair
 
@@ -67,7 +67,7 @@ def test_promote_refuses_a_verdict_dated_in_the_future(registry: Path) -> None:
 
 
 def test_force_promotes_and_logs(registry: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="comparator.registry"):
+    with caplog.at_level(logging.WARNING, logger="comparator.judge.registry"):
         p = promote(registry, "digits", decision="REJECT", force=True)
     assert p.forced and read_aliases(registry, "digits")["production"] == "2"
     assert any("FORCED" in r.message and "REJECT" in r.message for r in caplog.records)

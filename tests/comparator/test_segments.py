@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from comparator.aggregates import OTHER, SEGMENT_CAP, Aggregate, keys
-from comparator.checks import Status
-from comparator.normalize import NormalizeConfig, fold, measure
-from comparator.policy import Policy, load_policy
-from comparator.store import Store
-from comparator.verdict import Decision, judge
+from comparator.judge.checks import Status
+from comparator.judge.policy import Policy, load_policy
+from comparator.judge.verdict import Decision, judge
+from comparator.measure.aggregates import OTHER, SEGMENT_CAP, Aggregate, keys
+from comparator.measure.normalize import NormalizeConfig, fold, measure
+from comparator.store.reads import Store
 from comparator.wire import Pair, PairBatch
 from tests.comparator import test_simulations as sim
 from tests.comparator.store_support import db_url_fixture, exp_fixture

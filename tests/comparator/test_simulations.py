@@ -1,6 +1,6 @@
 """Verdict simulations through the real path: wire-format pairs → ``Store.ingest`` (validation,
 measuring, fold, hourly aggregates in SQLite) and memory samples → ``Store.add_memory_samples`` →
-a saved look (:func:`comparator.verdict.judge`) at every simulated hour.
+a saved look (:func:`comparator.judge.verdict.judge`) at every simulated hour.
 
 Scale: 100 pairs an hour (2 400 a day, a tenth of a 24k/day experiment) keep the suite within a few
 minutes on two cores. The policy is the default one with what that scale needs: n_opt estimated from
@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from comparator.aggregates import Aggregate, keys
-from comparator.normalize import NormalizeConfig
-from comparator.policy import Policy, load_policy
-from comparator.store import MemorySample, Store
-from comparator.verdict import Decision, judge
+from comparator.judge.policy import Policy, load_policy
+from comparator.judge.verdict import Decision, judge
+from comparator.measure.aggregates import Aggregate, keys
+from comparator.measure.normalize import NormalizeConfig
+from comparator.store.reads import MemorySample, Store
 from comparator.wire import PairBatch
 
 PAIRS_PER_HOUR = 100
@@ -314,7 +314,7 @@ def test_plants_differ_from_aa_only_where_named() -> None:
 
 async def test_summary_and_coverage_check_show_unreadable_outputs(tmp_path: Path) -> None:
     """One hour with a fifth of the answers not JSON: the summary's coverage and the check agree."""
-    from comparator.summary import summarize
+    from comparator.judge.summary import summarize
 
     rng = np.random.default_rng(5)
     store = await _store(tmp_path, "classification")

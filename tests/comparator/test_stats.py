@@ -1,4 +1,4 @@
-"""comparator.stats against VERDICT.md's reference values and scipy-generated vectors.
+"""comparator.judge.stats against VERDICT.md's reference values and scipy-generated vectors.
 
 The scipy vectors are compared at rtol 1e-8; VERDICT.md's literals are printed to 10 decimals, so they
 are compared within half a unit of their last printed digit (``LIT``).
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comparator import stats
-from comparator.aggregates import ddsketch_key, ddsketch_value
+from comparator.judge import stats
+from comparator.measure.aggregates import ddsketch_key, ddsketch_value
 
 RTOL = 1e-8
 LIT = 5e-11  # half a unit in the 10th decimal

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from comparator.aggregates import Aggregate, keys
 from comparator.exceptions import StoreError, UnknownExperiment
-from comparator.store import MemorySample, Store, async_url
-from comparator.store_ingest import Ingest
+from comparator.measure.aggregates import Aggregate, keys
+from comparator.store.reads import MemorySample, Store, async_url
+from comparator.store.writer import Ingest
 from comparator.wire import Pair
 from tests.comparator.store_support import (  # noqa: F401 - fixtures
     T0,

@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comparator.aggregates import Aggregate, keys
-from comparator.policy import load_policy
-from comparator.store import Store
-from comparator.verdict import (
+from comparator.judge.policy import load_policy
+from comparator.judge.verdict import (
     CheckResult,
     Decision,
     Status,
@@ -22,6 +20,8 @@ from comparator.verdict import (
     judge,
     score,
 )
+from comparator.measure.aggregates import Aggregate, keys
+from comparator.store.reads import Store
 from tests.comparator.verdict_fakes import (
     START,
     T0,

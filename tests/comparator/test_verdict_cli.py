@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from comparator.policy import DEMO_POLICY_PATH, load_policy
-from comparator.store import Store
-from comparator.verdict import Decision, judge
+from comparator.judge.policy import DEMO_POLICY_PATH, load_policy
+from comparator.judge.verdict import Decision, judge
+from comparator.store.reads import Store
 from shadowtee.cli import main
 from tests.comparator.verdict_fakes import START, wire_pair
 

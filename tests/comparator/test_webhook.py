@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from comparator.verdict import Decision, Verdict
-from comparator.webhook import (
+from comparator.judge.verdict import Decision, Verdict
+from comparator.judge.webhook import (
     SIGNATURE_HEADER,
     WebhookConfig,
     notify_decision,

@@ -51,7 +51,7 @@ from tests.support.poll import wait_until
 DEPLOY = ROOT / "deploy"
 EXPERIMENT = "digits-v1-vs-v2"
 ROUTE = "/v2/models/digits/infer"
-DEMO_POLICY = ROOT / "comparator" / "demo_policy.toml"
+DEMO_POLICY = ROOT / "comparator" / "judge" / "demo_policy.toml"
 REQUESTS = 2000  # the demo's defaults: 2,000 requests, 4 in flight, 100 per second
 TOKEN = "test-ingest-token"
 WEBHOOK_KEY = "test-webhook-secret"
@@ -220,7 +220,7 @@ def run_experiment(
 
 def _check_memory_of_both_servers(cluster: Cluster, db_url: str) -> None:
     """The comparator stored RSS samples of both sides, scraped from the two model servers."""
-    from comparator.store import Store
+    from comparator.store.reads import Store
 
     comparator = cluster.named("Deployment", "comparator")["spec"]["template"]["spec"]
     args = comparator["containers"][0]["args"]

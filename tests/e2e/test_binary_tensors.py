@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from comparator.policy import DEMO_POLICY_PATH
+from comparator.judge.policy import DEMO_POLICY_PATH
 from shadowtee.traffic import digits_requests
 from tests.e2e.helpers import INFER, MODELS
 from tests.reliability.fakes import free_port, wait_until

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from comparator.normalize import NormalizeConfig, measure
+from comparator.measure.normalize import NormalizeConfig, measure
 from comparator.wire import Outcome, Pair
 from proxy.pair_json import encode_pair
 from proxy.pairing import CompletedPair, Side

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from comparator.store import MemorySample, Store
+from comparator.store.reads import MemorySample, Store
 from comparator.wire import Pair
 from reports import ReportPaths, write_report
 

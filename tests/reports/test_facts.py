@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from comparator.aggregates import ddsketch_key
+from comparator.measure.aggregates import ddsketch_key
 from reports.facts import cdf_points, excerpt, quantile
 from reports.markdown import _md
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from comparator.store import Store
+from comparator.store.reads import Store
 from comparator.wire import Pair
 from reports import ReportPaths, write_report
 
@@ -173,7 +173,7 @@ async def _regression_report(url: str, out: Path, shift: float) -> dict[str, Any
 
     import numpy as np
 
-    from comparator.normalize import NormalizeConfig
+    from comparator.measure.normalize import NormalizeConfig
     from comparator.wire import PairBatch
     from tests.comparator import test_simulations as sim
 

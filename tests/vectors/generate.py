@@ -1,8 +1,8 @@
-"""Generate the reference vectors for comparator.stats straight from scipy (run once, commit the JSON).
+"""Generate the reference vectors for comparator.judge.stats straight from scipy (run once, commit the JSON).
 
     .venv/bin/python tests/vectors/generate.py
 
-The values are computed here with plain scipy/numpy calls, independently of ``comparator.stats``,
+The values are computed here with plain scipy/numpy calls, independently of ``comparator.judge.stats``,
 so the tests compare our implementation with the library, not with itself.
 """
 

@@ -2,21 +2,21 @@
 
 ``measure(pairs, config)`` reads one output per answered side, decides the batch's task and returns
 :class:`BatchMetrics`, numpy arrays aligned with ``pairs``. ``fold(pairs, metrics, ...)`` turns a batch
-into one :class:`~comparator.aggregates.Aggregate` per UTC hour, ready to merge into the stored rows.
+into one :class:`~comparator.measure.aggregates.Aggregate` per UTC hour, ready to merge into the stored rows.
 Both are pure: no I/O, no event loop, no clock.
 
-Outputs are read by :func:`comparator.outputs.read_output` (JSON pointer, OIP v2 ``outputs[]`` or
-v1 ``predictions``) and laid out as ``rows × width`` (see :mod:`comparator.outputs`); one row is the
+Outputs are read by :func:`comparator.measure.outputs.read_output` (JSON pointer, OIP v2 ``outputs[]`` or
+v1 ``predictions``) and laid out as ``rows × width`` (see :mod:`comparator.measure.outputs`); one row is the
 common case. A multi-row response is compared row by row and still counts as **one unit**:
 continuous metrics (JS, |Δ|, cosine, RBO) are the mean over rows; top-1 agreement and the tolerance
 flag are 1 only when every row agrees / one row exceeds (the conservative reading); the predicted
 class is the first row's.
 
 The task is ``NormalizeConfig.task``, or inferred from production's outputs when ``"auto"``
-(:func:`comparator.outputs.infer_task`).
+(:func:`comparator.measure.outputs.infer_task`).
 
 A body that came as OIP binary tensors (the side's ``binary``) is decoded first
-(:func:`comparator.outputs.decode_binary`).
+(:func:`comparator.measure.outputs.decode_binary`).
 
 A side that answered (outcome ok, status < 500) has an **invalid** output when its body is null (not
 JSON, nor a binary tensor body that decodes), the output is missing or not numeric, holds NaN/Inf, its layout differs from production's, or
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from comparator.aggregates import (
+from comparator.measure.aggregates import (
     GAMMA,
     MIN_KEY,
     MIN_VALUE_MS,
@@ -49,8 +49,8 @@ from comparator.aggregates import (
     Moments,
     keys,
 )
-from comparator.divergence import cosine, js_distance, on_simplex, rbo_ext, softmax
-from comparator.outputs import (
+from comparator.measure.divergence import cosine, js_distance, on_simplex, rbo_ext, softmax
+from comparator.measure.outputs import (
     TASKS,
     Layout,
     Output,
@@ -337,7 +337,7 @@ def _compare_group(
 
 def _document(side: SideResult) -> Any:
     """The answer as JSON: the body, or else the binary tensor body it came as, decoded
-    (:func:`comparator.outputs.decode_binary`); None when neither is readable."""
+    (:func:`comparator.measure.outputs.decode_binary`); None when neither is readable."""
     if side.body is not None or side.binary is None:
         return side.body
     try:
@@ -419,7 +419,7 @@ def measure(pairs: Sequence[Pair], config: NormalizeConfig) -> BatchMetrics:
 
 
 def ddsketch_keys(values: F64) -> NDArray[np.int64]:
-    """Vectorised :func:`comparator.aggregates.ddsketch_key`: ceil(log_γ x), MIN_KEY at or below 1 µs."""
+    """Vectorised :func:`comparator.measure.aggregates.ddsketch_key`: ceil(log_γ x), MIN_KEY at or below 1 µs."""
     with np.errstate(divide="ignore", invalid="ignore"):
         k = np.ceil(np.log(values) / LOG_GAMMA)
     return np.where(values <= MIN_VALUE_MS, MIN_KEY, k).astype(np.int64)
@@ -623,7 +623,7 @@ def _fold_twin(
     """The paired noise floor on the twin slice: per request, f(prod, cand) against f(prod, twin).
 
     Over pairs compared (``sel``) whose twin answered validly too: discordant cells
-    ``twin.{check}.n{twin_bad}{cand_bad}`` of each share check (read by comparator.checks), and
+    ``twin.{check}.n{twin_bad}{cand_bad}`` of each share check (read by comparator.judge.checks), and
     for ranking the moments of the per-request excess loss, ``twin.rank_rbo.excess``.
     """
     pos = np.searchsorted(idx, sel)
@@ -649,7 +649,7 @@ def _fold_twin(
 
 def signed_keys(values: F64) -> NDArray[np.int64]:
     """Log buckets (1%) of values of any sign: ``2·ceil(log_γ max(|y|, 1e-12)) + (y < 0)``;
-    :func:`comparator.aggregates.signed_value` reads one back."""
+    :func:`comparator.measure.aggregates.signed_value` reads one back."""
     mag = np.maximum(np.abs(values), 1e-12)
     return (2 * np.ceil(np.log(mag) / LOG_GAMMA).astype(np.int64) + (values < 0)).astype(np.int64)
 

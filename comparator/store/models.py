@@ -111,7 +111,7 @@ class PairRow(Base):
     """One stored pair. The primary key (experiment_id, request_id) is what makes ingest idempotent.
 
     On PostgreSQL (migration 0004) the table is partitioned by UTC day of ``ts``
-    (comparator.partitions) and its key is (experiment_id, request_id, ts), since a partitioned
+    (comparator.store.partitions) and its key is (experiment_id, request_id, ts), since a partitioned
     table's keys must hold the partition key: a pair id always comes with the same ``ts``.
 
     ``experiment_id`` has no foreign key (migration 0002): ingest locks or creates the experiment

@@ -2,11 +2,11 @@
 
 One code base serves both databases: ``sqlite:///path`` runs on aiosqlite (WAL, busy timeout, one
 writer at a time) and ``postgresql://…`` on asyncpg (row locks). Every look at an experiment reads
-``hourly_aggregates`` — O(hours) rows of :class:`~comparator.aggregates.Aggregate` — never the pairs.
+``hourly_aggregates`` — O(hours) rows of :class:`~comparator.measure.aggregates.Aggregate` — never the pairs.
 
-Ingest is one transaction per batch, written by :class:`comparator.store_ingest.Ingest` (see there
+Ingest is one transaction per batch, written by :class:`comparator.store.writer.Ingest` (see there
 for why a retried or overlapping batch never counts twice); everything else is here. On PostgreSQL
-the pairs are partitioned by day (:mod:`comparator.partitions`): a batch creates the partition of
+the pairs are partitioned by day (:mod:`comparator.store.partitions`): a batch creates the partition of
 its day first if it has none, and retention drops whole days.
 """
 
@@ -27,12 +27,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from comparator.aggregates import Aggregate
-from comparator.database import async_url, make_engine, migration_state, upgrade_database
 from comparator.exceptions import StoreError, UnknownExperiment
-from comparator.models import MemorySampleRow, QuarantineTallyRow, VerdictRow, VerdictStateRow
-from comparator.partitions import DEFAULT, Partitions, epoch_days
-from comparator.store_ingest import (
+from comparator.measure.aggregates import Aggregate
+from comparator.store.database import async_url, make_engine, migration_state, upgrade_database
+from comparator.store.models import MemorySampleRow, QuarantineTallyRow, VerdictRow, VerdictStateRow
+from comparator.store.partitions import DEFAULT, Partitions, epoch_days
+from comparator.store.writer import (
     EXP,
     HOURS,
     PAIRS,
@@ -45,7 +45,7 @@ from comparator.wire import Pair
 
 if TYPE_CHECKING:
     from comparator.ingest import Refused
-    from comparator.normalize import NormalizeConfig
+    from comparator.measure.normalize import NormalizeConfig
 
 __all__ = [
     "ExperimentInfo",
@@ -63,7 +63,7 @@ VSTATE = cast(Table, VerdictStateRow.__table__)
 TALLY = cast(Table, QuarantineTallyRow.__table__)
 _Q = TypeVar("_Q", bound=Select[Any])
 log = logging.getLogger(__name__)
-# The default partition on PostgreSQL (comparator.partitions): what retention still deletes by row.
+# The default partition on PostgreSQL (comparator.store.partitions): what retention still deletes by row.
 _PAIRS_DEFAULT = table(
     DEFAULT, column("experiment_id"), column("request_id"), column("ts"), column("sampled")
 )
@@ -232,7 +232,7 @@ class Store:
         return insert_for(self.dialect, table)
 
     def _config_for(self, name: str) -> NormalizeConfig:
-        from comparator.normalize import NormalizeConfig
+        from comparator.measure.normalize import NormalizeConfig
 
         return self._normalize_config(name) if self._normalize_config else NormalizeConfig()
 
@@ -534,7 +534,7 @@ class Store:
         the number of rows deleted.
 
         On a partitioned PostgreSQL database and every experiment, whole days go instead
-        (:meth:`comparator.partitions.Partitions.drop_older`: the days entirely before
+        (:meth:`comparator.store.partitions.Partitions.drop_older`: the days entirely before
         ``older_than``), the days ahead are created, and only ``pairs_default`` is purged by row.
         """
         rows: Any = PAIRS

@@ -13,7 +13,7 @@ whole sequence covers the true value with probability ≥ 1 − α, however ofte
 makes hourly looks safe where a fixed z-test would raise a false alarm about a quarter of the time.
 
 Latency quantiles come from merged DDSketch histograms (keys ``ceil(log_γ x)``, see
-:mod:`comparator.aggregates`). Timeouts are right-censored latencies: they rank above every completed
+:mod:`comparator.measure.aggregates`). Timeouts are right-censored latencies: they rank above every completed
 call, so a p-quantile is identified only while the timeout rate stays below 1 − p.
 """
 
@@ -29,7 +29,7 @@ import numpy.typing as npt
 from scipy import special
 from scipy import stats as sps
 
-from comparator.aggregates import GAMMA, ddsketch_value
+from comparator.measure.aggregates import GAMMA, ddsketch_value
 
 __all__ = [
     "CS",

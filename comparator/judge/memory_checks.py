@@ -3,7 +3,7 @@
 They read the memory samples of a look, not the aggregate: samples after the warm-up are bucketed
 by hour from the warm-up's end, and each check works on hourly medians (steady) or peaks (headroom,
 leak). ``rss`` is the compared kind when it was sampled; headroom looks at every kind with a limit.
-The checks are built on the look of :mod:`comparator.checks`, which calls :func:`memory_results`.
+The checks are built on the look of :mod:`comparator.judge.checks`, which calls :func:`memory_results`.
 
 Like every other check they keep intervals at the check's α and their running intersection:
 memory_steady judges the median of hourly medians of each side with a rank-band CS (α/2 a side),
@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 
 from scipy import stats as sps
 
-from comparator import stats
-from comparator.checks import CheckResult, Status, _f
+from comparator.judge import stats
+from comparator.judge.checks import CheckResult, Status, _f
 
 if TYPE_CHECKING:
-    from comparator.checks import _Look
+    from comparator.judge.checks import _Look
 
 __all__ = ["MIB", "memory_results"]
 

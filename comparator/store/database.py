@@ -3,7 +3,7 @@
 ``async_url`` maps the URLs people type to async drivers; ``make_engine`` sets SQLite up for one
 writer among many readers (WAL, busy timeout, writers that take the lock up front);
 ``upgrade_database`` applies the Alembic migrations shipped inside the package
-(``comparator/migrations``), so an installed comparator migrates itself with no ``alembic.ini``.
+(``comparator/store/migrations``), so an installed comparator migrates itself with no ``alembic.ini``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _alembic_config() -> Any:
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", "comparator:migrations")
+    cfg.set_main_option("script_location", "comparator.store:migrations")
     return cfg
 
 

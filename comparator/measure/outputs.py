@@ -1,6 +1,6 @@
 """Read the compared output out of one response body, and tell which task a batch of outputs is.
 
-Pure functions of JSON values: no I/O, no numpy state, no clock. :mod:`comparator.normalize` stacks
+Pure functions of JSON values: no I/O, no numpy state, no clock. :mod:`comparator.measure.normalize` stacks
 what :func:`read_output` returns and measures the pairs.
 
 Reading an output (first match wins):
@@ -44,7 +44,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from pydantic_core import from_json
 
-from comparator.divergence import on_simplex
+from comparator.measure.divergence import on_simplex
 
 __all__ = [
     "TASKS",

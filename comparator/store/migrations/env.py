@@ -1,6 +1,6 @@
 """Alembic environment for the comparator schema.
 
-Migrations run programmatically (see :func:`comparator.database.upgrade_database`): the caller opens an async
+Migrations run programmatically (see :func:`comparator.store.database.upgrade_database`): the caller opens an async
 engine, enters ``connection.run_sync`` and puts the synchronous connection in
 ``config.attributes["connection"]``, so no ``alembic.ini`` is needed and an installed package
 migrates itself. Run from the ``alembic`` command line, the URL comes from ``sqlalchemy.url``.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from comparator.models import Base
+from comparator.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -14,10 +14,10 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from comparator.aggregates import OTHER, Aggregate, ddsketch_value, keys
-from comparator.checks import coverage_counts
-from comparator.store import TALLY, Store
-from comparator.store_ingest import QUARANTINE
+from comparator.judge.checks import coverage_counts
+from comparator.measure.aggregates import OTHER, Aggregate, ddsketch_value, keys
+from comparator.store.reads import TALLY, Store
+from comparator.store.writer import QUARANTINE
 
 __all__ = [
     "QUANTILES",

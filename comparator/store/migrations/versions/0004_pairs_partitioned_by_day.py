@@ -1,4 +1,4 @@
-"""PostgreSQL: pairs partitioned by UTC day (see comparator.partitions); SQLite is left as it is.
+"""PostgreSQL: pairs partitioned by UTC day (see comparator.store.partitions); SQLite is left as it is.
 
 The table is rebuilt: ``pairs`` becomes ``PARTITION BY RANGE (ts)`` with the primary key
 (experiment_id, request_id, ts) — a partitioned table's keys must hold its partition key — a

@@ -1,10 +1,10 @@
-"""The ingest write path of :class:`comparator.store.Store`: one validated batch, one transaction.
+"""The ingest write path of :class:`comparator.store.reads.Store`: one validated batch, one transaction.
 
 ::
 
     prepare (CPU, before any lock; Ingest.prepare)
         group the batch by experiment, request ids in order, one pair per id
-        measure the pairs (comparator.normalize.measure, vectorised), fold them into hours,
+        measure the pairs (comparator.measure.normalize.measure, vectorised), fold them into hours,
         build their rows — against what this store last saw of the experiment
     write (one transaction; Ingest.write)
         lock the batch's experiments (SELECT … FOR UPDATE by name; insert on first sight, lock again)
@@ -58,15 +58,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from comparator.aggregates import Aggregate
 from comparator.exceptions import StoreError
 from comparator.ingest import Refused
-from comparator.models import ExperimentRow, HourlyAggregateRow, PairRow, QuarantineRow
-from comparator.pair_rows import COLUMNS, pair_columns, pair_records, sqlite_utc_text, subset
+from comparator.measure.aggregates import Aggregate
+from comparator.store.models import ExperimentRow, HourlyAggregateRow, PairRow, QuarantineRow
+from comparator.store.pair_rows import COLUMNS, pair_columns, pair_records, sqlite_utc_text, subset
 from comparator.wire import Pair
 
 if TYPE_CHECKING:
-    from comparator.normalize import BatchMetrics, NormalizeConfig
+    from comparator.measure.normalize import BatchMetrics, NormalizeConfig
 
 __all__ = [
     "EXP",
@@ -177,7 +177,7 @@ async def _driver_connection(conn: AsyncConnection) -> Any:
     """The driver's own connection (aiosqlite or asyncpg) under ``conn``, in its transaction.
 
     SQLite's transaction is open from ``conn.begin()`` (``BEGIN IMMEDIATE``, see
-    comparator.database). SQLAlchemy's asyncpg adapter sends its BEGIN only with the first
+    comparator.store.database). SQLAlchemy's asyncpg adapter sends its BEGIN only with the first
     statement it executes itself: until then a statement sent on the driver would run, and
     commit, on its own — no lock held, no batch atomic — so one is sent through the adapter first.
     """
@@ -388,7 +388,7 @@ class Ingest:
     def _measure(
         self, batch: Sequence[Pair], assumed: _Assumed, times: NDArray[np.float64]
     ) -> tuple[BatchMetrics, dict[datetime, Aggregate], list[tuple[Any, ...]] | None]:
-        from comparator.normalize import fold, measure
+        from comparator.measure.normalize import fold, measure
 
         metrics = measure(batch, assumed.config)
         hours = fold(
@@ -451,7 +451,7 @@ class Ingest:
 
     async def write(self, conn: AsyncConnection, prepared: Prepared) -> IngestResult:
         """Store a prepared batch on ``conn``; pairs already stored are skipped, uncounted."""
-        from comparator.normalize import fold
+        from comparator.measure.normalize import fold
 
         inserted = 0
         refused = list(prepared.refused)
@@ -533,7 +533,7 @@ class Ingest:
         )
 
     async def _quarantine(self, conn: AsyncConnection, refused: Sequence[Refused]) -> None:
-        """Keep the refused pairs with their reasons (see comparator.models.QuarantineRow)."""
+        """Keep the refused pairs with their reasons (see comparator.store.models.QuarantineRow)."""
         now = datetime.now(UTC)
         rows = [
             {

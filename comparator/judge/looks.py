@@ -1,6 +1,6 @@
 """Periodic looks: judge every experiment on an interval, expose the result, announce changes.
 
-A *look* is one call of :func:`comparator.verdict.judge` that is saved, so its intervals join the
+A *look* is one call of :func:`comparator.judge.verdict.judge` that is saved, so its intervals join the
 running intersection. The comparator takes one look per experiment every ``verdict_interval_s``
 (and another whenever ``GET /v1/experiments/{name}/verdict`` is asked), and after each:
 
@@ -31,7 +31,7 @@ import aiohttp
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from comparator.aggregates import Aggregate, keys
+from comparator.measure.aggregates import Aggregate, keys
 
 __all__ = ["LastLook", "LookBook", "Looker"]
 
@@ -109,7 +109,7 @@ class Looker:
 
     async def look(self, experiment: str, at: datetime | None = None) -> Any:
         """Judge ``experiment`` (saved), update the gauges and announce a changed decision."""
-        from comparator.verdict import judge
+        from comparator.judge.verdict import judge
 
         previous = self._book.last.get(experiment)
         verdict = await judge(
@@ -124,7 +124,7 @@ class Looker:
         if at is None:
             await self._show(experiment, str(verdict.decision), float(verdict.score))
         if self._webhook is not None and verdict.decision_changed:
-            from comparator.webhook import notify_decision
+            from comparator.judge.webhook import notify_decision
 
             if self._session is None:
                 self._session = aiohttp.ClientSession()

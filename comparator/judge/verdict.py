@@ -3,7 +3,7 @@
 A look (:func:`judge`) reads only mergeable hourly aggregates and memory samples, never raw pairs, so
 it costs O(hours). It is layered, as in VERDICT.md:
 
-1. :mod:`comparator.checks` gives each check a status with an effect size, interval and reason;
+1. :mod:`comparator.judge.checks` gives each check a status with an effect size, interval and reason;
 2. the score is ``100 · Σ w_g·credit / Σ w_g`` over the groups that apply (PASS 1, WARN 0.5, else 0);
 3. the decision rule::
 
@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, assert_never
 
-from comparator import stats
-from comparator.aggregates import Aggregate, keys
-from comparator.checks import (
+from comparator.exceptions import UnknownExperiment
+from comparator.judge import stats
+from comparator.judge.checks import (
     CheckContext,
     CheckResult,
     SegmentResult,
@@ -49,8 +49,8 @@ from comparator.checks import (
     evaluate_segments,
     infer_task,
 )
-from comparator.exceptions import UnknownExperiment
-from comparator.policy import Policy
+from comparator.judge.policy import Policy
+from comparator.measure.aggregates import Aggregate, keys
 
 __all__ = [
     "CheckResult",
@@ -100,7 +100,7 @@ class _Memory(Protocol):
 
 
 class VerdictStore(Protocol):
-    """The five store methods a look uses (``comparator.store.Store`` implements them)."""
+    """The five store methods a look uses (``comparator.store.reads.Store`` implements them)."""
 
     async def get_experiment(self, name: str) -> Any: ...
     async def hourly_aggregates(

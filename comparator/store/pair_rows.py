@@ -19,12 +19,12 @@ import numpy as np
 from sqlalchemy import Boolean, Table
 from sqlalchemy.engine import Dialect
 
-from comparator.models import PairRow
+from comparator.store.models import PairRow
 from comparator.wire import Pair
 from contract import sampled
 
 if TYPE_CHECKING:
-    from comparator.normalize import BatchMetrics
+    from comparator.measure.normalize import BatchMetrics
 
 __all__ = ["COLUMNS", "pair_columns", "pair_records", "sampled", "sqlite_utc_text", "subset"]
 
@@ -52,7 +52,7 @@ def _bind_processors(dialect: Dialect) -> tuple[Callable[[Any], Any] | None, ...
 
 
 def sqlite_utc_text(values: Sequence[datetime]) -> list[str]:
-    """Aware datetimes as :class:`~comparator.models.UTCDateTime` binds them on SQLite — naive UTC
+    """Aware datetimes as :class:`~comparator.store.models.UTCDateTime` binds them on SQLite — naive UTC
     text ``YYYY-MM-DD HH:MM:SS.ffffff`` — converted as one numpy array rather than one by one."""
     micros = np.array([(v - _EPOCH) // _MICROSECOND for v in values], dtype=np.int64)
     text = np.datetime_as_string(micros.astype("datetime64[us]"), unit="us")

@@ -1,6 +1,6 @@
 """The verdict policy: margins, weights, window and minimums, loaded from TOML and validated.
 
-``load_policy(None)`` returns the documented default (``comparator/default_policy.toml``). A policy
+``load_policy(None)`` returns the documented default (``comparator/judge/default_policy.toml``). A policy
 file only needs the keys it changes; it is merged over the default, then validated as a whole. An
 invalid value raises :class:`PolicyError` whose message names the file and the key::
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from comparator import stats
-from comparator.aggregates import GAMMA, OTHER, Aggregate, keys
-from comparator.policy import CHECK_GROUPS, Policy
+from comparator.judge import stats
+from comparator.judge.policy import CHECK_GROUPS, Policy
+from comparator.measure.aggregates import GAMMA, OTHER, Aggregate, keys
 
 __all__ = [
     "SEGMENT_CHECKS",
@@ -391,7 +391,7 @@ class _Look:
         """A bad-if-high share k/n; with a production twin, also the excess over its noise floor.
 
         The excess is per request, paired, on the twin slice: f(prod, cand) − f(prod, twin) from
-        the discordant cells ``twin.{cid}.n{twin_bad}{cand_bad}`` (comparator.normalize's fold).
+        the discordant cells ``twin.{cid}.n{twin_bad}{cand_bad}`` (comparator.measure.normalize's fold).
         ``unpaired`` (twin's k, n) serves aggregates stored before those cells existed: two
         intervals subtracted.
         """
@@ -628,7 +628,7 @@ def evaluate(
             )
             results.append(look.result(cid, Status.NA, why))
     # Imported here: memory_checks builds on this module's look and result types.
-    from comparator.memory_checks import memory_results
+    from comparator.judge.memory_checks import memory_results
 
     results.extend(memory_results(look))
     return results, look.intervals
