@@ -535,6 +535,13 @@ async def _tune_gc_on_startup(_app: web.Application) -> None:
     tune_gc()
 
 
+def serve_worker(
+    settings: ComparatorSettings, sock: socket.socket, background: bool, metrics_dir: str
+) -> int:
+    """One of ``--workers`` processes: serve on ``sock``; the first also runs the background role."""
+    return run(settings, sock=sock, role=Role(background=background, metrics_dir=metrics_dir))
+
+
 def run(
     settings: ComparatorSettings, *, sock: socket.socket | None = None, role: Role | None = None
 ) -> int:
@@ -544,7 +551,7 @@ def run(
     a worker serves on the ``sock`` it was handed, in its ``role``. Returns the exit status.
     """
     if sock is None and settings.workers > 1:
-        return workers.serve(settings)
+        return workers.serve(settings, serve_worker)
     with contextlib.suppress(ImportError):
         import uvloop
 

@@ -33,6 +33,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from comparator.judge.policy import load_policy
+from comparator.judge.verdict import judge
+from comparator.measure.normalize import NormalizeConfig
+from comparator.store.reads import Store
 from comparator.wire import Pair, RequestInfo, SideResult
 from contract.outcomes import Outcome, classify
 
@@ -279,10 +283,6 @@ async def replay(
     progress: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
     """Send, store through :meth:`Store.ingest` and judge; returns the verdict (saved in the DB)."""
-    from comparator.judge.policy import load_policy
-    from comparator.judge.verdict import judge
-    from comparator.measure.normalize import NormalizeConfig
-    from comparator.store.reads import Store
 
     policy = load_policy(policy_path or REPLAY_POLICY)
     # Latency is read with the policy's warm-up (zero for a golden set), as the comparator does.

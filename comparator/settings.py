@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from comparator.measure.normalize import NormalizeConfig
 from contract import EXPERIMENT_PATTERN, parse_host_port
 
 __all__ = ["ComparatorSettings", "ExperimentSettings", "parse_host_port"]
@@ -140,7 +141,6 @@ class ComparatorSettings(BaseSettings):
         ``policy_warmup_minutes`` is the loaded policy's warm-up, used unless ``warmup_minutes`` is
         set explicitly.
         """
-        from comparator.measure.normalize import NormalizeConfig
 
         exp = self.experiments.get(experiment) or self.experiments.get("*") or ExperimentSettings()
         return NormalizeConfig(

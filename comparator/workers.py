@@ -34,10 +34,12 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
 
 from comparator.settings import ComparatorSettings, parse_host_port
+from comparator.store.reads import Store
 
 __all__ = ["METRICS_DIR_ENV", "serve"]
 
@@ -56,9 +58,26 @@ def _on_signal(signum: int, _frame: Any) -> None:
 
 
 async def _migrate(url: str) -> None:
-    from comparator.store.reads import Store
 
     await (await Store.open(url, upgrade=True)).close()
+
+
+# (settings, socket to serve on, whether it runs the background role, metrics directory)
+Worker = Callable[[ComparatorSettings, socket.socket, bool, str], object]
+
+
+def _start_worker(
+    worker: Worker,
+    settings: ComparatorSettings,
+    index: int,
+    sock: socket.socket,
+    metrics_dir: str,
+    level: int,
+) -> None:
+    logging.basicConfig(
+        level=level, format=f"%(asctime)s worker {index} %(levelname)s %(name)s: %(message)s"
+    )
+    worker(settings, sock, index == 0, metrics_dir)
 
 
 def _listen(address: str) -> socket.socket:
@@ -67,19 +86,9 @@ def _listen(address: str) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=1024)
 
 
-def _worker(
-    settings: ComparatorSettings, index: int, sock: socket.socket, metrics_dir: str, level: int
-) -> None:
-    from comparator.app import Role, run
-
-    logging.basicConfig(
-        level=level, format=f"%(asctime)s worker {index} %(levelname)s %(name)s: %(message)s"
-    )
-    run(settings, sock=sock, role=Role(background=index == 0, metrics_dir=metrics_dir))
-
-
-def serve(settings: ComparatorSettings) -> int:
-    """Run ``settings.workers`` comparator processes until a signal or a worker's death.
+def serve(settings: ComparatorSettings, worker: Worker) -> int:
+    """Run ``settings.workers`` comparator processes until a signal or a worker's death; each
+    runs ``worker`` (a module-level function, so that a spawned process can import it).
 
     Returns the exit status: 0 after a requested stop, 1 when a worker died on its own. Raises
     :class:`~comparator.exceptions.StoreError` (the database) and :class:`OSError` (the listen
@@ -93,8 +102,8 @@ def serve(settings: ComparatorSettings) -> int:
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(
-            target=_worker,
-            args=(settings, i, sock, metrics_dir, logging.getLogger().getEffectiveLevel()),
+            target=_start_worker,
+            args=(worker, settings, i, sock, metrics_dir, logging.getLogger().getEffectiveLevel()),
             name=f"shadowtee-comparator-worker-{i}",
         )
         for i in range(settings.workers)

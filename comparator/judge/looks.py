@@ -31,6 +31,8 @@ import aiohttp
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from comparator.judge.verdict import judge
+from comparator.judge.webhook import notify_decision
 from comparator.measure.aggregates import Aggregate, keys
 
 __all__ = ["LastLook", "LookBook", "Looker"]
@@ -109,7 +111,6 @@ class Looker:
 
     async def look(self, experiment: str, at: datetime | None = None) -> Any:
         """Judge ``experiment`` (saved), update the gauges and announce a changed decision."""
-        from comparator.judge.verdict import judge
 
         previous = self._book.last.get(experiment)
         verdict = await judge(
@@ -124,8 +125,6 @@ class Looker:
         if at is None:
             await self._show(experiment, str(verdict.decision), float(verdict.score))
         if self._webhook is not None and verdict.decision_changed:
-            from comparator.judge.webhook import notify_decision
-
             if self._session is None:
                 self._session = aiohttp.ClientSession()
             await notify_decision(

@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from comparator.exceptions import UnknownExperiment
+
 __all__ = ["Promotion", "RegistryError", "promote", "promote_experiment", "read_aliases"]
 
 log = logging.getLogger(__name__)
@@ -130,7 +132,6 @@ async def promote_experiment(
     store: Any, experiment: str, registry: Path, model: str, *, force: bool = False
 ) -> Promotion:
     """Promote according to the latest stored verdict of ``experiment``."""
-    from comparator.exceptions import UnknownExperiment
 
     info = await store.get_experiment(experiment)
     if info is None:

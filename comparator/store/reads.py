@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from comparator.exceptions import StoreError, UnknownExperiment
 from comparator.measure.aggregates import Aggregate
+from comparator.measure.normalize import NormalizeConfig
 from comparator.store.database import async_url, make_engine, migration_state, upgrade_database
 from comparator.store.models import MemorySampleRow, QuarantineTallyRow, VerdictRow, VerdictStateRow
 from comparator.store.partitions import DEFAULT, Partitions, epoch_days
@@ -45,7 +46,6 @@ from comparator.wire import Pair
 
 if TYPE_CHECKING:
     from comparator.ingest import Refused
-    from comparator.measure.normalize import NormalizeConfig
 
 __all__ = [
     "ExperimentInfo",
@@ -232,7 +232,6 @@ class Store:
         return insert_for(self.dialect, table)
 
     def _config_for(self, name: str) -> NormalizeConfig:
-        from comparator.measure.normalize import NormalizeConfig
 
         return self._normalize_config(name) if self._normalize_config else NormalizeConfig()
 

@@ -61,6 +61,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from comparator.exceptions import StoreError
 from comparator.ingest import Refused
 from comparator.measure.aggregates import Aggregate
+from comparator.measure.normalize import fold, measure
 from comparator.store.models import ExperimentRow, HourlyAggregateRow, PairRow, QuarantineRow
 from comparator.store.pair_rows import COLUMNS, pair_columns, pair_records, sqlite_utc_text, subset
 from comparator.wire import Pair
@@ -388,7 +389,6 @@ class Ingest:
     def _measure(
         self, batch: Sequence[Pair], assumed: _Assumed, times: NDArray[np.float64]
     ) -> tuple[BatchMetrics, dict[datetime, Aggregate], list[tuple[Any, ...]] | None]:
-        from comparator.measure.normalize import fold, measure
 
         metrics = measure(batch, assumed.config)
         hours = fold(
@@ -451,7 +451,6 @@ class Ingest:
 
     async def write(self, conn: AsyncConnection, prepared: Prepared) -> IngestResult:
         """Store a prepared batch on ``conn``; pairs already stored are skipped, uncounted."""
-        from comparator.measure.normalize import fold
 
         inserted = 0
         refused = list(prepared.refused)
