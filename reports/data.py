@@ -75,7 +75,7 @@ class VerdictSummary:
     at: datetime
     elapsed_hours: float
     checks: tuple[CheckRow, ...]
-    # per-segment checks, as comparator.judge.checks.SegmentResult.to_json() writes them
+    # per-segment checks, as comparator.judge.segment_checks.SegmentResult.to_json() writes them
     segments: tuple[dict[str, Any], ...] = ()
 
     def check(self, check_id: str) -> CheckRow | None:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from comparator.judge.checks import coverage_counts
+from comparator.judge.results import coverage_counts
 from comparator.measure.aggregates import Aggregate, ddsketch_value, keys
 from comparator.store.reads import StoredPair
 from reports.data import CheckRow, ReportData

@@ -3,7 +3,7 @@
 They read the memory samples of a look, not the aggregate: samples after the warm-up are bucketed
 by hour from the warm-up's end, and each check works on hourly medians (steady) or peaks (headroom,
 leak). ``rss`` is the compared kind when it was sampled; headroom looks at every kind with a limit.
-The checks are built on the look of :mod:`comparator.judge.checks`, which calls :func:`memory_results`.
+The checks are built on :class:`comparator.judge.look.Look`; :mod:`comparator.judge.checks` calls :func:`memory_results`.
 
 Like every other check they keep intervals at the check's α and their running intersection:
 memory_steady judges the median of hourly medians of each side with a rank-band CS (α/2 a side),
@@ -22,15 +22,12 @@ import math
 import statistics
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from scipy import stats as sps
 
 from comparator.judge import stats
-from comparator.judge.checks import CheckResult, Status, _f
-
-if TYPE_CHECKING:
-    from comparator.judge.checks import _Look
+from comparator.judge.look import Look
+from comparator.judge.results import CheckResult, Status, num
 
 __all__ = ["MIB", "memory_results"]
 
@@ -40,7 +37,7 @@ NO_LIMIT = "no memory limit known: no shadowtee_serving_memory_limit_bytes scrap
 
 
 def _hourly(
-    look: _Look, side: str, kind: str, fn: Callable[[list[float]], float]
+    look: Look, side: str, kind: str, fn: Callable[[list[float]], float]
 ) -> list[tuple[float, float]]:
     """(hour since the warm-up ended, ``fn`` of that hour's values) of one side and kind."""
     start = look.ctx.experiment_start + timedelta(minutes=look.p.window.warmup_minutes)
@@ -53,7 +50,7 @@ def _hourly(
     return [(float(h), fn(v)) for h, v in sorted(buckets.items())]
 
 
-def _limit(look: _Look, kind: str) -> float | None:
+def _limit(look: Look, kind: str) -> float | None:
     """The candidate's smallest reported limit of ``kind`` (None: no limit known)."""
     limits = [
         s.limit_bytes for s in look.samples if s.side == "cand" and s.kind == kind and s.limit_bytes
@@ -61,7 +58,7 @@ def _limit(look: _Look, kind: str) -> float | None:
     return float(min(limits)) if limits else None
 
 
-def memory_results(look: _Look) -> list[CheckResult]:
+def memory_results(look: Look) -> list[CheckResult]:
     """memory_steady, memory_headroom and memory_leak, in that order."""
     enabled = {c: look.applies(c) for c in IDS}
     seen_sides = {s.side for s in look.samples}
@@ -97,7 +94,7 @@ def memory_results(look: _Look) -> list[CheckResult]:
     ]
 
 
-def _steady(look: _Look, kind: str) -> CheckResult:
+def _steady(look: Look, kind: str) -> CheckResult:
     """Median of hourly medians, cand/prod, with a CS on each side's median (α/2 a side)."""
     cid, cp = "memory_steady", look.p.check("memory_steady")
     need = look.p.minimums.memory_hours
@@ -119,7 +116,7 @@ def _steady(look: _Look, kind: str) -> CheckResult:
     )
     d_lo, d_hi = look.intersect(f"{cid}.diff_mib", (c_lo - p.upper) / MIB, (c.upper - p_lo) / MIB)
     abs_mib = cp.abs_mib
-    text = f"{kind} cand/prod {_f(ratio)} [{_f(lo)}, {_f(hi)}], Δ [{_f(d_lo)}, {_f(d_hi)}] MiB"
+    text = f"{kind} cand/prod {num(ratio)} [{num(lo)}, {num(hi)}], Δ [{num(d_lo)}, {num(d_hi)}] MiB"
 
     def done(status: Status, reason: str) -> CheckResult:
         return look.result(
@@ -127,15 +124,15 @@ def _steady(look: _Look, kind: str) -> CheckResult:
         )
 
     if hi <= cp.margin:
-        return done(Status.PASS, f"ratio ≤ {_f(cp.margin)}")
+        return done(Status.PASS, f"ratio ≤ {num(cp.margin)}")
     if abs_mib is not None and d_hi <= abs_mib:
-        return done(Status.PASS, f"Δ ≤ {_f(abs_mib)} MiB")
+        return done(Status.PASS, f"Δ ≤ {num(abs_mib)} MiB")
     if lo > cp.margin and (abs_mib is None or d_lo > abs_mib):
-        return done(Status.FAIL, f"ratio > {_f(cp.margin)} and Δ > {_f(abs_mib or 0.0)} MiB")
+        return done(Status.FAIL, f"ratio > {num(cp.margin)} and Δ > {num(abs_mib or 0.0)} MiB")
     return done(Status.INCONCLUSIVE, "not yet decided")
 
 
-def _headroom(look: _Look, kinds: set[str]) -> CheckResult:
+def _headroom(look: Look, kinds: set[str]) -> CheckResult:
     """Candidate peak / limit over every kind with a limit.
 
     The peak only grows, so a FAIL is final; a PASS is only given once the minimum window has
@@ -170,7 +167,7 @@ def _headroom(look: _Look, kinds: set[str]) -> CheckResult:
     )
 
 
-def _leak(look: _Look, kind: str) -> CheckResult:
+def _leak(look: Look, kind: str) -> CheckResult:
     """How long until the candidate's peak reaches its limit, from the slope's interval.
 
     With H the headroom left (limit − highest peak) and s* = H / margin the slope that reaches the

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from comparator.judge.checks import coverage_counts
+from comparator.judge.results import coverage_counts
 from comparator.measure.aggregates import OTHER, Aggregate, ddsketch_value, keys
 from comparator.store.reads import TALLY, Store
 from comparator.store.writer import QUARANTINE

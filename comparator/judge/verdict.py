@@ -40,16 +40,10 @@ from typing import Any, Protocol, assert_never
 
 from comparator.exceptions import UnknownExperiment
 from comparator.judge import stats
-from comparator.judge.checks import (
-    CheckContext,
-    CheckResult,
-    SegmentResult,
-    Status,
-    evaluate,
-    evaluate_segments,
-    infer_task,
-)
+from comparator.judge.checks import evaluate
 from comparator.judge.policy import Policy
+from comparator.judge.results import CheckContext, CheckResult, Status, infer_task
+from comparator.judge.segment_checks import SegmentResult, evaluate_segments
 from comparator.measure.aggregates import Aggregate, keys
 
 __all__ = [

@@ -8,8 +8,9 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from comparator.judge.checks import CheckContext, CheckResult, Status, evaluate, infer_task
+from comparator.judge.checks import evaluate
 from comparator.judge.policy import load_policy
+from comparator.judge.results import CheckContext, CheckResult, Status, infer_task
 from comparator.measure.aggregates import Aggregate, Moments, ddsketch_key, keys
 from tests.comparator.verdict_fakes import T0, memory_series
 

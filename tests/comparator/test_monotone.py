@@ -24,8 +24,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from comparator.judge.checks import CheckContext, Status, evaluate
+from comparator.judge.checks import evaluate
 from comparator.judge.policy import load_policy
+from comparator.judge.results import CheckContext, Status
 from comparator.judge.verdict import DECIDED, Decision, judge
 from comparator.measure.aggregates import Aggregate, Moments, ddsketch_key, keys
 from comparator.store.reads import MemorySample

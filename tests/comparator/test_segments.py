@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from comparator.judge.checks import Status
 from comparator.judge.policy import Policy, load_policy
+from comparator.judge.results import Status
 from comparator.judge.verdict import Decision, judge
 from comparator.measure.aggregates import OTHER, SEGMENT_CAP, Aggregate, keys
 from comparator.measure.normalize import NormalizeConfig, fold, measure
