@@ -31,17 +31,10 @@ from comparator.exceptions import StoreError, UnknownExperiment
 from comparator.measure.aggregates import Aggregate
 from comparator.measure.normalize import NormalizeConfig
 from comparator.store.database import async_url, make_engine, migration_state, upgrade_database
+from comparator.store.dialect import EXP, HOURS, PAIRS, QUARANTINE, insert_for
 from comparator.store.models import MemorySampleRow, QuarantineTallyRow, VerdictRow, VerdictStateRow
 from comparator.store.partitions import DEFAULT, Partitions, epoch_days
-from comparator.store.writer import (
-    EXP,
-    HOURS,
-    PAIRS,
-    QUARANTINE,
-    Ingest,
-    IngestResult,
-    insert_for,
-)
+from comparator.store.writer import Ingest, IngestResult
 from comparator.wire import Pair
 
 if TYPE_CHECKING:

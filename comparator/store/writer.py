@@ -46,108 +46,54 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import sqlite3
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from datetime import UTC, datetime
+from typing import Any
 
+import asyncpg
 import numpy as np
-from numpy.typing import NDArray
-from sqlalchemy import Table
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from comparator.exceptions import StoreError
 from comparator.ingest import Refused
 from comparator.measure.aggregates import Aggregate
-from comparator.measure.normalize import fold, measure
-from comparator.store.models import ExperimentRow, HourlyAggregateRow, PairRow, QuarantineRow
-from comparator.store.pair_rows import COLUMNS, pair_columns, pair_records, sqlite_utc_text, subset
-from comparator.wire import Pair
+from comparator.measure.normalize import fold
+from comparator.store.dialect import (
+    DRIVER_ERRORS,
+    EXP,
+    EXP_UPDATE,
+    HOURS_INSERT,
+    HOURS_SELECT,
+    HOURS_UPDATE,
+    INSERT_MISSING,
+    LOCK,
+    PAIRS,
+    QUARANTINE,
+    REQUEST_ID,
+    SQLITE_INSERT,
+    STORED,
+    Sql,
+    driver_call,
+    driver_connection,
+)
+from comparator.store.pair_rows import COLUMNS, sqlite_utc_text, subset
+from comparator.store.prepare import (
+    ITEM_CHARS,
+    KNOWN_TASKS,
+    Assumed,
+    BatchPreparation,
+    LockedExperiment,
+    Part,
+    Prepared,
+    hour_of,
+    json_value,
+    safe_text,
+    stamps,
+)
 
-if TYPE_CHECKING:
-    from comparator.measure.normalize import BatchMetrics, NormalizeConfig
-
-__all__ = [
-    "EXP",
-    "HOURS",
-    "KNOWN_TASKS",
-    "MAX_AHEAD",
-    "MAX_BACKDATE",
-    "PAIRS",
-    "QUARANTINE",
-    "Ingest",
-    "IngestResult",
-    "Prepared",
-    "insert_for",
-]
-
-KNOWN_TASKS = ("classification", "regression", "embedding", "ranking")
-T = TypeVar("T")
-_SQLITE_INSERT = (
-    f"INSERT INTO pairs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-)
-_REQUEST_ID = COLUMNS.index("request_id")
-
-
-class _Sql(NamedTuple):
-    """One statement in each driver's dialect: asyncpg's ``$n`` and arrays, sqlite3's ``?`` and
-    JSON arrays read by ``json_each`` (see :meth:`Ingest._array`)."""
-
-    postgresql: str
-    sqlite: str
-
-
-_EXP_COLUMNS = "id, name, started_at, last_pair_at, prod_version, cand_version, task"
-_LOCK = _Sql(
-    f"SELECT {_EXP_COLUMNS} FROM experiments WHERE name = ANY($1::varchar[]) "
-    "ORDER BY name FOR UPDATE",
-    f"SELECT {_EXP_COLUMNS} FROM experiments WHERE name IN (SELECT value FROM json_each(?)) "
-    "ORDER BY name",
-)
-_STORED = _Sql(
-    "SELECT request_id FROM pairs WHERE experiment_id = $1 AND request_id = ANY($2::varchar[])",
-    "SELECT request_id FROM pairs WHERE experiment_id = ? "
-    "AND request_id IN (SELECT value FROM json_each(?))",
-)
-_HOURS = _Sql(
-    "SELECT hour, data FROM hourly_aggregates WHERE experiment_id = $1 "
-    "AND hour = ANY($2::timestamptz[]) ORDER BY hour FOR UPDATE",
-    "SELECT hour, data FROM hourly_aggregates WHERE experiment_id = ? "
-    "AND hour IN (SELECT value FROM json_each(?)) ORDER BY hour",
-)
-_HOURS_INSERT = _Sql(
-    "INSERT INTO hourly_aggregates (experiment_id, hour, data, updated_at) "
-    "VALUES ($1, $2, $3::jsonb, $4)",
-    "INSERT INTO hourly_aggregates (experiment_id, hour, data, updated_at) VALUES (?, ?, ?, ?)",
-)
-_HOURS_UPDATE = _Sql(
-    "UPDATE hourly_aggregates SET data = $1::jsonb, updated_at = $2 "
-    "WHERE experiment_id = $3 AND hour = $4",
-    "UPDATE hourly_aggregates SET data = ?, updated_at = ? WHERE experiment_id = ? AND hour = ?",
-)
-_EXP_SET = (
-    "UPDATE experiments SET n_pairs = n_pairs + {}, started_at = {}, last_pair_at = {}, "
-    "task = {}, prod_version = {}, cand_version = {} WHERE id = {}"
-)
-_EXP_UPDATE = _Sql(_EXP_SET.format(*(f"${i}" for i in range(1, 8))), _EXP_SET.format(*"???????"))
-EXP = cast(Table, ExperimentRow.__table__)
-PAIRS = cast(Table, PairRow.__table__)
-HOURS = cast(Table, HourlyAggregateRow.__table__)
-QUARANTINE = cast(Table, QuarantineRow.__table__)
-MAX_BACKDATE = timedelta(hours=2)
-MAX_AHEAD = timedelta(minutes=5)
-_ITEM_CHARS = 16 * 1024  # a 32 MiB batch of refused pairs stays a bounded write
-_PG_DIALECT: Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-_PG_ARRAYS = ", ".join(
-    f"${i}::{c.type.compile(dialect=_PG_DIALECT)}[]" for i, c in enumerate(PAIRS.columns, start=1)
-)
-_INSERT_MISSING = _Sql(
-    f"INSERT INTO pairs ({', '.join(COLUMNS)}) SELECT * FROM unnest({_PG_ARRAYS}) "
-    "ON CONFLICT DO NOTHING RETURNING request_id",
-    _SQLITE_INSERT,
-)
+__all__ = ["Ingest", "IngestResult"]
 
 
 @dataclass(frozen=True)
@@ -163,112 +109,7 @@ class IngestResult:
     repaired: tuple[Refused, ...] = ()
 
 
-def insert_for(dialect: str, table: Any) -> Any:
-    """An INSERT of the dialect that knows ``ON CONFLICT`` (PostgreSQL, else SQLite)."""
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
-def _stamps(pairs: Sequence[Pair]) -> NDArray[np.float64]:
-    """The pairs' ``ts`` as POSIX seconds, which keep the order of distinct microseconds: much
-    cheaper to compare than aware datetimes one pair at a time."""
-    return np.array([p.ts.timestamp() for p in pairs], dtype=np.float64)
-
-
-async def _driver_connection(conn: AsyncConnection) -> Any:
-    """The driver's own connection (aiosqlite or asyncpg) under ``conn``, in its transaction.
-
-    SQLite's transaction is open from ``conn.begin()`` (``BEGIN IMMEDIATE``, see
-    comparator.store.database). SQLAlchemy's asyncpg adapter sends its BEGIN only with the first
-    statement it executes itself: until then a statement sent on the driver would run, and
-    commit, on its own — no lock held, no batch atomic — so one is sent through the adapter first.
-    """
-    driver: Any = (await conn.get_raw_connection()).driver_connection
-    if conn.dialect.name == "postgresql" and not driver.is_in_transaction():
-        await conn.exec_driver_sql("SELECT 1")
-    return driver
-
-
-async def _driver_call(call: Awaitable[T], what: str) -> T:
-    """Await a statement sent past SQLAlchemy, its driver's errors raised as :class:`StoreError`
-    (the failure the caller answers with 503), as SQLAlchemy would have wrapped them."""
-    import sqlite3
-
-    import asyncpg
-
-    try:
-        return await call
-    except (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise StoreError(f"{what} refused: {exc}") from exc
-
-
-def _json(value: Any) -> Any:
-    """A JSON column's value as read on the driver: text on SQLite, already decoded by the codec
-    SQLAlchemy sets up on asyncpg connections."""
-    return json.loads(value) if isinstance(value, str | bytes) else value
-
-
-def _safe(text: str) -> str:
-    """``text`` as valid UTF-8 without NUL, which every store takes."""
-    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
-
-
-def _hour(ts: datetime) -> datetime:
-    return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-@dataclass(frozen=True, slots=True)
-class _Exp:
-    """An experiment's row as locked by a write."""
-
-    id: int
-    started_at: datetime
-    last_pair_at: datetime | None
-    prod_version: str | None
-    cand_version: str | None
-    task: str | None
-
-
-@dataclass(frozen=True)
-class _Assumed:
-    """What a batch was measured against, outside the lock: the experiment's id (None before it
-    is first stored), the reading rules and the start that places its warm-up."""
-
-    experiment_id: int | None
-    config: NormalizeConfig
-    started_at: datetime
-
-
-@dataclass
-class _Part:
-    """One experiment's share of a batch, measured ahead of the write (see :meth:`Ingest.prepare`).
-
-    ``pairs`` are in request-id order with their POSIX times; ``first`` names the versions.
-    ``metrics``, ``hours`` and ``records`` hold for ``assumed`` and every pair of ``pairs``.
-    """
-
-    name: str
-    pairs: list[Pair]
-    times: NDArray[np.float64]
-    earliest: datetime
-    first: Pair
-    assumed: _Assumed
-    metrics: BatchMetrics
-    hours: dict[datetime, Aggregate]
-    records: list[tuple[Any, ...]] | None
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A validated batch measured and converted to rows, ready for :meth:`Ingest.write`."""
-
-    received: int
-    parts: tuple[_Part, ...]
-    refused: tuple[Refused, ...] = ()
-    index: dict[int, int] = dataclasses.field(default_factory=dict)  # id(pair) -> batch index
-
-
-@dataclass(frozen=True)
-class Ingest:
+class Ingest(BatchPreparation):
     """The store's ingest settings; :meth:`prepare` measures a batch, :meth:`write` stores it on an
     open write transaction.
 
@@ -283,144 +124,20 @@ class Ingest:
     (another writer started the experiment earlier or fixed its task first, a retried batch).
     """
 
-    sql_dialect: Dialect
-    config_for: Callable[[str], NormalizeConfig]
-    store_bodies: bool = False
-    raw_sample_rate: float = 0.0
-    max_backdate: timedelta = MAX_BACKDATE
-    max_ahead: timedelta = MAX_AHEAD
-    clock: Callable[[], datetime] = dataclasses.field(default=lambda: datetime.now(UTC))
-    # name -> (id, task, started_at) as last locked here: a hint, checked under the lock.
-    _seen: dict[str, tuple[int, str | None, datetime]] = dataclasses.field(
-        default_factory=dict, compare=False, repr=False
-    )
-
-    @property
-    def dialect(self) -> str:
-        return str(self.sql_dialect.name)
-
-    def _insert(self, table: Any) -> Any:
-        return insert_for(self.dialect, table)
-
-    def _config(self, name: str, stored_task: str | None) -> NormalizeConfig:
-        """The reading rules of a batch: an inferred task, once stored, holds for later batches."""
-        cfg = self.config_for(name)
-        if cfg.task == "auto" and stored_task:
-            return dataclasses.replace(cfg, task=stored_task)
-        return cfg
-
-    def prepare(
-        self,
-        pairs: Sequence[Pair],
-        refused: Sequence[Refused] = (),
-        indexes: Sequence[int] | None = None,
-    ) -> Prepared:
-        """Measure a validated batch, fold it into hours and build its rows (CPU only).
-
-        ``refused`` are the batch's pairs the caller refused, ``indexes`` the batch index of each
-        of ``pairs`` (default: their position); pairs outside the window join ``refused``.
-        """
-        index = {id(p): i for p, i in zip(pairs, indexes or range(len(pairs)), strict=True)}
-        out = list(refused)
-        groups: dict[str, dict[str, Pair]] = {}
-        for p in pairs:  # a request id repeated inside one batch counts once
-            groups.setdefault(p.experiment, {}).setdefault(p.request_id, p)
-        now = self.clock()
-        parts = []
-        for name in sorted(groups):
-            g = groups[name]
-            seen = self._seen.get(name)
-            g = self._in_window(g, seen[2] if seen else None, now, index, out)
-            if not g:
-                continue
-            # Pairs in request-id order, with their POSIX times (see _stamps).
-            batch = [g[rid] for rid in sorted(g)]
-            times = _stamps(batch)
-            earliest = batch[int(np.argmin(times))].ts
-            # versions from the first pair that names them
-            first = next((p for p in g.values() if p.prod.model_version), next(iter(g.values())))
-            if seen is None:
-                assumed = _Assumed(None, self._config(name, None), earliest)
-            else:
-                assumed = _Assumed(seen[0], self._config(name, seen[1]), min(seen[2], earliest))
-            part = _Part(
-                name, batch, times, earliest, first, assumed, *self._measure(batch, assumed, times)
-            )
-            parts.append(part)
-        return Prepared(len(pairs) + len(refused), tuple(parts), tuple(out), index)
-
-    def _in_window(
-        self,
-        group: dict[str, Pair],
-        started: datetime | None,
-        now: datetime,
-        index: Mapping[int, int],
-        refused: list[Refused],
-    ) -> dict[str, Pair]:
-        """The pairs of ``group`` inside the window (module docstring); the others to ``refused``.
-
-        ``started`` is the experiment's first pair as known, ``None`` for one not stored yet (then
-        only the future is refused: the first batch sets the start, and a replay may span days).
-        """
-        ahead = now + self.max_ahead
-        floor = started - self.max_backdate if started is not None else None
-        if floor is None:  # the first batch of an experiment sets its start (any span: replays)
-            if all(p.ts <= ahead for p in group.values()):
-                return group
-            floor = min(p.ts for p in group.values())
-        if all(floor <= p.ts <= ahead for p in group.values()):
-            return group
-        kept = {}
-        for rid, p in group.items():
-            if p.ts > ahead:
-                reason, why = "future", f"more than {self.max_ahead} after the comparator's clock"
-            elif p.ts < floor:
-                reason = "too_old"
-                why = f"more than {self.max_backdate} before the experiment's first pair"
-            else:
-                kept[rid] = p
-                continue
-            detail = f"ts {p.ts.isoformat()}: {why}"
-            refused.append(
-                Refused(index[id(p)], reason, detail, p.model_dump(mode="json"), p.experiment, rid)
-            )
-        return kept
-
-    def _measure(
-        self, batch: Sequence[Pair], assumed: _Assumed, times: NDArray[np.float64]
-    ) -> tuple[BatchMetrics, dict[datetime, Aggregate], list[tuple[Any, ...]] | None]:
-
-        metrics = measure(batch, assumed.config)
-        hours = fold(
-            batch, metrics, experiment_start=assumed.started_at, config=assumed.config, stamps=times
-        )
-        records = None
-        if assumed.experiment_id is not None:
-            records = self._records(assumed.experiment_id, batch, metrics)
-        return metrics, hours, records
-
-    def _records(
-        self, experiment_id: int, batch: Sequence[Pair], metrics: BatchMetrics
-    ) -> list[tuple[Any, ...]]:
-        cols = pair_columns(
-            experiment_id,
-            batch,
-            metrics,
-            store_bodies=self.store_bodies,
-            sample_rate=self.raw_sample_rate,
-        )
-        return pair_records(cols, self.sql_dialect)
-
-    async def _locked_rows(self, conn: AsyncConnection, names: Sequence[str]) -> dict[str, _Exp]:
+    async def _locked_rows(
+        self, conn: AsyncConnection, names: Sequence[str]
+    ) -> dict[str, LockedExperiment]:
         """``SELECT … FOR UPDATE`` of the named experiments (in name order: no deadlock); on
         SQLite the write transaction holds the lock already."""
-        rows = await self._fetch(conn, _LOCK, self._array(names), what="experiment lock")
+        rows = await self._fetch(conn, LOCK, self._array(names), what="experiment lock")
         read = self._read_stamp
-        return {r[1]: _Exp(r[0], read(r[2]), read(r[3]), r[4], r[5], r[6]) for r in rows}
+        return {
+            r[1]: LockedExperiment(r[0], read(r[2]), read(r[3]), r[4], r[5], r[6]) for r in rows
+        }
 
     async def _lock_experiments(
-        self, conn: AsyncConnection, parts: Sequence[_Part]
-    ) -> dict[str, _Exp]:
+        self, conn: AsyncConnection, parts: Sequence[Part]
+    ) -> dict[str, LockedExperiment]:
         """Lock every named row, inserting unseen experiments first."""
         names = [part.name for part in parts]  # sorted by prepare
         locked = await self._locked_rows(conn, names)
@@ -467,14 +184,14 @@ class Ingest:
                 batch = list(kept.values())
                 if not batch:
                     continue
-                times = _stamps(batch)
+                times = stamps(batch)
                 part = dataclasses.replace(
                     part, pairs=batch, times=times, earliest=batch[int(np.argmin(times))].ts
                 )
                 records = None
                 metrics, hours, _ = self._measure(batch, assumed, times)
             started = min(exp.started_at, part.earliest)
-            actual = _Assumed(exp.id, self._config(part.name, exp.task), started)
+            actual = Assumed(exp.id, self._config(part.name, exp.task), started)
             if actual.config != assumed.config:  # another writer fixed the task first
                 metrics, hours, records = self._measure(batch, actual, times)
                 assumed = actual
@@ -539,8 +256,8 @@ class Ingest:
                 "experiment": r.experiment,
                 "request_id": r.request_id,
                 "reason": r.reason,
-                "detail": _safe(r.detail),
-                "item": json.dumps(r.item, ensure_ascii=True, default=repr)[:_ITEM_CHARS],
+                "detail": safe_text(r.detail),
+                "item": json.dumps(r.item, ensure_ascii=True, default=repr)[:ITEM_CHARS],
                 "received_at": now,
             }
             for r in refused
@@ -559,9 +276,7 @@ class Ingest:
         thread hand-offs on a query that aiosqlite runs in one.
         """
         ids = self._array(request_ids)
-        return {
-            r[0] for r in await self._fetch(conn, _STORED, experiment_id, ids, what="id lookup")
-        }
+        return {r[0] for r in await self._fetch(conn, STORED, experiment_id, ids, what="id lookup")}
 
     async def _insert_pairs(
         self, conn: AsyncConnection, experiment_id: int, records: list[tuple[Any, ...]]
@@ -582,28 +297,24 @@ class Ingest:
         statistics: for an experiment newer than the last ANALYZE it scans every pair of the
         experiment, per batch.
         """
-        import sqlite3
-
-        import asyncpg
-
-        raw = await _driver_connection(conn)
+        raw = await driver_connection(conn)
         what = f"bulk load of {len(records)} pairs"
         # Never released: a savepoint ends with its transaction, and a RELEASE is a round trip.
-        await _driver_call(raw.execute("SAVEPOINT pairs_load"), what)
+        await driver_call(raw.execute("SAVEPOINT pairs_load"), what)
         try:
             if self.dialect == "postgresql":  # asyncpg's binary COPY
                 await raw.copy_records_to_table(PAIRS.name, records=records, columns=COLUMNS)
             else:
-                await raw.executemany(_SQLITE_INSERT, records)
+                await raw.executemany(SQLITE_INSERT, records)
             return None
         except asyncpg.UniqueViolationError:
             pass  # the primary key, its only unique index
         except sqlite3.IntegrityError as exc:
             if exc.sqlite_errorname != "SQLITE_CONSTRAINT_PRIMARYKEY":
                 raise StoreError(f"{what} refused: {exc}") from exc
-        except (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise StoreError(f"{what} refused: {exc}") from exc
-        await _driver_call(raw.execute("ROLLBACK TO SAVEPOINT pairs_load"), what)
+        await driver_call(raw.execute("ROLLBACK TO SAVEPOINT pairs_load"), what)
         return await self._insert_missing(conn, experiment_id, records)
 
     async def _insert_missing(
@@ -619,13 +330,13 @@ class Ingest:
         what = f"insert of {len(records)} pairs, some stored already"
         if self.dialect == "postgresql":
             columns = [list(c) for c in zip(*records, strict=True)]
-            rows = await self._fetch(conn, _INSERT_MISSING, *columns, what=what)
+            rows = await self._fetch(conn, INSERT_MISSING, *columns, what=what)
             return {r[0] for r in rows}
-        stored = await self._stored_ids(conn, experiment_id, [r[_REQUEST_ID] for r in records])
-        missing = [r for r in records if r[_REQUEST_ID] not in stored]
+        stored = await self._stored_ids(conn, experiment_id, [r[REQUEST_ID] for r in records])
+        missing = [r for r in records if r[REQUEST_ID] not in stored]
         if missing:
-            await self._executemany(conn, _INSERT_MISSING, missing, what)
-        return {r[_REQUEST_ID] for r in missing}
+            await self._executemany(conn, INSERT_MISSING, missing, what)
+        return {r[REQUEST_ID] for r in missing}
 
     def _stamp(self, values: Sequence[datetime | None]) -> list[Any]:
         """Aware datetimes as the driver takes them for a UTC column (naive UTC text on SQLite)."""
@@ -645,19 +356,19 @@ class Ingest:
         """A list bound as one parameter: an array on PostgreSQL, JSON text on SQLite."""
         return list(values) if self.dialect == "postgresql" else json.dumps(list(values))
 
-    async def _fetch(self, conn: AsyncConnection, sql: _Sql, *args: Any, what: str) -> list[Any]:
+    async def _fetch(self, conn: AsyncConnection, sql: Sql, *args: Any, what: str) -> list[Any]:
         """Rows of ``sql`` on the driver's connection, inside the open transaction."""
-        raw = await _driver_connection(conn)
+        raw = await driver_connection(conn)
         if self.dialect == "postgresql":
-            return list(await _driver_call(raw.fetch(sql.postgresql, *args), what))
-        return list(await _driver_call(raw.execute_fetchall(sql.sqlite, args), what))
+            return list(await driver_call(raw.fetch(sql.postgresql, *args), what))
+        return list(await driver_call(raw.execute_fetchall(sql.sqlite, args), what))
 
     async def _executemany(
-        self, conn: AsyncConnection, sql: _Sql, rows: Sequence[tuple[Any, ...]], what: str
+        self, conn: AsyncConnection, sql: Sql, rows: Sequence[tuple[Any, ...]], what: str
     ) -> None:
-        raw = await _driver_connection(conn)
+        raw = await driver_connection(conn)
         text = sql.postgresql if self.dialect == "postgresql" else sql.sqlite
-        await _driver_call(raw.executemany(text, rows), what)
+        await driver_call(raw.executemany(text, rows), what)
 
     async def merge_hours(
         self, conn: AsyncConnection, experiment_id: int, hours: Mapping[datetime, Aggregate]
@@ -672,14 +383,18 @@ class Ingest:
         now = datetime.now(UTC)
         merged: dict[datetime, Aggregate] = {}
         for h, agg in hours.items():
-            merged.setdefault(_hour(h), Aggregate()).merge(agg)
+            merged.setdefault(hour_of(h), Aggregate()).merge(agg)
         keys = sorted(merged)
         # Each hour as bound and as read back (the same datetime on PostgreSQL, text on SQLite).
         bound = dict(zip(self._stamp(keys), keys, strict=True))
         rows = await self._fetch(
-            conn, _HOURS, experiment_id, self._array(list(bound)), what="hourly aggregates read"
+            conn,
+            HOURS_SELECT,
+            experiment_id,
+            self._array(list(bound)),
+            what="hourly aggregates read",
         )
-        stored = {bound[r[0]]: Aggregate.from_json(_json(r[1])) for r in rows}
+        stored = {bound[r[0]]: Aggregate.from_json(json_value(r[1])) for r in rows}
         (stamp_now,) = self._stamp([now])
         fresh = [
             (experiment_id, b, json.dumps(merged[h].to_json()), stamp_now)
@@ -692,9 +407,9 @@ class Ingest:
             if h in stored
         ]
         if fresh:
-            await self._executemany(conn, _HOURS_INSERT, fresh, "hourly aggregates insert")
+            await self._executemany(conn, HOURS_INSERT, fresh, "hourly aggregates insert")
         if changed:
-            await self._executemany(conn, _HOURS_UPDATE, changed, "hourly aggregates update")
+            await self._executemany(conn, HOURS_UPDATE, changed, "hourly aggregates update")
 
     async def _update_experiment(
         self,
@@ -711,4 +426,4 @@ class Ingest:
         """The experiment's count, span, task and versions after a batch (one statement)."""
         started, last = self._stamp([started_at, last_pair_at])
         row = (added, started, last, task, prod_version, cand_version, experiment_id)
-        await self._executemany(conn, _EXP_UPDATE, [row], "experiment update")
+        await self._executemany(conn, EXP_UPDATE, [row], "experiment update")

@@ -13,8 +13,8 @@ from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import Dialect
 
 from comparator.measure.normalize import NormalizeConfig, measure
+from comparator.store.dialect import PAIRS
 from comparator.store.pair_rows import COLUMNS, pair_columns, pair_records, sqlite_utc_text
-from comparator.store.writer import PAIRS
 from comparator.wire import Pair
 from tests.comparator.store_support import T0, make_pair
 
