@@ -22,8 +22,8 @@ finds stored are exactly those stored before: a retried batch stores and counts 
 and a concurrent batch that overlaps it waits instead of double-counting. Should the missing ones
 be misjudged anyway, their insert fails on the primary key and the whole batch rolls back — never
 a silent double. The caller owns the transaction (``Store._write``); everything here runs on the
-connection it is given, the statements after the lock on the driver's own connection
-(SQLAlchemy's aiosqlite adapter costs about 0.8 ms a statement, the driver 0.1).
+connection it is given, the statements after the lock on the driver's own connection (SQLAlchemy's
+aiosqlite adapter costs several times the driver's own per statement).
 
 What a batch is measured against — the experiment's id, its stored task (an inferred task holds for
 later batches) and its start (which places the warm-up) — can change between prepare and write when
