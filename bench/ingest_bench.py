@@ -46,7 +46,8 @@ from sqlalchemy import select
 
 from comparator.app import GC_THRESHOLDS, tune_gc
 from comparator.measure.aggregates import Aggregate, Moments
-from comparator.store.reads import EXP, Store
+from comparator.store import Store
+from comparator.store.dialect import EXP
 from comparator.wire import Pair
 
 T = TypeVar("T")

@@ -80,7 +80,7 @@ def _row(name: str, runs: list[sim.Run], check: str | None) -> str:
 
 async def _segments(args: argparse.Namespace, d: Path) -> None:
     from comparator.judge.policy import load_policy as load
-    from comparator.store.reads import Store
+    from comparator.store import Store
     from tests.comparator import test_segments as seg
 
     (Path(d) / "seg.toml").write_text(seg.SEG_POLICY)

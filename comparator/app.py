@@ -59,7 +59,8 @@ from comparator.leader import PgLeader
 from comparator.metrics import ComparatorMetrics
 from comparator.sampler import MemorySampler
 from comparator.settings import ComparatorSettings, parse_host_port
-from comparator.store.reads import ExperimentInfo, Store
+from comparator.store import Store
+from comparator.store.reads import ExperimentInfo
 from comparator.wire import DropReport
 
 __all__ = [

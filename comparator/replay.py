@@ -36,7 +36,7 @@ import aiohttp
 from comparator.judge.policy import load_policy
 from comparator.judge.verdict import judge
 from comparator.measure.normalize import NormalizeConfig
-from comparator.store.reads import Store
+from comparator.store import Store
 from comparator.wire import Pair, RequestInfo, SideResult
 from contract.outcomes import Outcome, classify
 

@@ -24,7 +24,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from comparator.metrics import ComparatorMetrics
-from comparator.store.reads import MemorySample, Store
+from comparator.store import Store
+from comparator.store.reads import MemorySample
 
 __all__ = ["MemorySampler", "parse_memory"]
 

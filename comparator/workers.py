@@ -39,7 +39,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from comparator.settings import ComparatorSettings, parse_host_port
-from comparator.store.reads import Store
+from comparator.store import Store
 
 __all__ = ["METRICS_DIR_ENV", "serve"]
 

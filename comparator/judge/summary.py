@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 
 from comparator.judge.results import coverage_counts
 from comparator.measure.aggregates import OTHER, Aggregate, ddsketch_value, keys
-from comparator.store.dialect import QUARANTINE
-from comparator.store.reads import TALLY, Store
+from comparator.store import Store
+from comparator.store.dialect import QUARANTINE, TALLY
 
 __all__ = [
     "QUANTILES",

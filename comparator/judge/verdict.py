@@ -94,7 +94,7 @@ class _Memory(Protocol):
 
 
 class VerdictStore(Protocol):
-    """The five store methods a look uses (``comparator.store.reads.Store`` implements them)."""
+    """The five store methods a look uses (``comparator.store.Store`` implements them)."""
 
     async def get_experiment(self, name: str) -> Any: ...
     async def hourly_aggregates(

@@ -19,15 +19,28 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from comparator.exceptions import StoreError
-from comparator.store.models import ExperimentRow, HourlyAggregateRow, PairRow, QuarantineRow
+from comparator.store.models import (
+    ExperimentRow,
+    HourlyAggregateRow,
+    MemorySampleRow,
+    PairRow,
+    QuarantineRow,
+    QuarantineTallyRow,
+    VerdictRow,
+    VerdictStateRow,
+)
 from comparator.store.pair_rows import COLUMNS
 
 __all__ = [
     "DRIVER_ERRORS",
     "EXP",
     "HOURS",
+    "MEM",
     "PAIRS",
     "QUARANTINE",
+    "TALLY",
+    "VERDICTS",
+    "VSTATE",
     "Sql",
     "driver_call",
     "driver_connection",
@@ -86,6 +99,10 @@ EXP = cast(Table, ExperimentRow.__table__)
 PAIRS = cast(Table, PairRow.__table__)
 HOURS = cast(Table, HourlyAggregateRow.__table__)
 QUARANTINE = cast(Table, QuarantineRow.__table__)
+MEM = cast(Table, MemorySampleRow.__table__)
+VERDICTS = cast(Table, VerdictRow.__table__)
+VSTATE = cast(Table, VerdictStateRow.__table__)
+TALLY = cast(Table, QuarantineTallyRow.__table__)
 _PG_DIALECT: Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
 _PG_ARRAYS = ", ".join(
     f"${i}::{c.type.compile(dialect=_PG_DIALECT)}[]" for i, c in enumerate(PAIRS.columns, start=1)

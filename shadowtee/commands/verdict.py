@@ -86,7 +86,7 @@ def scorecard(verdict: Any) -> str:
 
 async def _judge(args: argparse.Namespace, at: datetime | None, policy: Any) -> Any:
     from comparator.judge.verdict import judge
-    from comparator.store.reads import Store
+    from comparator.store import Store
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter is not the answer
     store = await Store.open(args.db)

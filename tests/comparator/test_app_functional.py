@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from comparator.app import _IN_FLIGHT, STORE, create_app
 from comparator.measure.aggregates import ddsketch_key, ddsketch_value
 from comparator.settings import ComparatorSettings
-from comparator.store.reads import Store
+from comparator.store import Store
 from tests.comparator.store_support import (  # noqa: F401 - fixtures
     T0,
     db_url_fixture,

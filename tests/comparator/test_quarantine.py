@@ -18,9 +18,9 @@ from sqlalchemy import select
 from comparator.app import STORE, create_app
 from comparator.ingest import screen_body
 from comparator.settings import ComparatorSettings
+from comparator.store import Store
 from comparator.store.dialect import QUARANTINE
 from comparator.store.prepare import MAX_BACKDATE
-from comparator.store.reads import Store
 from tests.comparator.store_support import (  # noqa: F401 - fixtures
     T0,
     db_url_fixture,

@@ -24,7 +24,7 @@ from comparator.judge.results import Status
 from comparator.judge.verdict import Decision, judge
 from comparator.measure.aggregates import OTHER, SEGMENT_CAP, Aggregate, keys
 from comparator.measure.normalize import NormalizeConfig, fold, measure
-from comparator.store.reads import Store
+from comparator.store import Store
 from comparator.wire import Pair, PairBatch
 from tests.comparator import test_simulations as sim
 from tests.comparator.store_support import db_url_fixture, exp_fixture

@@ -33,7 +33,8 @@ from comparator.judge.policy import Policy, load_policy
 from comparator.judge.verdict import Decision, judge
 from comparator.measure.aggregates import Aggregate, keys
 from comparator.measure.normalize import NormalizeConfig
-from comparator.store.reads import MemorySample, Store
+from comparator.store import Store
+from comparator.store.reads import MemorySample
 from comparator.wire import PairBatch
 
 PAIRS_PER_HOUR = 100

@@ -21,7 +21,7 @@ from comparator.judge.verdict import (
     score,
 )
 from comparator.measure.aggregates import Aggregate, keys
-from comparator.store.reads import Store
+from comparator.store import Store
 from tests.comparator.verdict_fakes import (
     START,
     T0,

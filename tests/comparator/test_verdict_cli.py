@@ -13,7 +13,7 @@ import pytest
 
 from comparator.judge.policy import DEMO_POLICY_PATH, load_policy
 from comparator.judge.verdict import Decision, judge
-from comparator.store.reads import Store
+from comparator.store import Store
 from shadowtee.cli import main
 from tests.comparator.verdict_fakes import START, wire_pair
 

@@ -27,8 +27,8 @@ from sqlalchemy import select
 
 from comparator.app import STORE, create_app
 from comparator.settings import ComparatorSettings
+from comparator.store import Store
 from comparator.store.dialect import EXP, PAIRS, QUARANTINE
-from comparator.store.reads import Store
 from tests.comparator.store_support import (  # noqa: F401 - fixtures
     db_url_fixture,
     exp_fixture,
