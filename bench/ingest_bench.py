@@ -514,7 +514,8 @@ async def bench_summary(
     after ingesting ``total`` raw pairs (which this benchmark does not store).
     """
     from comparator.judge.summary import summarize
-    from comparator.measure.normalize import NormalizeConfig, fold, measure
+    from comparator.measure.fold import fold
+    from comparator.measure.normalize import NormalizeConfig, measure
 
     store = await Store.open(url)
     exp = f"bench-sum-{uuid.uuid4().hex[:8]}"

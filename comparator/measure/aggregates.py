@@ -57,7 +57,7 @@ def ddsketch_key(x: float) -> int:
 
 
 def signed_value(key: int) -> float:
-    """The upper edge of a signed log bucket (``comparator.measure.normalize.signed_keys``)."""
+    """The upper edge of a signed log bucket (``comparator.measure.fold.signed_keys``)."""
     negative = key % 2
     return (-1.0 if negative else 1.0) * GAMMA ** ((key - negative) // 2)
 

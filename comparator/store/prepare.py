@@ -20,7 +20,8 @@ from sqlalchemy.engine import Dialect
 
 from comparator.ingest import Refused
 from comparator.measure.aggregates import Aggregate
-from comparator.measure.normalize import BatchMetrics, NormalizeConfig, fold, measure
+from comparator.measure.fold import fold
+from comparator.measure.normalize import BatchMetrics, NormalizeConfig, measure
 from comparator.store.dialect import insert_for
 from comparator.store.pair_rows import pair_columns, pair_records
 from comparator.wire import Pair

@@ -59,7 +59,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from comparator.exceptions import StoreError
 from comparator.ingest import Refused
 from comparator.measure.aggregates import Aggregate
-from comparator.measure.normalize import fold
+from comparator.measure.fold import fold
 from comparator.store.dialect import (
     DRIVER_ERRORS,
     EXP,

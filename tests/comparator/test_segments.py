@@ -23,7 +23,8 @@ from comparator.judge.policy import Policy, load_policy
 from comparator.judge.results import Status
 from comparator.judge.verdict import Decision, judge
 from comparator.measure.aggregates import OTHER, SEGMENT_CAP, Aggregate, keys
-from comparator.measure.normalize import NormalizeConfig, fold, measure
+from comparator.measure.fold import fold
+from comparator.measure.normalize import NormalizeConfig, measure
 from comparator.store import Store
 from comparator.wire import Pair, PairBatch
 from tests.comparator import test_simulations as sim
