@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import math
 import random
@@ -15,8 +16,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from comparator.app import _IN_FLIGHT, STORE, create_app
+from comparator.app import STORE, create_app
 from comparator.measure.aggregates import ddsketch_key, ddsketch_value
+from comparator.routes import IN_FLIGHT as _IN_FLIGHT
 from comparator.settings import ComparatorSettings
 from comparator.store import Store
 from tests.comparator.store_support import (  # noqa: F401 - fixtures
@@ -247,6 +249,25 @@ async def test_health_and_metrics(api: Any, exp: str) -> None:
         text = await r.text()
     assert "shadowtee_comparator_pairs_inserted_total 3.0" in text
     assert "shadowtee_comparator_pairs_duplicate_total 3.0" in text
+
+
+async def test_metrics_speak_what_the_scraper_asks_for(api: Any, exp: str) -> None:
+    """/metrics is prometheus-client's handler: the text format by default, OpenMetrics when
+    asked for (as Prometheus does), gzip only when accepted; the same counts either way."""
+    base, http, _ = api
+    await post(http, [make_pair(i, exp) for i in range(2)])
+    async with aiohttp.ClientSession(base_url=base, auto_decompress=False) as raw:
+        async with raw.get("/metrics", headers={"Accept-Encoding": "identity"}) as r:
+            assert r.content_type == "text/plain" and "Content-Encoding" not in r.headers
+            text = (await r.read()).decode()
+        om = {"Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"}
+        async with raw.get("/metrics", headers=om) as r:
+            assert r.content_type == "application/openmetrics-text"
+            assert r.headers["Content-Encoding"] == "gzip"
+            openmetrics = gzip.decompress(await r.read()).decode()
+    assert "shadowtee_comparator_pairs_inserted_total 2.0" in text
+    assert "shadowtee_comparator_pairs_inserted_total 2.0" in openmetrics
+    assert openmetrics.endswith("# EOF\n")
 
 
 async def test_verdict_endpoint_answers_with_a_decision_or_503(api: Any, exp: str) -> None:
