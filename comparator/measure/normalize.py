@@ -15,7 +15,7 @@ The task is ``NormalizeConfig.task``, or inferred from production's outputs when
 (:func:`comparator.measure.outputs.infer_task`).
 
 A body that came as OIP binary tensors (the side's ``binary``) is decoded first
-(:func:`comparator.measure.outputs.decode_binary`).
+(:func:`comparator.measure.binary.decode_binary`).
 
 A side that answered (outcome ok, status < 500) has an **invalid** output when its body is null (not
 JSON, nor a binary tensor body that decodes), the output is missing or not numeric, holds NaN/Inf, its layout differs from production's, or
@@ -39,12 +39,12 @@ from numpy.typing import NDArray
 from comparator.measure.aggregates import (
     GAMMA,
 )
+from comparator.measure.binary import decode_binary
 from comparator.measure.divergence import cosine, js_distance, on_simplex, rbo_ext, softmax
 from comparator.measure.outputs import (
     TASKS,
     Layout,
     Output,
-    decode_binary,
     infer_task,
     is_label,
     is_logits,
@@ -324,7 +324,7 @@ def _compare_group(
 
 def _document(side: SideResult) -> Any:
     """The answer as JSON: the body, or else the binary tensor body it came as, decoded
-    (:func:`comparator.measure.outputs.decode_binary`); None when neither is readable."""
+    (:func:`comparator.measure.binary.decode_binary`); None when neither is readable."""
     if side.body is not None or side.binary is None:
         return side.body
     try:
