@@ -9,16 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from comparator.judge.decision import credit, decide, score
 from comparator.judge.policy import load_policy
 from comparator.judge.verdict import (
     CheckResult,
     Decision,
     Status,
     UnknownExperiment,
-    credit,
-    decide,
     judge,
-    score,
 )
 from comparator.measure.aggregates import Aggregate, keys
 from comparator.store import Store
