@@ -31,113 +31,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import json
 import os
 import random
 import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from ingest_bench_support import bench_store, encoded_batches, post_all
+from ingest_fill import bench_summary, fill_pairs, fresh_database, pair_bytes
 
 from comparator.app import GC_THRESHOLDS, tune_gc
-from comparator.measure.aggregates import Aggregate, Moments
 from comparator.store import Store
-from comparator.store.dialect import EXP
-from comparator.wire import Pair
 
 T = TypeVar("T")
-T0 = datetime(2026, 11, 22, 0, 0, tzinfo=UTC)
-# Pairs of the ingest runs are dated in the last hour, as live traffic is: on a partitioned
-# PostgreSQL they land in today's (or yesterday's) partition, not the default one.
-RECENT = datetime.now(UTC) - timedelta(hours=1)
-
-
-def make_pairs(
-    exp: str, start: int, n: int, rng: random.Random, t0: datetime | None = None
-) -> list[dict[str, Any]]:
-    out = []
-    for i in range(start, start + n):
-        p = [rng.random() for _ in range(10)]
-        q = [max(0.0, v + rng.uniform(-0.05, 0.05)) for v in p]
-        p = [v / sum(p) for v in p]
-        q = [v / sum(q) for v in q]
-        cand_ok = rng.random() > 0.02
-        out.append(
-            {
-                "request_id": f"{exp}-{i}",
-                "experiment": exp,
-                "ts": (
-                    t0 + timedelta(seconds=i * 0.05)
-                    if t0 is not None
-                    else RECENT + timedelta(seconds=(i % 1_000_000) * 0.003)
-                ).isoformat(),
-                "route": "/v2/models/digits/infer",
-                "request": {"sha256": hashlib.sha256(str(i).encode()).hexdigest()},
-                "prod": {
-                    "outcome": "ok",
-                    "status": 200,
-                    "latency_ms": rng.lognormvariate(1.2, 0.4),
-                    "model_version": "1",
-                    "body": {"outputs": [{"name": "probabilities", "shape": [1, 10], "data": p}]},
-                },
-                "candidate": {
-                    "outcome": "ok" if cand_ok else "timeout",
-                    "status": 200 if cand_ok else None,
-                    "latency_ms": rng.lognormvariate(1.3, 0.4) if cand_ok else 250.0,
-                    "model_version": "2",
-                    "body": {"outputs": [{"name": "probabilities", "shape": [1, 10], "data": q}]}
-                    if cand_ok
-                    else None,
-                },
-            }
-        )
-    return out
-
-
-def encoded_batches(
-    exp: str, start: int, batches: int, size: int, rng: random.Random
-) -> list[bytes]:
-    """``batches`` ingest bodies of ``size`` pairs, ids from ``start`` on, as JSON bytes."""
-    return [
-        json.dumps({"pairs": make_pairs(exp, start + b * size, size, rng)}).encode()
-        for b in range(batches)
-    ]
-
-
-async def bench_store(url: str, batches: int, size: int) -> tuple[float, float]:
-    """(pairs/s of fresh batches, pairs/s of a retried one) through ``Store.ingest``.
-
-    Batches wait as JSON bytes, as they arrive at the server, and each is validated just before
-    its (timed) ingest: only the batch in flight is alive, as in the server, so the garbage
-    collector sees the live set it would see there rather than every batch of the run.
-    """
-    from comparator.ingest import validate_json_body
-
-    store = await Store.open(url)
-    exp = f"bench-{uuid.uuid4().hex[:8]}"
-    rng = random.Random(1)
-    bodies = encoded_batches(exp, 0, batches, size, rng)
-    times = []
-    try:
-        # warm-up: first-sight insert of the experiment, caches
-        await store.ingest(validate_json_body(bodies[0]))
-        for body in bodies[1:]:
-            batch = validate_json_body(body)
-            t = time.perf_counter()
-            await store.ingest(batch)
-            times.append(time.perf_counter() - t)
-        batch = validate_json_body(bodies[1])
-        t = time.perf_counter()
-        await store.ingest(batch)  # a retried batch: all duplicates
-        retry = time.perf_counter() - t
-    finally:
-        await store.close()
-    return size * len(times) / sum(times), size / retry
 
 
 def _writer(
@@ -217,7 +125,7 @@ async def bench_http(url: str, batches: int, size: int) -> float:
     await site.start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
-        return await _post_all(base, bodies, size)
+        return await post_all(base, bodies, size)
     finally:
         await runner.cleanup()
 
@@ -359,101 +267,6 @@ async def bench_replicas(
             await asyncio.wait_for(proc.wait(), timeout=60)
 
 
-@contextlib.asynccontextmanager
-async def fresh_database(url: str) -> Any:
-    """A new database on the server of ``url`` (dropped at the end): its SQLAlchemy URL."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    name = f"shadowtee_bench_{uuid.uuid4().hex[:10]}"
-    admin = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        yield parsed.set(database=name).render_as_string(hide_password=False)
-    finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
-
-
-# Rows as the comparator stores a classification pair without bodies: outcomes, statuses,
-# latencies, classes and the per-pair metrics. g numbers the row, n the rows in all.
-_FILL = """
-INSERT INTO pairs (experiment_id, request_id, ts, route, request_sha256, prod_outcome,
-    cand_outcome, prod_status, cand_status, prod_latency_ms, cand_latency_ms, prod_version,
-    cand_version, prod_class, cand_class, top1_agree, js, abs_diff, cosine, prod_invalid,
-    cand_invalid, divergence, sampled)
-SELECT $1, 'fill-' || g, $2::timestamptz + (g::float8 / $4) * $3::interval,
-    '/v2/models/digits/infer', md5(g::text) || md5((g + 1)::text), 'ok', 'ok', 200, 200,
-    3 + random() * 2, 3.5 + random() * 2, '1', '2', g % 10, (g + (g % 7 = 0)::int) % 10,
-    g % 7 <> 0, random() * 0.01, random() * 0.1, 1 - random() * 0.01, false, false,
-    random() * 0.01, false
-FROM generate_series($5::bigint, $6::bigint - 1) AS g
-"""
-
-
-async def fill_pairs(url: str, rows: int) -> tuple[float, float]:
-    """Store ``rows`` pairs of one experiment in SQL, spread over the 46 hours before the last
-    two (their days' partitions created first), then VACUUM ANALYZE and CHECKPOINT, so that the
-    measurements after it do not share the machine with the fill's aftermath (autovacuum of the
-    new rows, their dirty pages); seconds taken by each step."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    store = await Store.open(url)
-    try:
-        assert store.partitions is not None, "--fill-rows needs PostgreSQL"
-        first = [Pair.model_validate(d) for d in make_pairs("bench-fill", 0, 1, random.Random(6))]
-        await store.ingest(first)
-        now = datetime.now(UTC)
-        start, span = now - timedelta(hours=48), timedelta(hours=46)
-        days = {(start + span * k / 8).date() for k in range(9)}
-        await store.partitions.create(days)
-        eid = await _scalar(store, "SELECT id FROM experiments WHERE name = 'bench-fill'")
-    finally:
-        await store.close()
-    conn = await asyncpg.connect(
-        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
-    try:
-        t = time.perf_counter()
-        step = 1_000_000
-        for lo in range(0, rows, step):  # statements of a bounded size
-            await conn.execute(_FILL, eid, start, span, rows, lo, min(rows, lo + step))
-        filled = time.perf_counter()
-        await conn.execute("VACUUM (ANALYZE) pairs")
-        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
-            await conn.execute("CHECKPOINT")
-        return filled - t, time.perf_counter() - filled
-    finally:
-        await conn.close()
-
-
-async def _scalar(store: Store, sql: str) -> Any:
-    from sqlalchemy import text
-
-    async with store.engine.connect() as conn:
-        return (await conn.execute(text(sql))).scalar()
-
-
-async def pair_bytes(url: str) -> tuple[int, int]:
-    """(pairs stored, bytes of ``pairs`` with its indexes over all partitions)."""
-    store = await Store.open(url)
-    try:
-        n = int(await _scalar(store, "SELECT count(*) FROM pairs"))
-        size = int(
-            await _scalar(
-                store,
-                "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits "
-                "WHERE inhparent = 'pairs'::regclass",
-            )
-        )
-        return n, size
-    finally:
-        await store.close()
-
-
 async def bench_fill(url: str, rows: int, batches: int, size: int, repeat: int) -> None:
     """Ingest into an empty ``pairs`` and into one holding ``rows`` pairs: two new databases on
     the server, one filled first, then each run measured on one and then the other, so that the
@@ -478,75 +291,6 @@ async def bench_fill(url: str, rows: int, batches: int, size: int, repeat: int) 
         for db, what in ((empty, "by HTTP and Store.ingest"), (full, "most filled in SQL")):
             n, used = await pair_bytes(db)
             print(f"postgresql  bytes per stored pair: {used / n:,.0f} ({n:,} pairs, {what})")
-
-
-async def _post_all(base: str, bodies: list[bytes], size: int) -> float:
-    import aiohttp
-
-    async with aiohttp.ClientSession(base_url=base) as http:
-        headers = {"Content-Type": "application/json"}
-        async with http.post("/v1/pairs", data=bodies[0], headers=headers) as r:
-            assert r.status == 200, await r.text()
-        t = time.perf_counter()
-        for body in bodies[1:]:
-            async with http.post("/v1/pairs", data=body, headers=headers) as r:
-                assert r.status == 200, await r.text()
-        return size * (len(bodies) - 1) / (time.perf_counter() - t)
-
-
-def scaled(agg: Aggregate, k: int) -> Aggregate:
-    """``agg`` as if every pair in it had been seen ``k`` times (same shape, k× the counts)."""
-    return Aggregate(
-        counters={n: c * k for n, c in agg.counters.items()},
-        moments={n: Moments(m.n * k, m.mean, m.m2 * k) for n, m in agg.moments.items()},
-        hists={n: {b: c * k for b, c in h.items()} for n, h in agg.hists.items()},
-        cats={n: {b: c * k for b, c in h.items()} for n, h in agg.cats.items()},
-    )
-
-
-async def bench_summary(
-    url: str, total: int, hours: int = 48, per_hour: int = 500
-) -> tuple[float, int]:
-    """Seconds for summarize() of an experiment of ``total`` pairs over ``hours`` hours.
-
-    Each hour's aggregate is the real fold of ``per_hour`` generated pairs, scaled to
-    ``total / hours`` pairs: the summary reads aggregates only, so this is the same work as
-    after ingesting ``total`` raw pairs (which this benchmark does not store).
-    """
-    from comparator.judge.summary import summarize
-    from comparator.measure.fold import fold
-    from comparator.measure.normalize import NormalizeConfig, measure
-
-    store = await Store.open(url)
-    exp = f"bench-sum-{uuid.uuid4().hex[:8]}"
-    rng = random.Random(3)
-    try:
-        first = [Pair.model_validate(d) for d in make_pairs(exp, 0, 1, rng, T0)]
-        await store.ingest(first)
-        info = await store.get_experiment(exp)
-        assert info is not None
-        cfg = NormalizeConfig(warmup_minutes=0)
-        k = max(1, total // (hours * per_hour))
-        rows: dict[datetime, Aggregate] = {}
-        for h in range(hours):
-            pairs = [
-                Pair.model_validate({**d, "ts": (T0 + timedelta(hours=h, seconds=i)).isoformat()})
-                for i, d in enumerate(make_pairs(exp, 1 + h * per_hour, per_hour, rng, T0))
-            ]
-            hour_aggs = fold(pairs, measure(pairs, cfg), experiment_start=T0, config=cfg)
-            for hour, agg in hour_aggs.items():
-                rows[hour] = scaled(agg, k)
-        async with store._write() as conn:
-            eid = (await conn.execute(select(EXP.c.id).where(EXP.c.name == exp))).scalar_one()
-            await store._merge_hours(conn, eid, rows)
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            summary = await summarize(store, exp)
-            times.append(time.perf_counter() - t)
-        return statistics.median(times), int(summary["pairs"])
-    finally:
-        await store.close()
 
 
 async def _repeat(times: int, bench: Callable[..., Awaitable[T]], *args: Any) -> list[T]:
