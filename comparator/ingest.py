@@ -23,7 +23,6 @@ from __future__ import annotations
 import hmac
 import json
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +46,6 @@ __all__ = [
     "describe_error",
     "parse_body",
     "read_body",
-    "read_pairs",
     "screen_body",
     "screen_items",
     "validate_json_body",
@@ -272,19 +270,3 @@ def screen_body(body: bytes, content_type: str) -> Screened:
             if err["type"] == "json_invalid":
                 raise UnparseableBody(f"body is not JSON: {err['msg']}") from None
     return screen_items(parse_body(body, content_type))
-
-
-async def read_pairs(
-    request: web.Request,
-    *,
-    token: SecretStr | None,
-    max_body_bytes: int,
-    before_parsing: Callable[[], Awaitable[None]] | None = None,
-) -> Screened:
-    """Authenticate, read, parse and screen one ingest request; ``before_parsing`` is awaited
-    between reading the body and the CPU work of parsing it (``Store.between_writes``)."""
-    check_token(request.headers.get("Authorization"), token)
-    body = await read_body(request, max_body_bytes)
-    if before_parsing is not None:
-        await before_parsing()
-    return screen_body(body, request.headers.get("Content-Type", ""))

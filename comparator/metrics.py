@@ -64,7 +64,11 @@ class ComparatorMetrics:
             ),
             rejected={r: rejected.labels(reason=r) for r in REJECT_REASONS},
             quarantined={r: quarantined.labels(reason=r) for r in QUARANTINE_REASONS},
-            ingest_seconds=Histogram(p + "ingest_seconds", "Time to store one batch", registry=reg),
+            ingest_seconds=Histogram(
+                p + "ingest_seconds",
+                "Time to validate, measure and store one batch (its body read)",
+                registry=reg,
+            ),
             scrapes={s: scrapes.labels(side=s) for s in sides},
             scrape_errors={s: errors.labels(side=s) for s in sides},
             memory_samples=Counter(p + "memory_samples", "Memory samples stored", registry=reg),

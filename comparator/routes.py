@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from comparator.exceptions import IngestError, StoreError, UnknownExperiment
-from comparator.ingest import check_token, read_body, read_pairs
+from comparator.ingest import check_token, read_body, screen_body
 from comparator.judge.looks import LookBook, Looker
 from comparator.judge.policy import load_policy
 from comparator.judge.summary import UnknownDimension, summarize
@@ -186,29 +187,25 @@ async def post_pairs(request: web.Request) -> web.Response:
 
 async def _store_batch(request: web.Request) -> web.Response:
     settings, metrics, store = request.app[SETTINGS], request.app[METRICS], request.app[STORE]
+    # The limit travels with every answer, so a proxy cuts its batches below it.
+    limit = {"X-Max-Body-Bytes": str(settings.max_body_bytes)}
     try:
-        screened = await read_pairs(
-            request,
-            token=settings.token,
-            max_body_bytes=settings.max_body_bytes,
-            before_parsing=store.between_writes,
-        )
+        check_token(request.headers.get("Authorization"), settings.token)
+        body = await read_body(request, settings.max_body_bytes)
+        started = time.perf_counter()
+        # Parsed by the store, in its turn (the CPU work waits for other writes: Store.ingest).
+        parse = partial(screen_body, body, request.headers.get("Content-Type", ""))
+        result = await store.ingest(parse)
     except IngestError as exc:
         metrics.rejected[_REASON.get(exc.status, "invalid")].inc()
-        # The limit travels with every answer, so a proxy cuts its batches below it.
-        limit = {"X-Max-Body-Bytes": str(settings.max_body_bytes)}
         return web.json_response({"error": str(exc)}, status=exc.status, headers=limit)
-    pairs = screened.pairs
-    started = time.perf_counter()
-    try:
-        result = await store.ingest(pairs, screened.refused, screened.indexes)
     except (SQLAlchemyError, OSError, StoreError) as exc:
         metrics.rejected["store"].inc()
-        log.error("storing a batch of %d pairs failed: %s", len(pairs), exc)
+        log.error("storing a batch failed: %s", exc)
         return error_response(503, "the database is unavailable; retry later")
     except Exception:  # a bug must not look like a bad batch; the transaction rolled back
         metrics.rejected["store"].inc()
-        log.exception("storing a batch of %d pairs failed", len(pairs))
+        log.exception("storing a batch failed")
         return error_response(500, "internal error while storing the batch; nothing was stored")
     metrics.ingest_seconds.observe(time.perf_counter() - started)
     metrics.batches.inc()

@@ -37,7 +37,7 @@ from comparator.store.writer import Ingest, IngestResult
 from comparator.wire import Pair
 
 if TYPE_CHECKING:
-    from comparator.ingest import Refused
+    from comparator.ingest import Refused, Screened
 
 from comparator.store.reads import ExperimentInfo, MemorySample, StoredPair, from_the_future
 from comparator.store.retention import Retention
@@ -104,7 +104,7 @@ class Store(Retention):
         infer everything); ``store_bodies`` keeps request and response bodies; ``raw_sample_rate``
         is the hash fraction of raw pairs that :meth:`purge_pairs` keeps for drill-down;
         ``writes_first`` holds batches' CPU work back while another batch is written (see
-        :meth:`between_writes`), for a process that shares experiments with other writers.
+        the pacing of :meth:`ingest`), for a process that shares experiments with other writers.
         """
         engine = make_engine(url)
         try:
@@ -171,7 +171,7 @@ class Store(Retention):
     # -- ingest -------------------------------------------------------------------------------
     async def ingest(
         self,
-        pairs: list[Pair],
+        pairs: list[Pair] | Callable[[], Screened],
         refused: Sequence[Refused] = (),
         indexes: Sequence[int] | None = None,
     ) -> IngestResult:
@@ -179,12 +179,19 @@ class Store(Retention):
 
         ``refused`` (comparator.ingest.screen_body) and the pairs outside the time window go to
         the quarantine in the same transaction; ``indexes`` are the pairs' places in the batch.
+        ``pairs`` may instead be the parser of a request body (comparator.ingest.screen_body
+        bound to it), called here: so parsing, validating and measuring the batch all wait for
+        one turn of the store's pacing (see :meth:`_between_writes`). What the parser raises
+        (an :class:`~comparator.exceptions.IngestError`) propagates, nothing stored.
         """
+        # Measured before the write lock, so that this batch's CPU work overlaps other
+        # batches' SQL (with writes_first, only other processes' batches: see _between_writes).
+        await self._between_writes()
+        if callable(pairs):
+            screened = pairs()
+            pairs, refused, indexes = screened.pairs, screened.refused, screened.indexes
         if not pairs and not refused:
             return IngestResult(0, 0, 0)
-        # Measured before the write lock, so that this batch's CPU work overlaps other
-        # batches' SQL (with writes_first, only other processes' batches: see between_writes).
-        await self.between_writes()
         prepared = self._ingest.prepare(pairs, refused, indexes)
         if self.partitions is not None and prepared.parts:
             days = np.unique(np.concatenate([part.times for part in prepared.parts]) // 86_400)
@@ -198,7 +205,7 @@ class Store(Retention):
             if not self._writing:
                 self._no_write.set()
 
-    async def between_writes(self) -> None:
+    async def _between_writes(self) -> None:
         """With ``writes_first``, wait until no batch of this store is being written: for CPU
         work on the event loop (validating, measuring a batch) to start only then.
 

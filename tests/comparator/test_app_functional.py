@@ -318,6 +318,7 @@ async def test_with_workers_a_batch_is_not_validated_while_another_is_being_writ
     db_url: str, exp: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import comparator.ingest
+    import comparator.routes
 
     app = create_app(ComparatorSettings(db=db_url, workers=2), CollectorRegistry())
     writing_when_validated: list[int] = []
@@ -327,7 +328,7 @@ async def test_with_workers_a_batch_is_not_validated_while_another_is_being_writ
         writing_when_validated.append(app[STORE]._writing)
         return validate(body, content_type)
 
-    monkeypatch.setattr(comparator.ingest, "screen_body", spy)
+    monkeypatch.setattr(comparator.routes, "screen_body", spy)
     batches = [[make_pair(20 * k + i, exp) for i in range(20)] for k in range(6)]
     async with running(app) as base, aiohttp.ClientSession(base_url=base) as http:
         answers = await asyncio.gather(*(post(http, b) for b in batches))
