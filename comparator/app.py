@@ -255,7 +255,7 @@ def run(
     if sock is None and settings.workers > 1:
         return workers.serve(settings, serve_worker)
     with contextlib.suppress(ImportError):
-        import uvloop
+        import uvloop  # lazy: optional (no wheel on Windows), and only a serving process wants it
 
         uvloop.install()
     app = create_app(settings, role=role)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 from sqlalchemy.engine import make_url
 
 __all__ = ["ADVISORY_KEY", "PgLeader", "plain_pg_url"]
@@ -134,8 +135,6 @@ class PgLeader:
             self._on_change(leading)
 
     async def _connect(self) -> Any:
-        import asyncpg
-
         timeout = str(self.idle_session_timeout_ms)
         try:
             return await asyncpg.connect(

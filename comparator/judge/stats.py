@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 from scipy import stats as sps
+from scipy.spatial.distance import jensenshannon
 
 from comparator.measure.aggregates import GAMMA, ddsketch_value
 
@@ -322,8 +323,6 @@ def psi(
 
 def jensen_shannon(p: Sequence[float] | FloatArray, q: Sequence[float] | FloatArray) -> float:
     """Jensen–Shannon distance, base 2 (in [0, 1])."""
-    from scipy.spatial.distance import jensenshannon
-
     return float(jensenshannon(_proportions(p), _proportions(q), base=2))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -44,6 +45,7 @@ def async_url(url: str) -> str:
 
 
 def _alembic_config() -> Any:
+    # lazy: importing alembic logs at INFO, noise in a process that never migrates
     from alembic.config import Config
 
     cfg = Config()
@@ -52,7 +54,7 @@ def _alembic_config() -> Any:
 
 
 def _upgrade_sync(connection: Any) -> None:
-    from alembic import command
+    from alembic import command  # lazy: see _alembic_config
 
     cfg = _alembic_config()
     cfg.attributes["connection"] = connection
@@ -60,7 +62,7 @@ def _upgrade_sync(connection: Any) -> None:
 
 
 def _current_and_head_sync(connection: Any) -> tuple[str | None, str | None]:
-    from alembic.runtime.migration import MigrationContext
+    from alembic.runtime.migration import MigrationContext  # lazy: see _alembic_config
     from alembic.script import ScriptDirectory
 
     current = MigrationContext.configure(connection).get_current_revision()
@@ -88,8 +90,6 @@ async def upgrade_database(engine: AsyncEngine) -> None:
 
 
 def make_engine(url: str) -> AsyncEngine:
-    from sqlalchemy import event
-
     aurl = async_url(url)
     if not aurl.startswith("sqlite"):
         return create_async_engine(

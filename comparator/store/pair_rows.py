@@ -13,20 +13,18 @@ import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import Boolean, Table
 from sqlalchemy.engine import Dialect
 
+from comparator.measure.normalize import BatchMetrics
 from comparator.store.models import PairRow
 from comparator.wire import Pair
 from contract import sampled
 
-if TYPE_CHECKING:
-    from comparator.measure.normalize import BatchMetrics
-
-__all__ = ["COLUMNS", "pair_columns", "pair_records", "sampled", "sqlite_utc_text", "subset"]
+__all__ = ["COLUMNS", "pair_columns", "pair_records", "sqlite_utc_text", "subset"]
 
 PAIRS = cast(Table, PairRow.__table__)
 

@@ -239,7 +239,6 @@ class BatchPreparation:
     def _measure(
         self, batch: Sequence[Pair], assumed: Assumed, times: NDArray[np.float64]
     ) -> tuple[BatchMetrics, dict[datetime, Aggregate], list[tuple[Any, ...]] | None]:
-
         metrics = measure(batch, assumed.config)
         hours = fold(
             batch, metrics, experiment_start=assumed.started_at, config=assumed.config, stamps=times

@@ -10,16 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from comparator.measure.aggregates import Aggregate
 from comparator.store.dialect import EXP, HOURS, MEM, PAIRS, VERDICTS, VSTATE
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["ExperimentInfo", "MemorySample", "Reads", "StoredPair"]
 

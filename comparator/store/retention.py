@@ -7,22 +7,17 @@ import logging
 from collections import Counter
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Select, column, delete, select, table
+from sqlalchemy import column, delete, select, table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from comparator.store.dialect import EXP, PAIRS, QUARANTINE, TALLY
 from comparator.store.partitions import DEFAULT, Partitions
-
-if TYPE_CHECKING:
-    pass
-
 from comparator.store.reads import Reads
 
 __all__ = ["Retention"]
 
-_Q = TypeVar("_Q", bound=Select[Any])
 log = logging.getLogger(__name__)
 # The default partition on PostgreSQL (comparator.store.partitions): what retention still deletes by row.
 _PAIRS_DEFAULT = table(

@@ -19,28 +19,25 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from comparator.exceptions import StoreError, UnknownExperiment
+from comparator.ingest import Refused, Screened
 from comparator.measure.aggregates import Aggregate
 from comparator.measure.normalize import NormalizeConfig
 from comparator.store.database import async_url, make_engine, migration_state, upgrade_database
 from comparator.store.dialect import EXP, MEM, VERDICTS, VSTATE, insert_for
 from comparator.store.partitions import Partitions, epoch_days
-from comparator.store.writer import Ingest, IngestResult
-from comparator.wire import Pair
-
-if TYPE_CHECKING:
-    from comparator.ingest import Refused, Screened
-
 from comparator.store.reads import ExperimentInfo, MemorySample, StoredPair, from_the_future
 from comparator.store.retention import Retention
+from comparator.store.writer import Ingest, IngestResult
+from comparator.wire import Pair
 
 __all__ = [
     "ExperimentInfo",
@@ -52,7 +49,6 @@ __all__ = [
     "upgrade_database",
 ]
 
-_Q = TypeVar("_Q", bound=Select[Any])
 log = logging.getLogger(__name__)
 
 
@@ -165,7 +161,6 @@ class Store(Retention):
         return insert_for(self.dialect, table)
 
     def _config_for(self, name: str) -> NormalizeConfig:
-
         return self._normalize_config(name) if self._normalize_config else NormalizeConfig()
 
     # -- ingest -------------------------------------------------------------------------------

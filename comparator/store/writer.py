@@ -168,7 +168,6 @@ class Ingest(BatchPreparation):
 
     async def write(self, conn: AsyncConnection, prepared: Prepared) -> IngestResult:
         """Store a prepared batch on ``conn``; pairs already stored are skipped, uncounted."""
-
         inserted = 0
         refused = list(prepared.refused)
         repaired: list[Refused] = []
