@@ -206,11 +206,11 @@ class Store(Retention):
 
         A batch being written holds its experiment's lock, for every process writing that
         experiment, and each of its statements goes on only when the event loop gets back to it:
-        a batch validated or measured meanwhile (10-20 ms of CPU at 500 pairs) holds the lock,
-        and every other writer, that much longer. PostgreSQL showed it as writers waiting on the
-        experiment's row while its holder sat idle in its transaction. It pays with several
-        processes writing (``--workers``); a lone process loses by it, as its CPU work no longer
-        overlaps its own writes (the README has the ingest benchmark).
+        a batch validated or measured meanwhile holds the lock, and every other writer, that much
+        longer. PostgreSQL showed it as writers waiting on the experiment's row while its holder
+        sat idle in its transaction. It pays with several processes writing (``--workers``); a
+        lone process loses by it, as its CPU work no longer overlaps its own writes (the README
+        has the ingest benchmark).
         """
         if not self._writes_first:
             return

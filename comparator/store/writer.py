@@ -23,7 +23,7 @@ and a concurrent batch that overlaps it waits instead of double-counting. Should
 be misjudged anyway, their insert fails on the primary key and the whole batch rolls back — never
 a silent double. The caller owns the transaction (``Store._write``); everything here runs on the
 connection it is given, the statements after the lock on the driver's own connection (SQLAlchemy's
-aiosqlite adapter costs several times the driver's own per statement).
+aiosqlite adapter adds its own cost to every statement).
 
 What a batch is measured against — the experiment's id, its stored task (an inferred task holds for
 later batches) and its start (which places the warm-up) — can change between prepare and write when

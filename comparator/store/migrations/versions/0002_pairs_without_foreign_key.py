@@ -2,7 +2,7 @@
 
 Every writer of ``pairs`` (ingest) locks, or first creates, the experiment row in the same
 transaction as the bulk load, so the key can only ever point at a stored experiment. Checked by
-the database, it cost a lookup per pair: about a third of PostgreSQL's time in a 500-pair COPY.
+the database, it cost a lookup per pair, a large share of a bulk load's time.
 Nothing in shadowtee deletes an experiment; one deleted by hand leaves its pairs behind, to be
 deleted with ``DELETE FROM pairs WHERE experiment_id = …``.
 
