@@ -29,8 +29,8 @@ What a batch is measured against — the experiment's id, its stored task (an in
 later batches) and its start (which places the warm-up) — can change between prepare and write when
 another process writes the same experiment (comparator replicas, ``--workers``). Under the lock the
 write compares them with the locked row and measures, folds or builds rows again where they differ,
-as it folds again the new pairs of a partly retried batch; the result is always what a single
-writer would have stored.
+as it folds again the new pairs of a partly retried batch: each at most once, and only what no
+longer holds; the result is always what a single writer would have stored.
 
 The window: a pair dated more than ``max_backdate`` before the experiment's first pair as stored
 (the first batch of an experiment sets it) or more than ``max_ahead`` after
@@ -60,6 +60,7 @@ from comparator.exceptions import StoreError
 from comparator.ingest import Refused
 from comparator.measure.aggregates import Aggregate
 from comparator.measure.fold import fold
+from comparator.measure.normalize import measure
 from comparator.store.dialect import (
     DRIVER_ERRORS,
     EXP,
@@ -175,9 +176,12 @@ class Ingest(BatchPreparation):
         for part in prepared.parts:
             exp = exps[part.name]
             batch, times, metrics = part.pairs, part.times, part.metrics
-            hours, records, assumed = part.hours, part.records, part.assumed
+            assumed = part.assumed
+            hours: dict[datetime, Aggregate] | None = part.hours
+            records = part.records
             floor = exp.started_at - self.max_backdate
-            if part.earliest < floor:  # another writer stored the experiment's first pairs
+            shrunk = part.earliest < floor  # another writer stored the experiment's first pairs
+            if shrunk:
                 group = {p.request_id: p for p in batch}
                 kept = self._in_window(group, exp.started_at, self.clock(), prepared.index, refused)
                 batch = list(kept.values())
@@ -187,13 +191,11 @@ class Ingest(BatchPreparation):
                 part = dataclasses.replace(
                     part, pairs=batch, times=times, earliest=batch[int(np.argmin(times))].ts
                 )
-                records = None
-                metrics, hours, _ = self._measure(batch, assumed, times)
             started = min(exp.started_at, part.earliest)
             actual = Assumed(exp.id, self._config(part.name, exp.task), started)
-            if actual.config != assumed.config:  # another writer fixed the task first
-                metrics, hours, records = self._measure(batch, actual, times)
-                assumed = actual
+            if shrunk or actual.config != assumed.config:  # or another writer fixed the task first
+                # measured again; the rows and the hours follow from these metrics below
+                metrics, hours, records = measure(batch, actual.config), None, None
             if records is None or exp.id != assumed.experiment_id:
                 records = self._records(exp.id, batch, metrics)
             new_ids = await self._insert_pairs(conn, exp.id, records)
@@ -203,7 +205,7 @@ class Ingest(BatchPreparation):
                 new_pairs, metrics = [batch[i] for i in idx], subset(metrics, idx)
                 times = times[idx]
             if new_pairs:
-                if new_ids is not None or started != assumed.started_at:
+                if hours is None or new_ids is not None or started != assumed.started_at:
                     hours = fold(
                         new_pairs,
                         metrics,
