@@ -4,7 +4,8 @@
 
     ComparatorError
     ├── StoreError               the database is unreachable, not migrated, or refused a write
-    │   └── UnknownExperiment    a read or a verdict named an experiment that has no row
+    │   ├── UnknownExperiment    a read or a verdict named an experiment that has no row
+    │   └── DuplicateKey         a write met a row of its key stored already (a retried batch's pairs)
     └── IngestError              a batch was refused; carries the HTTP status and one-line reason
         ├── Unauthorized         401: no or wrong bearer token
         ├── BodyTooLarge         413: over ``max_body_bytes``
@@ -17,6 +18,7 @@ from __future__ import annotations
 __all__ = [
     "BodyTooLarge",
     "ComparatorError",
+    "DuplicateKey",
     "IngestError",
     "InvalidPair",
     "StoreError",
@@ -36,6 +38,11 @@ class StoreError(ComparatorError):
 
 class UnknownExperiment(StoreError, LookupError):
     """No experiment of that name is stored."""
+
+
+class DuplicateKey(StoreError):
+    """The driver refused a row whose key is stored already (PostgreSQL's unique violation,
+    SQLite's primary key constraint)."""
 
 
 class IngestError(ComparatorError):

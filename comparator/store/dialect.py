@@ -1,15 +1,19 @@
 """The SQL the store sends past SQLAlchemy, in both drivers' dialects, and their errors.
 
 The ingest write path talks to the driver (asyncpg or aiosqlite) directly after its lock: the
-statements are here, each as one :class:`Sql` with its PostgreSQL and its SQLite text; a driver's
-error becomes a :class:`~comparator.exceptions.StoreError` through :func:`driver_call` (the one
-mapper, as SQLAlchemy would have wrapped it), which the API answers with 503.
+statements are here, each as one :class:`Sql` with its PostgreSQL and its SQLite text, with how
+their parameters are bound (:func:`bind_array`, :func:`bind_stamps`) and sent (:func:`fetch`,
+:func:`executemany`). A driver's error becomes a :class:`~comparator.exceptions.StoreError` through
+:func:`driver_error` (the one mapper, as SQLAlchemy would have wrapped it), which the API answers
+with 503; a row whose key is stored already is its :class:`~comparator.exceptions.DuplicateKey`.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar, cast
 
 import asyncpg
@@ -18,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from comparator.exceptions import StoreError
+from comparator.exceptions import DuplicateKey, StoreError
 from comparator.store.models import (
     ExperimentRow,
     HourlyAggregateRow,
@@ -29,7 +33,7 @@ from comparator.store.models import (
     VerdictRow,
     VerdictStateRow,
 )
-from comparator.store.pair_rows import COLUMNS
+from comparator.store.pair_rows import COLUMNS, sqlite_utc_text
 
 __all__ = [
     "DRIVER_ERRORS",
@@ -42,9 +46,15 @@ __all__ = [
     "VERDICTS",
     "VSTATE",
     "Sql",
+    "bind_array",
+    "bind_stamps",
     "driver_call",
     "driver_connection",
+    "driver_error",
+    "executemany",
+    "fetch",
     "insert_for",
+    "read_stamp",
 ]
 
 T = TypeVar("T")
@@ -56,7 +66,7 @@ REQUEST_ID = COLUMNS.index("request_id")
 
 class Sql(NamedTuple):
     """One statement in each driver's dialect: asyncpg's ``$n`` and arrays, sqlite3's ``?`` and
-    JSON arrays read by ``json_each`` (see :meth:`Ingest._array`)."""
+    JSON arrays read by ``json_each`` (see :func:`bind_array`)."""
 
     postgresql: str
     sqlite: str
@@ -133,10 +143,58 @@ async def driver_connection(conn: AsyncConnection) -> Any:
     return driver
 
 
+def driver_error(exc: Exception, what: str) -> StoreError:
+    """The :class:`StoreError` for a driver's error (one of :data:`DRIVER_ERRORS`) in ``what``:
+    :class:`DuplicateKey` for a row whose key is stored already, as SQLAlchemy would have wrapped
+    it."""
+    duplicate = isinstance(exc, asyncpg.UniqueViolationError) or (
+        isinstance(exc, sqlite3.IntegrityError)
+        and exc.sqlite_errorname == "SQLITE_CONSTRAINT_PRIMARYKEY"
+    )
+    return (DuplicateKey if duplicate else StoreError)(f"{what} refused: {exc}")
+
+
 async def driver_call(call: Awaitable[T], what: str) -> T:
-    """Await a statement sent past SQLAlchemy, its driver's errors raised as :class:`StoreError`
-    (the failure the caller answers with 503), as SQLAlchemy would have wrapped them."""
+    """Await a statement sent past SQLAlchemy, its driver's errors raised through
+    :func:`driver_error` (the failure the caller answers with 503)."""
     try:
         return await call
     except DRIVER_ERRORS as exc:
-        raise StoreError(f"{what} refused: {exc}") from exc
+        raise driver_error(exc, what) from exc
+
+
+async def fetch(conn: AsyncConnection, sql: Sql, *args: Any, what: str) -> list[Any]:
+    """Rows of ``sql`` on the driver's connection, inside the open transaction."""
+    raw = await driver_connection(conn)
+    if conn.dialect.name == "postgresql":
+        return list(await driver_call(raw.fetch(sql.postgresql, *args), what))
+    return list(await driver_call(raw.execute_fetchall(sql.sqlite, args), what))
+
+
+async def executemany(
+    conn: AsyncConnection, sql: Sql, rows: Sequence[tuple[Any, ...]], what: str
+) -> None:
+    raw = await driver_connection(conn)
+    text = sql.postgresql if conn.dialect.name == "postgresql" else sql.sqlite
+    await driver_call(raw.executemany(text, rows), what)
+
+
+def bind_array(dialect: str, values: Sequence[Any]) -> Any:
+    """A list bound as one parameter: an array on PostgreSQL, JSON text on SQLite."""
+    return list(values) if dialect == "postgresql" else json.dumps(list(values))
+
+
+def bind_stamps(dialect: str, values: Sequence[datetime | None]) -> list[Any]:
+    """Aware datetimes as the driver takes them for a UTC column (naive UTC text on SQLite)."""
+    if dialect == "postgresql":
+        return list(values)
+    present = [v for v in values if v is not None]
+    text = iter(sqlite_utc_text(present))
+    return [None if v is None else next(text) for v in values]
+
+
+def read_stamp(dialect: str, value: Any) -> Any:
+    """A UTC column as the driver returns it, as an aware datetime (see :func:`bind_stamps`)."""
+    if dialect == "postgresql" or value is None:
+        return value
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)

@@ -46,23 +46,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-import asyncpg
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from comparator.exceptions import StoreError
+from comparator.exceptions import DuplicateKey
 from comparator.ingest import Refused
 from comparator.measure.aggregates import Aggregate
 from comparator.measure.fold import fold
 from comparator.measure.normalize import measure
 from comparator.store.dialect import (
-    DRIVER_ERRORS,
     EXP,
     EXP_UPDATE,
     HOURS_INSERT,
@@ -75,11 +73,15 @@ from comparator.store.dialect import (
     REQUEST_ID,
     SQLITE_INSERT,
     STORED,
-    Sql,
+    bind_array,
+    bind_stamps,
     driver_call,
     driver_connection,
+    executemany,
+    fetch,
+    read_stamp,
 )
-from comparator.store.pair_rows import COLUMNS, sqlite_utc_text, subset
+from comparator.store.pair_rows import COLUMNS, subset
 from comparator.store.prepare import (
     ITEM_CHARS,
     KNOWN_TASKS,
@@ -130,8 +132,8 @@ class Ingest(BatchPreparation):
     ) -> dict[str, LockedExperiment]:
         """``SELECT … FOR UPDATE`` of the named experiments (in name order: no deadlock); on
         SQLite the write transaction holds the lock already."""
-        rows = await self._fetch(conn, LOCK, self._array(names), what="experiment lock")
-        read = self._read_stamp
+        rows = await fetch(conn, LOCK, bind_array(self.dialect, names), what="experiment lock")
+        read = partial(read_stamp, self.dialect)
         return {
             r[1]: LockedExperiment(r[0], read(r[2]), read(r[3]), r[4], r[5], r[6]) for r in rows
         }
@@ -276,8 +278,8 @@ class Ingest(BatchPreparation):
         transaction: the values are plain strings, and SQLAlchemy's aiosqlite adapter spends four
         thread hand-offs on a query that aiosqlite runs in one.
         """
-        ids = self._array(request_ids)
-        return {r[0] for r in await self._fetch(conn, STORED, experiment_id, ids, what="id lookup")}
+        ids = bind_array(self.dialect, request_ids)
+        return {r[0] for r in await fetch(conn, STORED, experiment_id, ids, what="id lookup")}
 
     async def _insert_pairs(
         self, conn: AsyncConnection, experiment_id: int, records: list[tuple[Any, ...]]
@@ -304,17 +306,13 @@ class Ingest(BatchPreparation):
         await driver_call(raw.execute("SAVEPOINT pairs_load"), what)
         try:
             if self.dialect == "postgresql":  # asyncpg's binary COPY
-                await raw.copy_records_to_table(PAIRS.name, records=records, columns=COLUMNS)
+                load = raw.copy_records_to_table(PAIRS.name, records=records, columns=COLUMNS)
             else:
-                await raw.executemany(SQLITE_INSERT, records)
+                load = raw.executemany(SQLITE_INSERT, records)
+            await driver_call(load, what)
             return None
-        except asyncpg.UniqueViolationError:
-            pass  # the primary key, its only unique index
-        except sqlite3.IntegrityError as exc:
-            if exc.sqlite_errorname != "SQLITE_CONSTRAINT_PRIMARYKEY":
-                raise StoreError(f"{what} refused: {exc}") from exc
-        except DRIVER_ERRORS as exc:
-            raise StoreError(f"{what} refused: {exc}") from exc
+        except DuplicateKey:
+            pass  # on the primary key, the pairs' only unique index
         await driver_call(raw.execute("ROLLBACK TO SAVEPOINT pairs_load"), what)
         return await self._insert_missing(conn, experiment_id, records)
 
@@ -331,45 +329,13 @@ class Ingest(BatchPreparation):
         what = f"insert of {len(records)} pairs, some stored already"
         if self.dialect == "postgresql":
             columns = [list(c) for c in zip(*records, strict=True)]
-            rows = await self._fetch(conn, INSERT_MISSING, *columns, what=what)
+            rows = await fetch(conn, INSERT_MISSING, *columns, what=what)
             return {r[0] for r in rows}
         stored = await self._stored_ids(conn, experiment_id, [r[REQUEST_ID] for r in records])
         missing = [r for r in records if r[REQUEST_ID] not in stored]
         if missing:
-            await self._executemany(conn, INSERT_MISSING, missing, what)
+            await executemany(conn, INSERT_MISSING, missing, what)
         return {r[REQUEST_ID] for r in missing}
-
-    def _stamp(self, values: Sequence[datetime | None]) -> list[Any]:
-        """Aware datetimes as the driver takes them for a UTC column (naive UTC text on SQLite)."""
-        if self.dialect == "postgresql":
-            return list(values)
-        present = [v for v in values if v is not None]
-        text = iter(sqlite_utc_text(present))
-        return [None if v is None else next(text) for v in values]
-
-    def _read_stamp(self, value: Any) -> Any:
-        """A UTC column as the driver returns it, as an aware datetime (see :meth:`_stamp`)."""
-        if self.dialect == "postgresql" or value is None:
-            return value
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
-
-    def _array(self, values: Sequence[Any]) -> Any:
-        """A list bound as one parameter: an array on PostgreSQL, JSON text on SQLite."""
-        return list(values) if self.dialect == "postgresql" else json.dumps(list(values))
-
-    async def _fetch(self, conn: AsyncConnection, sql: Sql, *args: Any, what: str) -> list[Any]:
-        """Rows of ``sql`` on the driver's connection, inside the open transaction."""
-        raw = await driver_connection(conn)
-        if self.dialect == "postgresql":
-            return list(await driver_call(raw.fetch(sql.postgresql, *args), what))
-        return list(await driver_call(raw.execute_fetchall(sql.sqlite, args), what))
-
-    async def _executemany(
-        self, conn: AsyncConnection, sql: Sql, rows: Sequence[tuple[Any, ...]], what: str
-    ) -> None:
-        raw = await driver_connection(conn)
-        text = sql.postgresql if self.dialect == "postgresql" else sql.sqlite
-        await driver_call(raw.executemany(text, rows), what)
 
     async def merge_hours(
         self, conn: AsyncConnection, experiment_id: int, hours: Mapping[datetime, Aggregate]
@@ -387,16 +353,16 @@ class Ingest(BatchPreparation):
             merged.setdefault(hour_of(h), Aggregate()).merge(agg)
         keys = sorted(merged)
         # Each hour as bound and as read back (the same datetime on PostgreSQL, text on SQLite).
-        bound = dict(zip(self._stamp(keys), keys, strict=True))
-        rows = await self._fetch(
+        bound = dict(zip(bind_stamps(self.dialect, keys), keys, strict=True))
+        rows = await fetch(
             conn,
             HOURS_SELECT,
             experiment_id,
-            self._array(list(bound)),
+            bind_array(self.dialect, list(bound)),
             what="hourly aggregates read",
         )
         stored = {bound[r[0]]: Aggregate.from_json(json_value(r[1])) for r in rows}
-        (stamp_now,) = self._stamp([now])
+        (stamp_now,) = bind_stamps(self.dialect, [now])
         fresh = [
             (experiment_id, b, json.dumps(merged[h].to_json()), stamp_now)
             for b, h in bound.items()
@@ -408,9 +374,9 @@ class Ingest(BatchPreparation):
             if h in stored
         ]
         if fresh:
-            await self._executemany(conn, HOURS_INSERT, fresh, "hourly aggregates insert")
+            await executemany(conn, HOURS_INSERT, fresh, "hourly aggregates insert")
         if changed:
-            await self._executemany(conn, HOURS_UPDATE, changed, "hourly aggregates update")
+            await executemany(conn, HOURS_UPDATE, changed, "hourly aggregates update")
 
     async def _update_experiment(
         self,
@@ -425,6 +391,6 @@ class Ingest(BatchPreparation):
         cand_version: str | None,
     ) -> None:
         """The experiment's count, span, task and versions after a batch (one statement)."""
-        started, last = self._stamp([started_at, last_pair_at])
+        started, last = bind_stamps(self.dialect, [started_at, last_pair_at])
         row = (added, started, last, task, prod_version, cand_version, experiment_id)
-        await self._executemany(conn, EXP_UPDATE, [row], "experiment update")
+        await executemany(conn, EXP_UPDATE, [row], "experiment update")
