@@ -1,4 +1,5 @@
-"""Pure statistics for the verdict: confidence sequences, quantile bands, distances and tests.
+"""Pure statistics for the verdict: confidence sequences, quantile bands, distances, trends
+and multiple testing (the tests reported beside a verdict are :mod:`comparator.judge.diagnostics`).
 
 Every function takes numbers or numpy arrays and returns a frozen result; nothing here reads a store,
 a clock or a global. ``checks.py`` turns merged aggregates into these inputs and ``verdict.py`` decides.
@@ -35,7 +36,6 @@ from comparator.measure.aggregates import GAMMA, ddsketch_value
 __all__ = [
     "CS",
     "QuantileBand",
-    "TestResult",
     "TheilSen",
     "benjamini_hochberg",
     "bonferroni",
@@ -43,10 +43,6 @@ __all__ = [
     "cs_multiplier",
     "jensen_shannon",
     "kl_divergence",
-    "ks_test",
-    "logrank_test",
-    "mann_whitney",
-    "mcnemar_exact",
     "mean_cs",
     "n_to_resolve",
     "paired_rate_cs",
@@ -57,7 +53,6 @@ __all__ = [
     "rho2",
     "sample_quantile_cs",
     "theil_sen",
-    "wilcoxon_test",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -94,14 +89,6 @@ class QuantileBand:
     n: int
     n_censored: int
     identifiable: bool
-
-
-@dataclass(frozen=True, slots=True)
-class TestResult:
-    """A diagnostic test: reported (after BH adjustment), never used to gate."""
-
-    statistic: float
-    pvalue: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,52 +349,3 @@ def benjamini_hochberg(pvalues: Sequence[float] | FloatArray) -> FloatArray:
     out = np.empty(m, dtype=np.float64)
     out[order] = np.minimum(adjusted, 1.0)
     return out
-
-
-# -- diagnostic tests (reported only) ------------------------------------------------------------
-def wilcoxon_test(d: Sequence[float] | FloatArray) -> TestResult:
-    r = sps.wilcoxon(np.asarray(d, dtype=np.float64))
-    return TestResult(float(r.statistic), float(r.pvalue))
-
-
-def mcnemar_exact(b: int, c: int) -> TestResult:
-    """Exact McNemar test on discordant counts: binomtest(min(b, c), b + c, 0.5); statistic = c."""
-    if b + c == 0:
-        return TestResult(float(c), 1.0)
-    # With p = 0.5 the binomial is symmetric, so binomtest's two-sided p-value is exactly twice the
-    # smaller tail; the closed form avoids binomtest's search, which is slow at large b + c.
-    pvalue = min(1.0, 2.0 * float(special.bdtr(min(b, c), b + c, 0.5)))
-    return TestResult(float(c), pvalue)
-
-
-def ks_test(x: Sequence[float] | FloatArray, y: Sequence[float] | FloatArray) -> TestResult:
-    r = sps.ks_2samp(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
-    return TestResult(float(r.statistic), float(r.pvalue))
-
-
-def mann_whitney(
-    x: Sequence[float] | FloatArray, y: Sequence[float] | FloatArray, method: str = "auto"
-) -> TestResult:
-    r = sps.mannwhitneyu(
-        np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), method=method
-    )
-    return TestResult(float(r.statistic), float(r.pvalue))
-
-
-def logrank_test(
-    x_done: Sequence[float] | FloatArray,
-    x_censored: Sequence[float] | FloatArray,
-    y_done: Sequence[float] | FloatArray,
-    y_censored: Sequence[float] | FloatArray,
-) -> TestResult:
-    """Log-rank test of two latency samples where timeouts are right-censored at their deadline."""
-    x = sps.CensoredData(
-        uncensored=np.asarray(x_done, dtype=np.float64),
-        right=np.asarray(x_censored, dtype=np.float64),
-    )
-    y = sps.CensoredData(
-        uncensored=np.asarray(y_done, dtype=np.float64),
-        right=np.asarray(y_censored, dtype=np.float64),
-    )
-    r = sps.logrank(x, y)
-    return TestResult(float(r.statistic), float(r.pvalue))

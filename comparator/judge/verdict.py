@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from comparator.exceptions import UnknownExperiment
-from comparator.judge import stats
+from comparator.judge import diagnostics, stats
 from comparator.judge.checks import evaluate
 from comparator.judge.decision import DECIDED, Decision, Verdict, decide
 from comparator.judge.policy import Policy
@@ -145,7 +145,7 @@ def _diagnostics(agg: Aggregate) -> dict[str, float]:
         b, c = agg.count(keys.paired(name, True, False)), agg.count(keys.paired(name, False, True))
         if b + c:
             names.append(f"mcnemar_{name}")
-            pvalues.append(stats.mcnemar_exact(b, c).pvalue)
+            pvalues.append(diagnostics.mcnemar_exact(b, c).pvalue)
     adjusted = stats.benjamini_hochberg(pvalues)
     return {n: float(p) for n, p in zip(names, adjusted, strict=True)}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comparator.judge import stats
+from comparator.judge import diagnostics, stats
 from comparator.measure.aggregates import ddsketch_key, ddsketch_value
 
 RTOL = 1e-8
@@ -117,13 +117,13 @@ def test_verdict_md_distances() -> None:
 
 
 def test_mcnemar_matches_vectors() -> None:
-    r = stats.mcnemar_exact(30, 12)
+    r = diagnostics.mcnemar_exact(30, 12)
     assert r.pvalue == pytest.approx(VECTORS["mcnemar"]["p"], rel=RTOL)
     assert r.pvalue == pytest.approx(0.0079158973, rel=1e-8)
 
 
 def test_wilcoxon_matches_vectors() -> None:
-    r = stats.wilcoxon_test(VECTORS["wilcoxon"]["d"])
+    r = diagnostics.wilcoxon_test(VECTORS["wilcoxon"]["d"])
     assert (r.statistic, r.pvalue) == pytest.approx(
         (VECTORS["wilcoxon"]["W"], VECTORS["wilcoxon"]["p"]), rel=RTOL
     )
@@ -143,16 +143,16 @@ def test_theil_sen_matches_vectors() -> None:
 
 def test_mann_whitney_and_ks_match_vectors() -> None:
     mw, ks = VECTORS["mannwhitneyu"], VECTORS["ks_2samp"]
-    r = stats.mann_whitney(mw["x"], mw["y"], method="exact")
+    r = diagnostics.mann_whitney(mw["x"], mw["y"], method="exact")
     assert (r.statistic, r.pvalue) == pytest.approx((mw["U"], mw["p"]), rel=RTOL)
     assert (r.statistic, r.pvalue) == pytest.approx((52.0, 0.0379176379), rel=1e-8)
-    k = stats.ks_test(ks["x"], ks["y"])
+    k = diagnostics.ks_test(ks["x"], ks["y"])
     assert (k.statistic, k.pvalue) == pytest.approx((ks["D"], ks["p"]), rel=RTOL)
     assert (k.statistic, k.pvalue) == pytest.approx((0.625, 0.087024087), rel=1e-8)
 
 
 def test_logrank_of_censored_latencies_matches_vectors() -> None:
-    r = stats.logrank_test(
+    r = diagnostics.logrank_test(
         [100, 120, 150, 180, 200, 250, 300, 400],
         [500, 500],
         [90, 110, 130, 140, 160, 170, 190, 210, 230, 260],
