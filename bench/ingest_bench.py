@@ -43,7 +43,7 @@ from ingest_bench_support import bench_store, encoded_batches, post_all
 from ingest_fill import bench_summary, fill_pairs, fresh_database, pair_bytes
 
 from comparator.app import GC_THRESHOLDS, tune_gc
-from comparator.store import Store
+from comparator.store.store import Store
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from comparator.store import Store
+from comparator.store.store import Store
 
 __all__ = ["RECENT", "T0", "bench_store", "encoded_batches", "make_pairs", "post_all"]
 

@@ -15,8 +15,8 @@ from ingest_bench_support import T0, make_pairs
 from sqlalchemy import select
 
 from comparator.measure.aggregates import Aggregate, Moments
-from comparator.store import Store
 from comparator.store.dialect import EXP
+from comparator.store.store import Store
 from comparator.wire import Pair
 
 __all__ = ["bench_summary", "fill_pairs", "fresh_database", "pair_bytes"]

@@ -27,9 +27,10 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from comparator.app import STORE, create_app
+from comparator.app import create_app
+from comparator.routes import STORE
 from comparator.settings import ComparatorSettings
-from comparator.wire import Outcome
+from contract.outcomes import Outcome
 from proxy.metrics import ProxyStats
 from proxy.pairing import CompletedPair, Side
 from proxy.shipper import Shipper

@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from comparator.judge.decision import Decision
 from comparator.judge.policy import load_policy
-from comparator.judge.verdict import Decision
 from tests.comparator import test_simulations as sim
 
 Plant = sim.Plant
@@ -80,7 +80,7 @@ def _row(name: str, runs: list[sim.Run], check: str | None) -> str:
 
 async def _segments(args: argparse.Namespace, d: Path) -> None:
     from comparator.judge.policy import load_policy as load
-    from comparator.store import Store
+    from comparator.store.store import Store
     from tests.comparator import test_segments as seg
 
     (Path(d) / "seg.toml").write_text(seg.SEG_POLICY)

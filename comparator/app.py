@@ -49,21 +49,11 @@ from comparator.routes import (
     require_token,
 )
 from comparator.sampler import MemorySampler
-from comparator.settings import ComparatorSettings, parse_host_port
-from comparator.store import Store
+from comparator.settings import ComparatorSettings
+from comparator.store.store import Store
+from contract import parse_host_port
 
-__all__ = [
-    "GC_THRESHOLDS",
-    "LOOKS",
-    "METRICS",
-    "SETTINGS",
-    "STORE",
-    "Role",
-    "create_app",
-    "run",
-    "serve_worker",
-    "tune_gc",
-]
+__all__ = ["GC_THRESHOLDS", "create_app", "run", "serve_worker", "tune_gc"]
 
 log = logging.getLogger(__name__)
 

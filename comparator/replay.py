@@ -33,10 +33,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from comparator.judge.decision import Verdict
 from comparator.judge.policy import load_policy
 from comparator.judge.verdict import judge
 from comparator.measure.normalize import NormalizeConfig
-from comparator.store import Store
+from comparator.store.store import Store
 from comparator.wire import Pair, RequestInfo, SideResult
 from contract.outcomes import Outcome, classify
 
@@ -81,7 +82,7 @@ class ReplayRequest:
 class ReplayResult:
     experiment: str
     pairs: int
-    verdict: Any  # comparator.judge.verdict.Verdict, typed loosely to keep this module import-light
+    verdict: Verdict
 
 
 def check_url(option: str, url: str) -> str:

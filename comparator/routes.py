@@ -46,8 +46,8 @@ from comparator.judge.verdict import judge
 from comparator.leader import PgLeader
 from comparator.metrics import ComparatorMetrics
 from comparator.settings import ComparatorSettings
-from comparator.store import Store
 from comparator.store.reads import ExperimentInfo
+from comparator.store.store import Store
 from comparator.wire import DropReport
 
 __all__ = [

@@ -24,8 +24,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from comparator.metrics import ComparatorMetrics
-from comparator.store import Store
 from comparator.store.reads import MemorySample
+from comparator.store.store import Store
 
 __all__ = ["MemorySampler", "parse_memory"]
 

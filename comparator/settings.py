@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from comparator.measure.normalize import NormalizeConfig
 from contract import EXPERIMENT_PATTERN, parse_host_port
 
-__all__ = ["ComparatorSettings", "ExperimentSettings", "parse_host_port"]
+__all__ = ["ComparatorSettings", "ExperimentSettings"]
 
 
 class ExperimentSettings(BaseModel):

@@ -37,20 +37,10 @@ from contract import (
     SEGMENT_DIMENSIONS_MAX,
     SEGMENT_VALUE_MAX,
     VERSION_MAX,
-    WIRE_VERSION,
 )
 from contract.outcomes import Outcome
 
-__all__ = [
-    "WIRE_VERSION",
-    "BinaryBody",
-    "DropReport",
-    "Outcome",
-    "Pair",
-    "PairBatch",
-    "RequestInfo",
-    "SideResult",
-]
+__all__ = ["BinaryBody", "DropReport", "Pair", "PairBatch", "RequestInfo", "SideResult"]
 
 
 class _Strict(BaseModel):

@@ -38,8 +38,9 @@ from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
 
-from comparator.settings import ComparatorSettings, parse_host_port
-from comparator.store import Store
+from comparator.settings import ComparatorSettings
+from comparator.store.store import Store
+from contract import parse_host_port
 
 __all__ = ["METRICS_DIR_ENV", "serve"]
 

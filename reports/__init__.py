@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from reports.data import ReportData, ReportError, gather
 
 if TYPE_CHECKING:
-    from comparator.store import Store
+    from comparator.store.store import Store
 
 __all__ = ["ReportData", "ReportError", "ReportPaths", "write_report"]
 

@@ -25,7 +25,7 @@ from comparator.measure.aggregates import Aggregate
 from comparator.store.reads import ExperimentInfo, MemorySample, StoredPair
 
 if TYPE_CHECKING:
-    from comparator.store import Store
+    from comparator.store.store import Store
 
 __all__ = [
     "DIVERGENT_LIMIT",

@@ -121,7 +121,7 @@ async def judge_and_report(opts: DemoOptions) -> dict[str, Any]:
     from comparator.judge.policy import load_policy
     from comparator.judge.verdict import judge
     from comparator.measure.aggregates import Aggregate
-    from comparator.store import Store
+    from comparator.store.store import Store
     from reports import ReportError, write_report
     from reports.facts import key_numbers
 

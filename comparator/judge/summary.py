@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 
 from comparator.judge.results import coverage_counts
 from comparator.measure.aggregates import OTHER, Aggregate, ddsketch_value, keys
-from comparator.store import Store
 from comparator.store.dialect import QUARANTINE, TALLY
+from comparator.store.store import Store
 
 __all__ = [
     "QUANTILES",

@@ -45,17 +45,7 @@ from comparator.judge.results import CheckContext, CheckResult, Status, infer_ta
 from comparator.judge.segment_checks import evaluate_segments
 from comparator.measure.aggregates import Aggregate, keys
 
-__all__ = [
-    "DECIDED",
-    "CheckResult",
-    "Decision",
-    "Status",
-    "UnknownExperiment",
-    "Verdict",
-    "VerdictStore",
-    "decide",
-    "judge",
-]
+__all__ = ["VerdictStore", "judge"]
 
 STATE_VERSION = 1
 
@@ -85,7 +75,7 @@ class _Memory(Protocol):
 
 
 class VerdictStore(Protocol):
-    """The five store methods a look uses (``comparator.store.Store`` implements them)."""
+    """The five store methods a look uses (``comparator.store.store.Store`` implements them)."""
 
     async def get_experiment(self, name: str) -> Any: ...
     async def hourly_aggregates(

@@ -49,18 +49,12 @@ from comparator.measure.outputs import (
     is_label,
     is_logits,
     layout,
-    read_output,
     read_outputs,
 )
-from comparator.wire import Outcome, Pair, SideResult
+from comparator.wire import Pair, SideResult
+from contract.outcomes import Outcome
 
-__all__ = [
-    "TASKS",
-    "BatchMetrics",
-    "NormalizeConfig",
-    "measure",
-    "read_output",
-]
+__all__ = ["BatchMetrics", "NormalizeConfig", "measure"]
 
 JS_TAIL_AT = 0.1
 COS_TAIL_AT = 0.95

@@ -34,20 +34,12 @@ from comparator.measure.normalize import NormalizeConfig
 from comparator.store.database import async_url, make_engine, migration_state, upgrade_database
 from comparator.store.dialect import EXP, MEM, VERDICTS, VSTATE, insert_for
 from comparator.store.partitions import Partitions, epoch_days
-from comparator.store.reads import ExperimentInfo, MemorySample, StoredPair, from_the_future
+from comparator.store.reads import MemorySample, from_the_future
 from comparator.store.retention import Retention
 from comparator.store.writer import Ingest, IngestResult
 from comparator.wire import Pair
 
-__all__ = [
-    "ExperimentInfo",
-    "IngestResult",
-    "MemorySample",
-    "Store",
-    "StoredPair",
-    "async_url",
-    "upgrade_database",
-]
+__all__ = ["Store"]
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The ingest write path of :class:`comparator.store.Store`: one validated batch, one transaction.
+"""The ingest write path of :class:`comparator.store.store.Store`: one validated batch, one transaction.
 
 ::
 

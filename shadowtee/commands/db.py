@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _main(url: str, action: str) -> str:
-    from comparator.store import Store
+    from comparator.store.store import Store
 
     store = await Store.open(url, upgrade=action == "upgrade")
     try:

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def _promote(args: argparse.Namespace) -> Any:
     from comparator.judge.registry import promote_experiment
-    from comparator.store import Store
+    from comparator.store.store import Store
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter is not the answer
     store = await Store.open(args.db)

@@ -68,7 +68,7 @@ async def _report(settings: ReportSettings) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from comparator.exceptions import ComparatorError
-    from comparator.store import Store
+    from comparator.store.store import Store
     from reports import ReportError, write_report
 
     try:

@@ -56,7 +56,7 @@ def parse_at(value: str | None, now: datetime | None = None) -> datetime | None:
 
 
 def exit_code(decision: Any) -> int:
-    from comparator.judge.verdict import Decision
+    from comparator.judge.decision import Decision
 
     match decision:
         case Decision.PROMOTE:
@@ -86,7 +86,7 @@ def scorecard(verdict: Any) -> str:
 
 async def _judge(args: argparse.Namespace, at: datetime | None, policy: Any) -> Any:
     from comparator.judge.verdict import judge
-    from comparator.store import Store
+    from comparator.store.store import Store
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter is not the answer
     store = await Store.open(args.db)

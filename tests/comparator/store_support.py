@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from comparator.store import Store
+from comparator.store.store import Store
 from tests.support.net import serve_app
 
 __all__ = [

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from comparator.app import STORE, create_app
+from comparator.app import create_app
 from comparator.measure.aggregates import ddsketch_key, ddsketch_value
 from comparator.routes import IN_FLIGHT as _IN_FLIGHT
+from comparator.routes import STORE
 from comparator.settings import ComparatorSettings
-from comparator.store import Store
+from comparator.store.store import Store
 from tests.comparator.store_support import (  # noqa: F401 - fixtures
     T0,
     db_url_fixture,

@@ -113,7 +113,7 @@ def test_a_webhook_without_a_secret_is_refused_at_start(tmp_path: Path) -> None:
 async def test_a_worker_without_the_looks_shows_the_gauges_of_the_looks_another_saved(
     tmp_path: Path,
 ) -> None:
-    from comparator.app import Role
+    from comparator.routes import Role
 
     receiver = Receiver()
     async with running(receiver.app()) as hook:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect
 
-from comparator.store import Store
 from comparator.store.models import Base
+from comparator.store.store import Store
 from comparator.wire import Pair
 from tests.comparator.store_support import (  # noqa: F401 - fixture
     db_url_fixture,

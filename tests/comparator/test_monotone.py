@@ -25,9 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from comparator.judge.checks import evaluate
+from comparator.judge.decision import DECIDED, Decision
 from comparator.judge.policy import load_policy
 from comparator.judge.results import CheckContext, Status
-from comparator.judge.verdict import DECIDED, Decision, judge
+from comparator.judge.verdict import judge
 from comparator.measure.aggregates import Aggregate, Moments, ddsketch_key, keys
 from comparator.store.reads import MemorySample
 from tests.comparator.verdict_fakes import T0, FakeStore

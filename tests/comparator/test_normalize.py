@@ -16,8 +16,8 @@ from scipy.spatial.distance import jensenshannon
 from comparator.measure.aggregates import Aggregate, Moments, ddsketch_key, keys
 from comparator.measure.binary import decode_binary
 from comparator.measure.fold import ddsketch_keys, fold
-from comparator.measure.normalize import BatchMetrics, NormalizeConfig, measure, read_output
-from comparator.measure.outputs import _signature, _signatures, read_outputs
+from comparator.measure.normalize import BatchMetrics, NormalizeConfig, measure
+from comparator.measure.outputs import _signature, _signatures, read_output, read_outputs
 from comparator.wire import Pair
 
 START = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import inspect, text
 
 from comparator.judge.summary import summarize
-from comparator.store import Store
 from comparator.store.partitions import DAYS_AHEAD, day_name
+from comparator.store.store import Store
 from comparator.wire import Pair
 from tests.comparator.store_support import T0, make_pair
 from tests.support.pg import fresh_database

@@ -15,12 +15,13 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from comparator.app import STORE, create_app
+from comparator.app import create_app
 from comparator.ingest import screen_body
+from comparator.routes import STORE
 from comparator.settings import ComparatorSettings
-from comparator.store import Store
 from comparator.store.dialect import QUARANTINE
 from comparator.store.prepare import MAX_BACKDATE
+from comparator.store.store import Store
 from tests.comparator.store_support import (  # noqa: F401 - fixtures
     T0,
     db_url_fixture,

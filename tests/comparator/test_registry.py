@@ -13,7 +13,7 @@ import pytest
 from comparator.judge.policy import DEMO_POLICY_PATH, load_policy
 from comparator.judge.registry import RegistryError, promote, read_aliases
 from comparator.judge.verdict import judge
-from comparator.store import Store
+from comparator.store.store import Store
 from shadowtee.cli import main
 from tests.comparator.verdict_fakes import START, wire_pair
 

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from comparator.metrics import ComparatorMetrics
 from comparator.sampler import MemorySampler, parse_memory
-from comparator.store import Store
 from comparator.store.reads import MemorySample
+from comparator.store.store import Store
 from tests.comparator.store_support import (  # noqa: F401 - fixtures
     db_url_fixture,
     exp_fixture,

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from comparator.judge.decision import Decision
 from comparator.judge.policy import Policy, load_policy
 from comparator.judge.results import Status
-from comparator.judge.verdict import Decision, judge
+from comparator.judge.verdict import judge
 from comparator.measure.aggregates import OTHER, SEGMENT_CAP, Aggregate, keys
 from comparator.measure.fold import fold
 from comparator.measure.normalize import NormalizeConfig, measure
-from comparator.store import Store
+from comparator.store.store import Store
 from comparator.wire import Pair, PairBatch
 from tests.comparator import test_simulations as sim
 from tests.comparator.store_support import db_url_fixture, exp_fixture

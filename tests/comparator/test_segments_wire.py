@@ -8,7 +8,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from comparator.wire import Outcome, Pair
+from comparator.wire import Pair
+from contract.outcomes import Outcome
 from proxy.pair_json import SEGMENT_VALUE_MAX, encode_pair, segment_extractor
 from proxy.pairing import PairingBuffer, Side
 from proxy.settings import ProxySettings

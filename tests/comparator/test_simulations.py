@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from comparator.judge.decision import Decision
 from comparator.judge.policy import Policy, load_policy
-from comparator.judge.verdict import Decision, judge
+from comparator.judge.verdict import judge
 from comparator.measure.aggregates import Aggregate, keys
 from comparator.measure.normalize import NormalizeConfig
-from comparator.store import Store
 from comparator.store.reads import MemorySample
+from comparator.store.store import Store
 from comparator.wire import PairBatch
 
 PAIRS_PER_HOUR = 100

@@ -10,9 +10,9 @@ import pytest
 
 from comparator.exceptions import StoreError, UnknownExperiment
 from comparator.measure.aggregates import Aggregate, keys
-from comparator.store import Store
 from comparator.store.database import async_url
 from comparator.store.reads import MemorySample
+from comparator.store.store import Store
 from comparator.store.writer import Ingest
 from comparator.wire import Pair
 from tests.comparator.store_support import (  # noqa: F401 - fixtures

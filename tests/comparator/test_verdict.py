@@ -9,17 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comparator.judge.decision import credit, decide, score
+from comparator.exceptions import UnknownExperiment
+from comparator.judge.decision import Decision, credit, decide, score
 from comparator.judge.policy import load_policy
-from comparator.judge.verdict import (
-    CheckResult,
-    Decision,
-    Status,
-    UnknownExperiment,
-    judge,
-)
+from comparator.judge.results import CheckResult, Status
+from comparator.judge.verdict import judge
 from comparator.measure.aggregates import Aggregate, keys
-from comparator.store import Store
+from comparator.store.store import Store
 from tests.comparator.verdict_fakes import (
     START,
     T0,

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from comparator.judge.decision import Decision
 from comparator.judge.policy import DEMO_POLICY_PATH, load_policy
-from comparator.judge.verdict import Decision, judge
-from comparator.store import Store
+from comparator.judge.verdict import judge
+from comparator.store.store import Store
 from shadowtee.cli import main
 from tests.comparator.verdict_fakes import START, wire_pair
 

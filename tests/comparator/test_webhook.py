@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from comparator.judge.verdict import Decision, Verdict
+from comparator.judge.decision import Decision, Verdict
 from comparator.judge.webhook import (
     SIGNATURE_HEADER,
     WebhookConfig,

@@ -26,7 +26,7 @@ START = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)  # for pairs through the real st
 
 @dataclass
 class FakeStore:
-    """In-memory stand-in for comparator.store.Store (verdict methods only)."""
+    """In-memory stand-in for comparator.store.store.Store (verdict methods only)."""
 
     experiments: dict[str, ExperimentInfo] = field(default_factory=dict)
     hours: dict[str, list[tuple[datetime, Aggregate]]] = field(default_factory=dict)

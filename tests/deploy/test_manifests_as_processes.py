@@ -220,7 +220,7 @@ def run_experiment(
 
 def _check_memory_of_both_servers(cluster: Cluster, db_url: str) -> None:
     """The comparator stored RSS samples of both sides, scraped from the two model servers."""
-    from comparator.store import Store
+    from comparator.store.store import Store
 
     comparator = cluster.named("Deployment", "comparator")["spec"]["template"]["spec"]
     args = comparator["containers"][0]["args"]

@@ -25,10 +25,11 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from comparator.app import STORE, create_app
+from comparator.app import create_app
+from comparator.routes import STORE
 from comparator.settings import ComparatorSettings
-from comparator.store import Store
 from comparator.store.dialect import EXP, PAIRS, QUARANTINE
+from comparator.store.store import Store
 from tests.comparator.store_support import (  # noqa: F401 - fixtures
     db_url_fixture,
     exp_fixture,

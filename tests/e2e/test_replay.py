@@ -61,7 +61,7 @@ def test_replay_rejects_the_bad_candidate_on_top1_disagreement(
 def test_replay_stores_every_pair_in_the_given_database(
     digits_servers: dict[str, str], tmp_path: Path
 ) -> None:
-    from comparator.store import Store
+    from comparator.store.store import Store
 
     db = f"sqlite:///{tmp_path / 'replay.sqlite'}"
     _replay(digits_servers, "3", "--db", db, "--experiment", "golden-v1-vs-v3")

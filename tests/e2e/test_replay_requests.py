@@ -17,7 +17,8 @@ from comparator.replay import (
     check_url,
     load_requests,
 )
-from comparator.wire import Outcome, Pair
+from comparator.wire import Pair
+from contract.outcomes import Outcome
 from tests.e2e.helpers import GOLDEN
 
 

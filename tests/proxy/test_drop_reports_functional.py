@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from comparator.app import create_app
 from comparator.settings import ComparatorSettings
-from comparator.store import Store
 from comparator.store.reads import MemorySample
+from comparator.store.store import Store
 from reports import write_report
 from tests.proxy.fakes import FakeCandidate, free_port, prod_app, running_proxy, serve_app
 

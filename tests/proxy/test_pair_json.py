@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from comparator.ingest import screen_body
-from comparator.wire import Outcome, Pair, PairBatch
+from comparator.wire import Pair, PairBatch
+from contract.outcomes import Outcome
 from proxy.pair_json import encode_batch, encode_pair
 from proxy.pairing import CompletedPair, Side
 

@@ -8,7 +8,8 @@ import json
 import numpy as np
 
 from comparator.measure.normalize import NormalizeConfig, measure
-from comparator.wire import Outcome, Pair
+from comparator.wire import Pair
+from contract.outcomes import Outcome
 from proxy.pair_json import encode_pair
 from proxy.pairing import CompletedPair, Side
 

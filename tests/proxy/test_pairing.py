@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from comparator.wire import Outcome
+from contract.outcomes import Outcome
 from proxy.pairing import CompletedPair, PairingBuffer, Side
 
 

@@ -21,7 +21,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from comparator.wire import Outcome, PairBatch
+from comparator.wire import PairBatch
+from contract.outcomes import Outcome
 from proxy import spool as spool_module
 from proxy.metrics import ProxyStats
 from proxy.pairing import CompletedPair, Side

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from comparator.wire import Outcome
+from contract.outcomes import Outcome
 from tests.proxy.fakes import FakeCandidate, FakeComparator, serve_app, wait_for
 
 N = 8

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from comparator.wire import Outcome
+from contract.outcomes import Outcome
 from tests.proxy.fakes import (
     FakeCandidate,
     FakeComparator,

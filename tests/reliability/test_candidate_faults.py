@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from comparator.wire import Outcome
+from contract.outcomes import Outcome
 from tests.reliability.conftest import Upstreams
 from tests.reliability.fakes import BIG_BYTES, ProxyProcess, free_port, infer_body, wait_until
 

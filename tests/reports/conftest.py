@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from comparator.store import Store
 from comparator.store.reads import MemorySample
+from comparator.store.store import Store
 from comparator.wire import Pair
 from reports import ReportPaths, write_report
 

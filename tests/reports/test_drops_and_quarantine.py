@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from comparator.ingest import screen_items
-from comparator.store import Store
+from comparator.store.store import Store
 from reports import write_report
 
 from .conftest import DAY

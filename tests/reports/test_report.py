@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from comparator.store import Store
+from comparator.store.store import Store
 from reports import ReportError, ReportPaths, write_report
 from reports.facts import SCHEMA
 from reports.plots import PLOTS

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from comparator.store import Store
+from comparator.store.store import Store
 from comparator.wire import Pair
 from reports import ReportPaths, write_report
 
