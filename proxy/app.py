@@ -130,7 +130,7 @@ class DataPort:
                 keep = req.keep_alive and not state.draining
                 conn.write(simple_response(400, f"{refused}\n", close=not keep))
                 return keep
-        rid, pair_id, headers = self._identify(req)
+        rid, rid_bytes, pair_id, headers = self._identify(req)
         teed = await self._tee(req, rid, pair_id, headers)
         if teed is None:  # the client broke off the body read whole for the tee
             return self._client_abort(pair_id, False)
@@ -150,7 +150,7 @@ class DataPort:
                 return self._client_abort(pair_id, paired)
             conn.write(self._gateway_error(exc, pair_id, paired, keep))
             return keep
-        keep, kept, failure = await self._answer(req, conn, resp, rid, keep, paired)
+        keep, kept, failure = await self._answer(req, conn, resp, rid_bytes, keep, paired)
         elapsed = time.perf_counter() - start
         if failure is not None:
             self._broken_body(failure, resp, pair_id, paired)
@@ -168,16 +168,18 @@ class DataPort:
             state.pairing.set_prod(pair_id, side)
         return keep
 
-    def _identify(self, req: Request) -> tuple[str, str, list[tuple[bytes, bytes]]]:
-        """The request id, the pair's key, and the headers that go upstream (with the id)."""
+    def _identify(self, req: Request) -> tuple[str, bytes, str, list[tuple[bytes, bytes]]]:
+        """The request id (as text and bytes), the pair's key, and the headers that go upstream
+        (with the id)."""
         raw_rid = req.header(self._rid_lower)
         rid, pair_id = self._pair_key(raw_rid.decode("latin-1") if raw_rid else "")
         drop = (
             self._req_drop if req.connection is None else drop_set(self._extra_drop, req.connection)
         )
         headers = request_lines(req.headers, drop)
-        headers.append((self._rid_name, rid.encode("latin-1")))
-        return rid, pair_id, headers
+        rid_bytes = rid.encode("latin-1")
+        headers.append((self._rid_name, rid_bytes))
+        return rid, rid_bytes, pair_id, headers
 
     async def _tee(
         self, req: Request, rid: str, pair_id: str, headers: list[tuple[bytes, bytes]]
@@ -234,7 +236,7 @@ class DataPort:
         req: Request,
         conn: Connection,
         resp: ProductionResponse,
-        rid: str,
+        rid_bytes: bytes,
         keep: bool,
         paired: bool,
     ) -> tuple[bool, bytes | None, BaseException | None]:
@@ -242,7 +244,7 @@ class DataPort:
         streamed. Returns as :meth:`_stream` does."""
         head = [b"HTTP/1.1 %d %s" % (resp.status, resp.reason)]
         head += response_lines(itertools.islice(resp.lines, 1, None), self._resp_drop)
-        head.append(self._rid_name + b": " + rid.encode("latin-1"))
+        head.append(self._rid_name + b": " + rid_bytes)
         if resp.body is None:
             return await self._stream(req, conn, resp, head, keep, paired)
         if not keep:

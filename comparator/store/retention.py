@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
@@ -28,13 +29,10 @@ _PAIRS_DEFAULT = table(
 class Retention(Reads):
     """Purges on the store this is part of."""
 
+    # Provided by the store this is part of (comparator.store.store.Store).
     partitions: Partitions | None
-
-    def _write(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        raise NotImplementedError
-
-    def _insert(self, table: Any) -> Any:
-        raise NotImplementedError
+    _write: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+    _insert: Callable[[Any], Any]
 
     async def purge_pairs(
         self,
