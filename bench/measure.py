@@ -211,7 +211,7 @@ class Bench:
         self.args.out.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         out = self.args.out / f"py-spy-{target}-{cand}-{stamp}.txt"
-        argv = [str(spy_bin), "record", "-f", "raw", "-o", str(out), "--nonblocking"]
+        argv = [str(spy_bin), "record", "-f", "raw", "-r", "500", "-o", str(out), "--nonblocking"]
         argv += ["-d", str(max(1, round(self.args.duration))), "-p", str(proc.pid)]
         return subprocess.Popen(
             pinned(LOAD_CORE, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -2,18 +2,23 @@
 
 This runs in the shipper task, never on the request path. A body that is valid JSON (without
 NaN/Infinity, which JSON does not have) and no larger than ``max_body_bytes`` is spliced into the
-pair *as the bytes production or the candidate sent*: it is checked with the parser the
-comparator itself reads batches with (pydantic-core's ``from_json``: UTF-8 only, no lone
-surrogates, no NaN, bounded nesting), so a malformed or hostile body can never break the
-document's structure or get a whole batch refused, but it is not re-serialised: re-printing a
-float-heavy prediction costs several times more than checking it. Any other body travels as ``null`` with ``body_bytes`` set, which the comparator counts as an
-invalid output instead of rejecting the batch. A body that is not JSON but starts like a JSON
-object (the OIP binary tensor extension: a JSON header, then raw tensors) and fits
-``max_body_bytes`` also travels whole, base64, as ``binary`` (:class:`comparator.wire.BinaryBody`)
-beside it, so that the comparator can decode the outputs.
+pair *as the bytes production or the candidate sent*, never re-serialised: re-printing a
+float-heavy prediction costs several times more than checking it. The check accepts exactly what
+the comparator's batch parser (pydantic-core) accepts with the body where the batch puts it,
+four levels deep: UTF-8 only, no lone surrogates, no NaN, bounded nesting — so a malformed or
+hostile body can never break the document's structure or get a whole batch refused. Most bodies
+are checked by msgspec's validating skip (no Python objects built, several times faster than
+parsing); one with enough brackets to nest near the parser's depth limit is checked by
+pydantic-core itself, at its wire depth. Any other body travels as ``null`` with ``body_bytes``
+set, which the comparator counts as an invalid output instead of rejecting the batch. A body
+that is not JSON but starts like a JSON object (the OIP binary tensor extension: a JSON header,
+then raw tensors) and fits ``max_body_bytes`` also travels whole, base64, as ``binary``
+(:class:`comparator.wire.BinaryBody`) beside it, so that the comparator can decode the outputs.
 
-Because bodies keep their own whitespace (newlines included), batches are one JSON document,
-``{"pairs": [...]}``, not NDJSON.
+The pair itself is written by msgspec's encoder from small structs (C, not Python string
+assembly); every text field is first made storable (a NUL or a lone surrogate becomes U+FFFD, and
+the pair names the field in ``repaired``). Because bodies keep their own whitespace (newlines
+included), batches are one JSON document, ``{"pairs": [...]}``, not NDJSON.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import base64
 import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
+import msgspec
 from pydantic_core import from_json
 
 from contract import ERROR_MAX, ROUTE_MAX, SEGMENT_VALUE_MAX, VERSION_MAX
@@ -33,53 +38,112 @@ from proxy.pairing import CompletedPair, Side
 
 __all__ = ["SEGMENT_VALUE_MAX", "encode_batch", "encode_pair", "join_batch", "segment_extractor"]
 
+# A body sits four levels deep in a batch: {"pairs":[{"prod":{"body": ...}}]}.
+_WIRE_DEPTH = 4
+# A body with fewer opening brackets than this cannot nest near the batch parser's depth limit
+# (pydantic-core's, about 200 levels), so the validating skip alone decides.
+_FEW_BRACKETS = 128
+_skip = msgspec.json.Decoder(msgspec.Raw).decode
 
-def _checked(body: bytes | None, max_body_bytes: int) -> tuple[bytes | None, int | None]:
+
+class _Side(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    outcome: Outcome
+    status: int | None = None
+    latency_ms: float | None = None
+    model_version: str | None = None
+    body: msgspec.Raw | None = None
+    body_bytes: int | None = None
+    error: str | None = None
+    binary: msgspec.Raw | None = None
+
+
+class _Request(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    sha256: str
+    body: msgspec.Raw | None  # no default: written as null when there is none
+    binary: msgspec.Raw | None = None
+
+
+class _Pair(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    v: int
+    request_id: str
+    experiment: str
+    ts: str
+    route: str
+    request: _Request
+    prod: _Side
+    candidate: _Side
+    repaired: list[str] | None = None
+    segments: dict[str, str] | None = None
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _valid_json(body: bytes) -> bool:
+    """Whether the batch parser takes ``body`` where the batch puts it (see the module doc)."""
+    if body.count(b"[") + body.count(b"{") < _FEW_BRACKETS:
+        try:
+            _skip(body)
+        except msgspec.DecodeError:
+            return False
+        if body.isascii():
+            return True
+        try:  # the skip does not check the UTF-8 inside strings
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
+    try:
+        from_json(body, allow_inf_nan=False, cache_strings=False)
+        # One JSON value: nested where the batch puts it, only the parser's depth limit can fail.
+        from_json(b"[" * _WIRE_DEPTH + body + b"]" * _WIRE_DEPTH, cache_strings=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _checked(body: bytes | None, max_body_bytes: int) -> tuple[msgspec.Raw | None, int | None]:
     """Return ``(the body if it is embeddable JSON, body_bytes if it is not)``."""
     if body is None:
         return None, None
     if not body or len(body) > max_body_bytes or b"\\u0000" in body:
         # A NUL (only ever written \u0000 in JSON) is text no store keeps (PostgreSQL's JSONB).
         return None, len(body)
-    try:
-        from_json(body, allow_inf_nan=False)
-    except ValueError:
+    if not _valid_json(body):
         return None, len(body)
-    return body, None
+    return msgspec.Raw(body), None
 
 
-def _binary(body: bytes | None, embedded: bytes | None, max_body_bytes: int) -> bytes | None:
+def _binary(
+    body: bytes | None, embedded: msgspec.Raw | None, max_body_bytes: int
+) -> msgspec.Raw | None:
     """``{"base64": ...}`` for a body that is not JSON but may be an OIP binary tensor body (it
     starts with ``{``), when it fits ``max_body_bytes``; base64 is ASCII, safe in the pair."""
     if embedded is not None or not body or len(body) > max_body_bytes or body[:1] != b"{":
         return None
-    return b'{"base64":"' + base64.b64encode(body) + b'"}'
+    return msgspec.Raw(b'{"base64":"' + base64.b64encode(body) + b'"}')
 
 
-def _text(value: str) -> bytes:
-    """A JSON string literal (ASCII-escaped, so any text is safe inside the document) that every
-    store accepts: a NUL or a lone surrogate (a ``%ff`` path decoded with ``surrogateescape``)
-    becomes U+FFFD, the replacement character, which marks the spot."""
-    if not value.isascii() or "\x00" in value:
-        value = value.replace("\x00", "\ufffd")
-        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return _quote(value).encode("ascii")
+def _storable(value: str) -> str:
+    """``value`` as every store accepts it: a NUL or a lone surrogate (a ``%ff`` path decoded
+    with ``surrogateescape``) becomes U+FFFD, the replacement character, which marks the spot."""
+    if value.isascii() and "\x00" not in value:
+        return value
+    value = value.replace("\x00", "\ufffd")
+    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def _number(value: float) -> bytes:
+def _latency(value: float) -> float | None:
     # Latencies are finite by construction (perf_counter differences); a non-finite one would not
     # be JSON, so it travels as null rather than breaking the batch.
-    return repr(round(value, 3)).encode() if math.isfinite(value) else b"null"
+    return round(value, 3) if math.isfinite(value) else None
 
-
-# Each outcome's opening bytes, built once: an enum's ``.value`` is a slow attribute.
-_OPEN_SIDE = {outcome: b'{"outcome":"' + outcome.value.encode() + b'"' for outcome in Outcome}
 
 # The last whole second formatted, and its text: pairs of one batch mostly share their second.
-_last_second: list[tuple[int, bytes]] = [(0, b"1970-01-01T00:00:00")]
+_last_second: list[tuple[int, str]] = [(0, "1970-01-01T00:00:00")]
 
 
-def _timestamp(ts: float) -> bytes:
+def _timestamp(ts: float) -> str:
     """``ts`` in ISO 8601 UTC to the millisecond, with ``Z``, exactly as
     ``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` writes it (rounded to
     the microsecond half-even, then truncated), but formatting the date only once a second."""
@@ -91,129 +155,100 @@ def _timestamp(ts: float) -> bytes:
         seconds, micros = seconds - 1, micros + 1_000_000
     cached_second, text = _last_second[0]
     if seconds != cached_second:
-        text = datetime.fromtimestamp(seconds, UTC).isoformat()[:19].encode()
+        text = datetime.fromtimestamp(seconds, UTC).isoformat()[:19]
         _last_second[0] = (seconds, text)
-    return b"%s.%03dZ" % (text, micros // 1000)
+    return f"{text}.{micros // 1000:03d}Z"
 
 
-def _needs_repair(value: str | None) -> bool:
-    """Whether :func:`_text` changes ``value`` (a NUL or a lone surrogate in it)."""
-    if value is None or (value.isascii() and "\x00" not in value):
-        return False
-    if "\x00" in value:
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+def _clean(value: str) -> bool:
+    """Whether :func:`_storable` leaves ``value`` as it is without looking twice (the usual case)."""
+    return value.isascii() and "\x00" not in value
 
 
-def _repairs(pair: CompletedPair) -> list[str]:
-    """The fields of ``pair`` the encoding repairs, named as in the wire pair (DESIGN §5)."""
-    out = [name for name in ("request_id", "route") if _needs_repair(getattr(pair, name))]
-    if pair.request_body is not None and b"\\u0000" in pair.request_body:
-        out.append("request.body")
-    for name, side in (("prod", pair.prod), ("candidate", pair.candidate)):
-        if side.status is not None and not 100 <= side.status <= 599:
-            out.append(f"{name}.status")
-        if _needs_repair(side.model_version):
-            out.append(f"{name}.model_version")
-        if _needs_repair(side.error):
-            out.append(f"{name}.error")
-        if side.body is not None and b"\\u0000" in side.body:
-            out.append(f"{name}.body")
-    return out
+def _note(value: str | None, name: str, field: str, repaired: list[str]) -> None:
+    """Name ``name.field`` in ``repaired`` when :func:`_storable` changes ``value`` (the whole
+    value, before any cut to its field's length)."""
+    if value is not None and not _clean(value) and _storable(value) != value:
+        repaired.append(f"{name}.{field}" if name else field)
 
 
 def _side(
-    side: Side, body: bytes | None, body_bytes: int | None, binary: bytes | None = None
-) -> bytes:
-    """One side's object; ``body`` already checked (or ``None``), ``binary`` from :func:`_binary`."""
-    if side.body is None and side.outcome is Outcome.OK:  # too large to keep: its size only
+    side: Side,
+    name: str,
+    checked: tuple[msgspec.Raw | None, int | None],
+    max_body_bytes: int,
+    repaired: list[str],
+) -> _Side:
+    """One side's object; ``checked`` from :func:`_checked` of its body."""
+    body, body_bytes = checked
+    raw, status, error, outcome = side.body, side.status, side.error, side.outcome
+    version = side.model_version
+    if raw is None and outcome is Outcome.OK:  # too large to keep: its size only
         body_bytes = side.body_bytes
-    status, error, outcome = side.status, side.error, side.outcome
     if status is not None and not 100 <= status <= 599:
         # Not HTTP: recorded as this side's protocol error, never a value the comparator refuses.
+        repaired.append(f"{name}.status")
         error = f"protocol error: status {status}" + (f"; {error}" if error else "")
         status, outcome = None, Outcome.ERROR
-    out = [_OPEN_SIDE[outcome]]
-    if status is not None:
-        out += (b',"status":', b"%d" % status)
-    if side.latency_ms is not None:
-        out += (b',"latency_ms":', _number(side.latency_ms))
-    if side.model_version is not None:
-        out += (b',"model_version":', _text(side.model_version[:VERSION_MAX]))
-    if body is not None:
-        out += (b',"body":', body)
-    if body_bytes is not None:
-        out += (b',"body_bytes":', b"%d" % body_bytes)
+    if version is not None:
+        if not _clean(version):
+            _note(version, name, "model_version", repaired)
+        version = _storable(version[:VERSION_MAX])
+    if side.error is not None and not _clean(side.error):
+        _note(side.error, name, "error", repaired)
     if error is not None:
-        out += (b',"error":', _text(error[:ERROR_MAX]))
-    if binary is not None:
-        out += (b',"binary":', binary)
-    out.append(b"}")
-    return b"".join(out)
+        error = _storable(error[:ERROR_MAX])
+    if raw is not None and body is None and b"\\u0000" in raw:  # an embedded body holds none
+        repaired.append(f"{name}.body")
+    return _Side(
+        outcome=outcome,
+        status=status,
+        latency_ms=None if side.latency_ms is None else _latency(side.latency_ms),
+        model_version=version,
+        body=body,
+        body_bytes=body_bytes,
+        error=error,
+        binary=None if body is not None else _binary(raw, body, max_body_bytes),
+    )
 
 
 def encode_pair(pair: CompletedPair, *, experiment: str, max_body_bytes: int) -> bytes:
-    """One pair as a compact JSON object (bodies spliced in as received).
-
-    Built from literal pieces rather than ``json.dumps`` of a dict: every string is escaped by
-    the C encoder, numbers are written by ``repr``/``%d``, and the bodies were checked above.
-    """
-    request_body, _ = _checked(pair.request_body, max_body_bytes)
+    """One pair as a compact JSON object (bodies spliced in as received)."""
+    repaired: list[str] = []
+    _note(pair.request_id, "", "request_id", repaired)
+    _note(pair.route, "", "route", repaired)
+    request_raw = pair.request_body
+    request_body, _ = _checked(request_raw, max_body_bytes)
+    if request_body is None and request_raw is not None and b"\\u0000" in request_raw:
+        repaired.append("request.body")
     prod_checked = _checked(pair.prod.body, max_body_bytes)
     cand = pair.candidate.body
     if cand is not None and cand == pair.prod.body:
         cand_checked = prod_checked  # byte-identical to production's body: checked once
     else:
         cand_checked = _checked(cand, max_body_bytes)
-    request_binary = _binary(pair.request_body, request_body, max_body_bytes)
-    return b"".join(
-        (
-            b'{"v":1,"request_id":',
-            _text(pair.request_id),
-            b',"experiment":',
-            _text(experiment),
-            b',"ts":"',
-            _timestamp(pair.ts),
-            b'","route":',
-            _text(pair.route[:ROUTE_MAX]),
-            b',"request":{"sha256":',
-            _text(pair.request_sha256),
-            b',"body":',
-            b"null" if request_body is None else request_body,
-            b"" if request_binary is None else b',"binary":' + request_binary,
-            b'},"prod":',
-            _side(
-                pair.prod, *prod_checked, _binary(pair.prod.body, prod_checked[0], max_body_bytes)
+    prod = _side(pair.prod, "prod", prod_checked, max_body_bytes, repaired)
+    candidate = _side(pair.candidate, "candidate", cand_checked, max_body_bytes, repaired)
+    segments = pair.segments
+    return _encode(
+        _Pair(
+            v=1,
+            request_id=_storable(pair.request_id),
+            experiment=_storable(experiment),
+            ts=_timestamp(pair.ts),
+            route=_storable(pair.route[:ROUTE_MAX]),
+            request=_Request(
+                sha256=_storable(pair.request_sha256),
+                body=request_body,
+                binary=_binary(request_raw, request_body, max_body_bytes),
             ),
-            b',"candidate":',
-            _side(pair.candidate, *cand_checked, _binary(cand, cand_checked[0], max_body_bytes)),
-            _repaired(pair),
-            _segments(pair),
-            b"}",
+            prod=prod,
+            candidate=candidate,
+            repaired=repaired or None,
+            segments=(
+                {_storable(k): _storable(v) for k, v in segments.items()} if segments else None
+            ),
         )
-    )
-
-
-def _repaired(pair: CompletedPair) -> bytes:
-    """``,"repaired":[...]`` when the encoding had to repair a field of ``pair``, else nothing."""
-    fields = _repairs(pair)
-    if not fields:
-        return b""
-    return b',"repaired":[' + b",".join(b'"%s"' % f.encode() for f in fields) + b"]"
-
-
-def _segments(pair: CompletedPair) -> bytes:
-    """``,"segments":{...}`` when the pair has segment values, else nothing."""
-    if not pair.segments:
-        return b""
-    return (
-        b',"segments":{'
-        + b",".join(_text(k) + b":" + _text(v) for k, v in pair.segments.items())
-        + b"}"
     )
 
 
