@@ -178,6 +178,13 @@ class Bench:
                 spy.wait(30)
             ours1, core1 = self.procs.own_cpu_seconds(), core_busy_seconds(SERVER_CORE)
             cpu1 = cpu_seconds(proc.pid) if proc else 0.0
+            # The tees of the phase finish or time out; shadowtee also ships the pairs it could
+            # not ship during wrk (its comparator shares the load core): all of it is the cost
+            # of those requests, so the CPU is read again once it is done.
+            time.sleep(SHADOW_TIMEOUT_MS / 1000 + 0.3)
+            if admin is not None:
+                result["settled_after_wrk"] = self.wait_quiet(admin, poll_s=0.25)
+            cpu2 = cpu_seconds(proc.pid) if proc else 0.0
             # CPU on the server core used by processes that are not part of this benchmark:
             # anything above a few percent means the numbers are contaminated.
             seconds = wrk["duration_us"] / 1e6
@@ -187,9 +194,8 @@ class Bench:
             result["wrk"] = wrk
             result["rps"] = wrk["rps"]
             if proc and wrk["good"] > 0:
-                result["cpu_s_per_10k"] = (cpu1 - cpu0) / wrk["good"] * 10_000
-            # Let the tees of the throughput phase finish or time out before counting.
-            time.sleep(SHADOW_TIMEOUT_MS / 1000 + 0.3)
+                result["cpu_s_per_10k"] = (cpu2 - cpu0) / wrk["good"] * 10_000
+                result["cpu_s_per_10k_during_wrk"] = (cpu1 - cpu0) / wrk["good"] * 10_000
             result.update(self.fixed_rate(target, cand, url, admin))
             if a.rates:
                 result["ladder"] = self.ladder(url)
@@ -258,7 +264,7 @@ class Bench:
             return {}
         return parse_prometheus(get_text(f"http://127.0.0.1:{admin}/metrics"))
 
-    def wait_quiet(self, admin: int) -> bool:
+    def wait_quiet(self, admin: int, poll_s: float = 0.1) -> bool:
         """Wait (bounded by ``--settle``) until shadowtee has nothing in flight, buffered, queued
         or spooled and every emitted pair is delivered or counted as dropped."""
         deadline = time.monotonic() + SHADOW_TIMEOUT_MS / 1000 + self.args.settle
@@ -277,7 +283,7 @@ class Bench:
                 return True
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.1)
+            time.sleep(poll_s)
 
     def settle_shadowtee(self, admin: int, before: dict[str, float]) -> dict[str, Any]:
         """Wait until every teed request of the phase is accounted for and shipped, then read it."""

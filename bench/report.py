@@ -102,6 +102,16 @@ def summarise(runs: list[dict[str, Any]], configs: list[tuple[str, str]]) -> dic
                 get("handwritten", "healthy", "cpu_s_per_10k"),
             ),
         }
+    if "shadowtee/healthy" in table and "nginx/healthy" in table:
+        ours, theirs = get("shadowtee", "healthy", "p99_ms"), get("nginx", "healthy", "p99_ms")
+        ratios["shadowtee_vs_nginx"] = {
+            "rps": _ratio(get("shadowtee", "healthy", "rps"), get("nginx", "healthy", "rps")),
+            "cpu": _ratio(
+                get("shadowtee", "healthy", "cpu_s_per_10k"),
+                get("nginx", "healthy", "cpu_s_per_10k"),
+            ),
+            "p99_added_ms": None if ours is None or theirs is None else ours - theirs,
+        }
     if "baseline/healthy" in table and "shadowtee/healthy" in table:
         ratios["shadowtee_vs_baseline"] = {
             cand: {
@@ -194,6 +204,30 @@ def _fmt(value: float | None, spec: str) -> str:
 
 TARGETS_GOALS = (
     (
+        "shadowtee_vs_nginx",
+        "rps",
+        "throughput, shadowtee / nginx mirror (healthy)",
+        ">= 1.0",
+        1.0,
+        True,
+    ),
+    (
+        "shadowtee_vs_nginx",
+        "cpu",
+        "CPU per 10k, shadowtee / nginx mirror (healthy)",
+        "<= 1.1",
+        1.1,
+        False,
+    ),
+    (
+        "shadowtee_vs_nginx",
+        "p99_added_ms",
+        "p99 at the fixed rate, shadowtee - nginx, ms (healthy)",
+        "<= 1.0",
+        1.0,
+        False,
+    ),
+    (
         "shadowtee_vs_handwritten",
         "rps",
         "throughput, shadowtee / hand-written (healthy)",
@@ -285,8 +319,12 @@ def render_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "   other = share of the server core used by processes outside the benchmark during"
     )
     lines.append(
-        "   wrk: harmless when the proxy left the core idle, a distortion when it was busy)"
+        "   wrk: harmless when the proxy left the core idle, a distortion when it was busy;"
     )
+    lines.append(
+        "   CPU-s/10k = the proxy's CPU from the start of wrk until the tees, and for shadowtee"
+    )
+    lines.append("   the shipping, of those requests were done, per 10k requests)")
     accounted = [(k, r["accounting"]) for k, r in summary["table"].items() if r.get("accounting")]
     if accounted:
         lines += ["", "shadowtee accounting over the fixed-rate phase (medians):"]

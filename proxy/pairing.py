@@ -16,15 +16,20 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
+
 from contract import SEGMENT_VALUE_MAX
 from contract.outcomes import Outcome
 
 __all__ = ["CompletedPair", "PairingBuffer", "Side"]
 
 
-@dataclass(slots=True)
-class Side:
-    """One side's result as the proxy saw it; ``body`` is the raw response bytes (or ``None``)."""
+class Side(msgspec.Struct, gc=False):
+    """One side's result as the proxy saw it; ``body`` is the raw response bytes (or ``None``).
+
+    A msgspec struct rather than a dataclass: built in C (a third of the time, on every teed
+    request) and never tracked by the garbage collector, which it cannot need — it holds only
+    numbers, text and bytes. The same holds for :class:`CompletedPair`."""
 
     outcome: Outcome
     status: int | None = None
@@ -35,8 +40,7 @@ class Side:
     error: str | None = None
 
 
-@dataclass(slots=True)
-class CompletedPair:
+class CompletedPair(msgspec.Struct, gc=False):
     """Everything the shipper needs to write one wire pair (DESIGN §5)."""
 
     request_id: str
