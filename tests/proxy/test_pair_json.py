@@ -7,7 +7,7 @@ import json
 from comparator.ingest import screen_body
 from comparator.wire import Pair, PairBatch
 from contract.outcomes import Outcome
-from proxy.pair_json import encode_batch, encode_pair
+from proxy.pair_json import encode_batch, encode_pair, join_batch
 from proxy.pairing import CompletedPair, Side
 
 
@@ -134,3 +134,9 @@ def test_a_clean_pair_lists_no_repair() -> None:
         _clean(encode_pair(_pair(b"{}", b"{}"), experiment="e", max_body_bytes=100)).repaired
         is None
     )
+
+
+def test_a_batch_joins_any_number_of_pairs_into_one_document() -> None:
+    for n in (0, 1, 2, 7):
+        items = [b'{"i":%d}' % i for i in range(n)]
+        assert json.loads(join_batch(items)) == {"pairs": [{"i": i} for i in range(n)]}
