@@ -18,10 +18,51 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import aiohttp
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 
 from proxy.metrics import ProxyStats
+from proxy.pair_json import batch_size, join_batch
 
-__all__ = ["Comparators", "PostResult"]
+__all__ = ["BatchBody", "Comparators", "PostResult"]
+
+_WRITE_SLICE = 32  # pairs (about 70 KB of a typical batch) written between two yields
+
+
+class BatchBody(Payload):
+    """A batch of encoded pairs sent as ``{"pairs":[...]}`` without being joined first.
+
+    Written a slice of pairs at a time, yielding to the event loop between slices: a batch of a
+    megabyte is neither copied whole once more nor written in one go, which held the loop — and
+    every client request waiting on it — for a millisecond or more (the p99 at 1,000 req/s
+    showed it). The length is known up front, so the request carries a Content-Length."""
+
+    _autoclose = True  # bytes in memory: nothing to close
+
+    def __init__(self, items: list[bytes]) -> None:
+        super().__init__(items, content_type="application/json")
+        self._items = items
+        self._size = batch_size(items)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return join_batch(self._items).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        items = self._items
+        n = len(items)
+        if not n:
+            await writer.write(b'{"pairs":[]}')
+            return
+        for start in range(0, n, _WRITE_SLICE):
+            end = min(start + _WRITE_SLICE, n)
+            parts = [b","] * (2 * (end - start) + 1)
+            parts[0] = b'{"pairs":[' if start == 0 else b","
+            parts[-1] = b"]}" if end == n else b""
+            parts[1:-1:2] = items[start:end]
+            if start:
+                await asyncio.sleep(0)
+            await writer.write(b"".join(parts))
+
 
 log = logging.getLogger("shadowtee.proxy.shipper")
 
@@ -84,9 +125,11 @@ class Comparators:
             self._stats.comparator_failovers += 1
             log.warning("comparator: moving on to %s", self.shown())
 
-    async def post(self, payload: bytes, *, retries: int) -> PostResult:
+    async def post(self, payload: bytes | list[bytes], *, retries: int) -> PostResult:
         """POST one batch to ``/v1/pairs``, retrying a failure ``retries`` times with
-        exponential backoff and full jitter, moving on to the next replica after each."""
+        exponential backoff and full jitter, moving on to the next replica after each.
+        ``payload``: the batch's bytes (a spooled batch), or its encoded pairs (sent as
+        :class:`BatchBody`)."""
         assert self._session is not None and self._bases
         failure: PostResult = "failed"
         for attempt in range(retries + 1):
@@ -95,9 +138,10 @@ class Comparators:
                 await asyncio.sleep(random.uniform(0, self._backoff_s * 2 ** (attempt - 1)))
             try:
                 # A file-like body: aiohttp warns about (and CI errors on) bytes over 1 MiB.
+                body = io.BytesIO(payload) if isinstance(payload, bytes) else BatchBody(payload)
                 async with self._session.post(
                     f"{self._bases[self.current]}/v1/pairs",
-                    data=io.BytesIO(payload),
+                    data=body,
                     headers=self._headers,
                     timeout=self._timeout,
                 ) as resp:
@@ -106,7 +150,8 @@ class Comparators:
                     if 200 <= resp.status < 300:
                         return "ok"
                     if resp.status == 413:
-                        log.warning("comparator: batch of %d bytes too large", len(payload))
+                        size = len(payload) if isinstance(payload, bytes) else batch_size(payload)
+                        log.warning("comparator: batch of %d bytes too large", size)
                         return "too_large"
                     if resp.status in _MISCONFIGURED:
                         self._stats.ship_failures += 1

@@ -36,7 +36,14 @@ from contract import ERROR_MAX, ROUTE_MAX, SEGMENT_VALUE_MAX, VERSION_MAX
 from contract.outcomes import Outcome
 from proxy.pairing import CompletedPair, Side
 
-__all__ = ["SEGMENT_VALUE_MAX", "encode_batch", "encode_pair", "join_batch", "segment_extractor"]
+__all__ = [
+    "SEGMENT_VALUE_MAX",
+    "batch_size",
+    "encode_batch",
+    "encode_pair",
+    "join_batch",
+    "segment_extractor",
+]
 
 # A body sits four levels deep in a batch: {"pairs":[{"prod":{"body": ...}}]}.
 _WIRE_DEPTH = 4
@@ -309,6 +316,11 @@ def join_batch(items: list[bytes]) -> bytes:
     parts[-1] = b"]}"
     parts[1:-1:2] = items
     return b"".join(parts)
+
+
+def batch_size(items: list[bytes]) -> int:
+    """``len(join_batch(items))``, without joining them."""
+    return sum(map(len, items)) + max(len(items) - 1, 0) + len(b'{"pairs":[]}')
 
 
 def encode_batch(pairs: list[CompletedPair], *, experiment: str, max_body_bytes: int) -> bytes:

@@ -44,7 +44,7 @@ import aiohttp
 
 from proxy.comparators import Comparators
 from proxy.metrics import ProxyStats
-from proxy.pair_json import encode_pair, join_batch
+from proxy.pair_json import batch_size, encode_pair, join_batch
 from proxy.pairing import CompletedPair
 from proxy.spool import Spool, SpooledBatch
 
@@ -214,11 +214,10 @@ class Shipper:
     async def _ship(self, pairs: list[CompletedPair], items: list[bytes], retries: int) -> bool:
         """Send one batch; ``False`` when the comparator is away (the batch is then spooled)."""
         stats = self._stats
-        payload = join_batch(items)
         n = len(items)
-        result = await self.link.post(payload, retries=retries)
+        result = await self.link.post(items, retries=retries)
         if result == "too_large":
-            self._lower_limit(len(payload) // 2)
+            self._lower_limit(batch_size(items) // 2)
             if n > 1:
                 half = n // 2
                 if not await self._ship(pairs[:half], items[:half], retries):
@@ -236,9 +235,9 @@ class Shipper:
         if result == "rejected":
             stats.pairs_shipping -= n
             stats.dropped["rejected"] += n
-            self.spool.keep_rejected(payload, n)
+            self.spool.keep_rejected(join_batch(items), n)
             return True
-        self._to_spool(payload, n)
+        self._to_spool(join_batch(items), n)
         return False
 
     def _lower_limit(self, limit: int) -> None:
