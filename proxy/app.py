@@ -131,15 +131,23 @@ class DataPort:
                 conn.write(simple_response(400, f"{refused}\n", close=not keep))
                 return keep
         rid, rid_bytes, pair_id, headers = self._identify(req)
-        teed = await self._tee(req, rid, pair_id, headers)
-        if teed is None:  # the client broke off the body read whole for the tee
-            return self._client_abort(pair_id, False)
-        paired, body = teed
+        # Each step is a plain call when it has nothing to wait for (the usual case: the body
+        # is here, production's answer too): a coroutine per step costs every request.
+        if req.stream is None:
+            body = req.body
+            paired = self._tee(req, rid, pair_id, headers, body)
+        else:
+            teed = await self._tee_arriving(req, rid, pair_id, headers)
+            if teed is None:  # the client broke off the body read whole for the tee
+                return self._client_abort(pair_id, False)
+            paired, body = teed
         keep = req.keep_alive and not state.draining
         stream = req.unread_body()  # a large body that is not teed: forwarded as it arrives
         start = time.perf_counter()
         try:
-            resp = await self._forward(req, headers, body, stream)
+            resp = await state.prod.request(
+                self._forward(req, headers, body, stream), req.method, stream
+            )
         except asyncio.CancelledError:
             if paired:
                 side = Side(Outcome.ERROR, error="client request cancelled")
@@ -150,7 +158,13 @@ class DataPort:
                 return self._client_abort(pair_id, paired)
             conn.write(self._gateway_error(exc, pair_id, paired, keep))
             return keep
-        keep, kept, failure = await self._answer(req, conn, resp, rid_bytes, keep, paired)
+        head = self._answer_head(resp, rid_bytes)
+        kept: bytes | None = resp.body
+        failure: BaseException | None = None
+        if kept is not None:
+            keep = self._answer(req, conn, kept, head, keep)
+        else:
+            keep, kept, failure = await self._stream(req, conn, resp, head, keep, paired)
         elapsed = time.perf_counter() - start
         if failure is not None:
             self._broken_body(failure, resp, pair_id, paired)
@@ -181,16 +195,12 @@ class DataPort:
         headers.append((self._rid_name, rid_bytes))
         return rid, rid_bytes, pair_id, headers
 
-    async def _tee(
-        self, req: Request, rid: str, pair_id: str, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[bool, bytes] | None:
-        """Tee the request when its route and method match and it is sampled: whether a pair was
-        opened, and the body to forward (read whole when it is teed). None when the client broke
-        off a body being read whole."""
-        method, body, rules, tee = req.method, req.body, self._rules, self.state.tee
+    def _tee_path(self, req: Request, rid: str) -> str | None:
+        """The request's path when its route and method match and it is sampled, else None."""
+        method, rules = req.method, self._rules
         # The path is decoded only for a method that may be teed.
         if method not in rules.methods or not rules.matches(method, path := req.path):
-            return False, body
+            return None
         key = rid
         if self._key_header is not None:
             raw_key = req.header(self._key_header)
@@ -198,62 +208,87 @@ class DataPort:
                 key = raw_key.decode("latin-1")
         if not rules.sampled(key):
             self.state.stats.not_sampled += 1
+            return None
+        return path
+
+    def _tee(
+        self,
+        req: Request,
+        rid: str,
+        pair_id: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> bool:
+        """Tee a request whose body is here when it is to be teed: whether a pair was opened."""
+        path = self._tee_path(req, rid)
+        if path is None:
+            return False
+        return self.state.tee.submit(pair_id, req.method, req.target, path, headers, body)
+
+    async def _tee_arriving(
+        self, req: Request, rid: str, pair_id: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[bool, bytes] | None:
+        """:meth:`_tee` for a large body still arriving: whether a pair was opened, and the
+        body to forward (read whole when it is teed). None when the client broke off a body
+        being read whole."""
+        body, tee, incoming = req.body, self.state.tee, req.stream
+        path = self._tee_path(req, rid)
+        if path is None or incoming is None:
             return False, body
-        incoming = req.stream
-        if incoming is not None and incoming.length > tee.max_body_bytes:
+        if incoming.length > tee.max_body_bytes:
             # Too large to tee: its pair records it as skipped, and it is forwarded as it
             # arrives, hashed on the way (never held whole).
             incoming.digest = hashlib.sha256()
             digest = incoming.digest.hexdigest
             return tee.skip_unread(pair_id, path, incoming.length, headers, digest), body
-        # A large body, still arriving: teed, so read whole (unless the paused tee only counts
-        # it: then it is forwarded as it arrives, like one not sampled).
-        if incoming is not None and not tee.turning_away:
+        # Teed, so read whole (unless the paused tee only counts it: then it is forwarded as it
+        # arrives, like one not sampled).
+        if not tee.turning_away:
             try:
                 body = await req.read_body()
             except OSError:
                 if incoming.client_gone:  # the client broke off before its end
                     return None
                 raise
-        return tee.submit(pair_id, method, req.target, path, headers, body), body
+        return tee.submit(pair_id, req.method, req.target, path, headers, body), body
 
-    async def _forward(
+    def _forward(
         self,
         req: Request,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         stream: BodyStream | None,
-    ) -> ProductionResponse:
-        """Send the request to production; its answer once the head (and a small body) is in."""
+    ) -> bytes:
+        """The request as production gets it (only its head when the body is streamed)."""
         prod = self.state.prod
         length = None if stream is None else stream.length
         target = prod.prefix + req.target
-        data = encode_request(req.method, target, prod.host_header, headers, body, length=length)
-        return await prod.request(data, req.method, stream)
+        return encode_request(req.method, target, prod.host_header, headers, body, length=length)
 
-    async def _answer(
-        self,
-        req: Request,
-        conn: Connection,
-        resp: ProductionResponse,
-        rid_bytes: bytes,
-        keep: bool,
-        paired: bool,
-    ) -> tuple[bool, bytes | None, BaseException | None]:
-        """Write production's answer to the client: in one write when its body is here, else
-        streamed. Returns as :meth:`_stream` does."""
+    def _answer_head(self, resp: ProductionResponse, rid_bytes: bytes) -> list[bytes]:
+        """Production's status line and end-to-end headers, with the request id."""
         head = [b"HTTP/1.1 %d %s" % (resp.status, resp.reason)]
         head += response_lines(itertools.islice(resp.lines, 1, None), self._resp_drop)
         head.append(self._rid_name + b": " + rid_bytes)
-        if resp.body is None:
-            return await self._stream(req, conn, resp, head, keep, paired)
+        return head
+
+    def _answer(
+        self,
+        req: Request,
+        conn: Connection,
+        body: bytes,
+        head: list[bytes],
+        keep: bool,
+    ) -> bool:
+        """Write production's answer, whose body is here, to the client in one write; returns
+        whether the connection stays open."""
         if not keep:
             head.append(b"Connection: close")
         elif not req.http11:
             head.append(b"Connection: keep-alive")
         head.append(b"\r\n")
-        conn.write(b"\r\n".join(head) + resp.body)
-        return keep, resp.body, None
+        conn.write(b"\r\n".join(head) + body)
+        return keep
 
     def _broken_body(
         self, failure: BaseException, resp: ProductionResponse, pair_id: str, paired: bool

@@ -54,8 +54,7 @@ class CompletedPair(msgspec.Struct, gc=False):
     segments: dict[str, str] | None = None
 
 
-@dataclass(slots=True)
-class _Pending:
+class _Pending(msgspec.Struct):  # tracked by the collector: ``sha256`` is any callable
     ts: float
     route: str
     body: bytes
