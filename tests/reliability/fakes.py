@@ -34,6 +34,7 @@ from tests.support.poll import wait_until as wait_until
 
 __all__ = [
     "BIG_BYTES",
+    "DEEP_BODY",
     "FakeCandidate",
     "FakeComparator",
     "FakeProduction",
@@ -48,6 +49,9 @@ __all__ = [
 T = TypeVar("T")
 
 BIG_BYTES = 50 * 1024 * 1024  # the candidate's "big" answer: 50 MiB
+# Valid JSON, 200 levels deep: inside a batch ({"pairs":[{"candidate":{"body": ...) it is past the
+# batch parser's depth limit, so it must travel as its size, never make the batch unparseable.
+DEEP_BODY = b'{"outputs":' + b"[" * 199 + b"]" * 199 + b"}"
 RID = "X-Shadow-Request-Id"
 
 
@@ -209,6 +213,7 @@ class FakeCandidate:
 
     Modes: ``ok``; ``hang`` (no answer until the gate opens); ``hangheaders`` (headers sent, body
     never); ``reset`` (connection dropped mid-body); ``e500``; ``garbage`` (200 with non-JSON);
+    ``deep`` (200 with JSON nested 200 levels deep: valid alone, too deep inside a batch);
     ``big`` (200 with 50 MiB of JSON); ``swap`` (answers as if for another request: the id header
     and body name the previous request's id); ``echo`` (the headers it received, in its body).
     """
@@ -262,6 +267,8 @@ class FakeCandidate:
             return web.Response(status=500, text="internal error", headers=version)
         if mode == "garbage":
             return web.Response(body=b"\x00\xff not json {{{", headers=version)
+        if mode == "deep":
+            return web.Response(body=DEEP_BODY, content_type="application/json", headers=version)
         if mode == "big":
             filler = b'{"outputs":[{"name":"y","shape":[1],"datatype":"FP32","data":[1]}],"pad":"'
             pad = BIG_BYTES - len(filler) - 2
