@@ -22,7 +22,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
 
 from proxy.metrics import ProxyStats
-from proxy.pair_json import batch_size, join_batch
+from proxy.pair_json import batch_size, batch_slices, join_batch
 
 __all__ = ["BatchBody", "Comparators", "PostResult"]
 
@@ -48,20 +48,10 @@ class BatchBody(Payload):
         return join_batch(self._items).decode(encoding, errors)
 
     async def write(self, writer: AbstractStreamWriter) -> None:
-        items = self._items
-        n = len(items)
-        if not n:
-            await writer.write(b'{"pairs":[]}')
-            return
-        for start in range(0, n, _WRITE_SLICE):
-            end = min(start + _WRITE_SLICE, n)
-            parts = [b","] * (2 * (end - start) + 1)
-            parts[0] = b'{"pairs":[' if start == 0 else b","
-            parts[-1] = b"]}" if end == n else b""
-            parts[1:-1:2] = items[start:end]
-            if start:
+        for i, piece in enumerate(batch_slices(self._items, _WRITE_SLICE)):
+            if i:
                 await asyncio.sleep(0)
-            await writer.write(b"".join(parts))
+            await writer.write(piece)
 
 
 log = logging.getLogger("shadowtee.proxy.shipper")

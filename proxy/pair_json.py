@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +39,7 @@ from proxy.pairing import CompletedPair, Side
 __all__ = [
     "SEGMENT_VALUE_MAX",
     "batch_size",
+    "batch_slices",
     "encode_batch",
     "encode_pair",
     "join_batch",
@@ -131,10 +132,15 @@ def _binary(
     return msgspec.Raw(b'{"base64":"' + base64.b64encode(body) + b'"}')
 
 
+def _clean(value: str) -> bool:
+    """Whether :func:`_storable` leaves ``value`` as it is without looking twice (the usual case)."""
+    return value.isascii() and "\x00" not in value
+
+
 def _storable(value: str) -> str:
     """``value`` as every store accepts it: a NUL or a lone surrogate (a ``%ff`` path decoded
     with ``surrogateescape``) becomes U+FFFD, the replacement character, which marks the spot."""
-    if value.isascii() and "\x00" not in value:
+    if _clean(value):
         return value
     value = value.replace("\x00", "\ufffd")
     return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
@@ -167,11 +173,6 @@ def _timestamp(ts: float) -> str:
     return f"{text}.{micros // 1000:03d}Z"
 
 
-def _clean(value: str) -> bool:
-    """Whether :func:`_storable` leaves ``value`` as it is without looking twice (the usual case)."""
-    return value.isascii() and "\x00" not in value
-
-
 def _note(value: str | None, name: str, field: str, repaired: list[str]) -> None:
     """Name ``name.field`` in ``repaired`` when :func:`_storable` changes ``value`` (the whole
     value, before any cut to its field's length)."""
@@ -197,12 +198,10 @@ def _side(
         repaired.append(f"{name}.status")
         error = f"protocol error: status {status}" + (f"; {error}" if error else "")
         status, outcome = None, Outcome.ERROR
+    _note(version, name, "model_version", repaired)
+    _note(side.error, name, "error", repaired)
     if version is not None:
-        if not _clean(version):
-            _note(version, name, "model_version", repaired)
         version = _storable(version[:VERSION_MAX])
-    if side.error is not None and not _clean(side.error):
-        _note(side.error, name, "error", repaired)
     if error is not None:
         error = _storable(error[:ERROR_MAX])
     if raw is not None and body is None and b"\\u0000" in raw:  # an embedded body holds none
@@ -215,7 +214,7 @@ def _side(
         body=body,
         body_bytes=body_bytes,
         error=error,
-        binary=None if body is not None else _binary(raw, body, max_body_bytes),
+        binary=_binary(raw, body, max_body_bytes),
     )
 
 
@@ -304,18 +303,26 @@ def segment_extractor(
     return extract
 
 
-def join_batch(items: list[bytes]) -> bytes:
-    """``{"pairs": [...]}`` for ``POST /v1/pairs``, from pairs already encoded.
+def batch_slices(items: list[bytes], per_slice: int) -> Iterator[bytes]:
+    """``{"pairs": [...]}`` for ``POST /v1/pairs``, from pairs already encoded, in pieces of at
+    most ``per_slice`` pairs; each piece is joined with its brackets and commas in one copy."""
+    n = len(items)
+    if not n:
+        yield b'{"pairs":[]}'
+        return
+    for start in range(0, n, per_slice):
+        end = min(start + per_slice, n)
+        parts = [b","] * (2 * (end - start) + 1)
+        parts[0] = b'{"pairs":[' if start == 0 else b","
+        parts[-1] = b"]}" if end == n else b""
+        parts[1:-1:2] = items[start:end]
+        yield b"".join(parts)
 
-    One join, so a batch (about a megabyte) is copied once: concatenating the brackets to a
-    joined list copies it three times, each into fresh pages the kernel must fault in."""
-    if not items:
-        return b'{"pairs":[]}'
-    parts = [b","] * (2 * len(items) + 1)
-    parts[0] = b'{"pairs":['
-    parts[-1] = b"]}"
-    parts[1:-1:2] = items
-    return b"".join(parts)
+
+def join_batch(items: list[bytes]) -> bytes:
+    """The whole batch in one piece, copied once: concatenating the brackets to a joined list
+    copied a megabyte batch three times, each into fresh pages the kernel must fault in."""
+    return b"".join(batch_slices(items, max(len(items), 1)))  # one piece: returned as it is
 
 
 def batch_size(items: list[bytes]) -> int:
