@@ -42,6 +42,8 @@ from proxy.upstream import (
 
 __all__ = ["DataPort"]
 
+_TOKENS_PER_READ = 256
+
 
 class DataPort:
     """The proxy's resources and its request handler. Built inside the running event loop."""
@@ -65,6 +67,7 @@ class DataPort:
         # bits per id (unguessable: see _pair_key).
         self._prefix = os.urandom(6).hex() + "-"
         self._counter = itertools.count(1)
+        self._tokens: list[str] = []  # random 64-bit ids read ahead (see _random_hex)
         self._validator = validate.install(settings, state.registry)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -116,9 +119,18 @@ class DataPort:
         client can pre-claim the id another request will get.
         """
         if not client_id or len(client_id) > MINTED_ABOVE:
-            minted = f"{self._prefix}{next(self._counter):x}-{secrets.token_hex(8)}"
+            minted = f"{self._prefix}{next(self._counter):x}-{self._random_hex()}"
             return minted, minted
-        return client_id, f"{client_id}~{secrets.token_hex(8)}"
+        return client_id, f"{client_id}~{self._random_hex()}"
+
+    def _random_hex(self) -> str:
+        """64 random bits as 16 hex digits, from the OS's CSPRNG (what ``secrets`` uses), read
+        256 ids at a time: one call per request instead of four and a system call."""
+        tokens = self._tokens
+        if not tokens:
+            pool = secrets.token_hex(8 * _TOKENS_PER_READ)
+            tokens.extend(pool[i : i + 16] for i in range(0, len(pool), 16))
+        return tokens.pop()
 
     async def handle(self, req: Request, conn: Connection) -> bool:
         """Answer one request from production; returns whether the connection stays open."""
@@ -190,7 +202,7 @@ class DataPort:
         drop = (
             self._req_drop if req.connection is None else drop_set(self._extra_drop, req.connection)
         )
-        headers = request_lines(req.headers, drop)
+        headers = request_lines(req.headers, drop, req.names)
         rid_bytes = rid.encode("latin-1")
         headers.append((self._rid_name, rid_bytes))
         return rid, rid_bytes, pair_id, headers

@@ -49,10 +49,13 @@ def drop_set(extra: Iterable[str | bytes], connection: bytes | None = None) -> f
 
 
 def request_lines(
-    headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]
+    headers: list[tuple[bytes, bytes]], drop: frozenset[bytes], names: list[bytes] | None = None
 ) -> list[tuple[bytes, bytes]]:
-    """The request headers that go upstream: everything not in ``drop``, in order."""
-    return [(name, value) for name, value in headers if name.lower() not in drop]
+    """The request headers that go upstream: everything not in ``drop``, in order. ``names``:
+    the headers' names lowered, when the caller has them."""
+    if names is None:
+        return [(name, value) for name, value in headers if name.lower() not in drop]
+    return [line for line, name in zip(headers, names, strict=True) if name not in drop]
 
 
 def candidate_lines(

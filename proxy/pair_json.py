@@ -218,8 +218,72 @@ def _side(
     )
 
 
+def _plain_side(side: Side, checked: tuple[msgspec.Raw | None, int | None]) -> _Side | None:
+    """:func:`_side` of the usual side, with nothing to repair and nothing binary (its body
+    embedded or absent, no error, a clean version, an HTTP status, a finite latency) in a few
+    steps; None for any other side, which :func:`_side` writes."""
+    body, body_bytes = checked
+    raw, status, version, latency = side.body, side.status, side.model_version, side.latency_ms
+    if (
+        side.error is not None
+        or (raw is not None and body is None)
+        or (status is not None and not 100 <= status <= 599)
+        or (version is not None and not _clean(version))
+        or (latency is not None and not math.isfinite(latency))
+    ):
+        return None
+    if raw is None and side.outcome is Outcome.OK:  # too large to keep: its size only
+        body_bytes = side.body_bytes
+    return _Side(
+        outcome=side.outcome,
+        status=status,
+        latency_ms=None if latency is None else round(latency, 3),
+        model_version=None if version is None else version[:VERSION_MAX],
+        body=body,
+        body_bytes=body_bytes,
+    )
+
+
 def encode_pair(pair: CompletedPair, *, experiment: str, max_body_bytes: int) -> bytes:
-    """One pair as a compact JSON object (bodies spliced in as received)."""
+    """One pair as a compact JSON object (bodies spliced in as received).
+
+    The usual pair (clean text, no request body or segments, both sides plain: see
+    :func:`_plain_side`) is written in a few steps; any other takes the general path, which
+    repairs what is not storable and names it in ``repaired``."""
+    prod_checked = _checked(pair.prod.body, max_body_bytes)
+    cand = pair.candidate.body
+    if cand is not None and cand == pair.prod.body:
+        cand_checked = prod_checked  # byte-identical to production's body: checked once
+    else:
+        cand_checked = _checked(cand, max_body_bytes)
+    text = pair.request_id + pair.route + pair.request_sha256 + experiment
+    if pair.request_body is None and not pair.segments and _clean(text):
+        prod = _plain_side(pair.prod, prod_checked)
+        candidate = _plain_side(pair.candidate, cand_checked) if prod is not None else None
+        if prod is not None and candidate is not None:
+            return _encode(
+                _Pair(
+                    v=1,
+                    request_id=pair.request_id,
+                    experiment=experiment,
+                    ts=_timestamp(pair.ts),
+                    route=pair.route[:ROUTE_MAX],
+                    request=_Request(sha256=pair.request_sha256, body=None),
+                    prod=prod,
+                    candidate=candidate,
+                )
+            )
+    return _encode_general(pair, experiment, max_body_bytes, prod_checked, cand_checked)
+
+
+def _encode_general(
+    pair: CompletedPair,
+    experiment: str,
+    max_body_bytes: int,
+    prod_checked: tuple[msgspec.Raw | None, int | None],
+    cand_checked: tuple[msgspec.Raw | None, int | None],
+) -> bytes:
+    """:func:`encode_pair` of any pair; ``*_checked``: :func:`_checked` of each side's body."""
     repaired: list[str] = []
     _note(pair.request_id, "", "request_id", repaired)
     _note(pair.route, "", "route", repaired)
@@ -227,12 +291,6 @@ def encode_pair(pair: CompletedPair, *, experiment: str, max_body_bytes: int) ->
     request_body, _ = _checked(request_raw, max_body_bytes)
     if request_body is None and request_raw is not None and b"\\u0000" in request_raw:
         repaired.append("request.body")
-    prod_checked = _checked(pair.prod.body, max_body_bytes)
-    cand = pair.candidate.body
-    if cand is not None and cand == pair.prod.body:
-        cand_checked = prod_checked  # byte-identical to production's body: checked once
-    else:
-        cand_checked = _checked(cand, max_body_bytes)
     prod = _side(pair.prod, "prod", prod_checked, max_body_bytes, repaired)
     candidate = _side(pair.candidate, "candidate", cand_checked, max_body_bytes, repaired)
     segments = pair.segments

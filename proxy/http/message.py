@@ -58,6 +58,7 @@ class Request:
         "http11",
         "keep_alive",
         "method",
+        "names",
         "stream",
         "target",
     )
@@ -72,10 +73,13 @@ class Request:
         keep_alive: bool,
         connection: bytes | None,
         stream: BodyStream | None = None,
+        names: list[bytes] | None = None,
     ) -> None:
         self.method = method
         self.target = target
         self.headers = headers
+        # The header names in lower case, in the same order (the parser lowers them once).
+        self.names = [name.lower() for name, _ in headers] if names is None else names
         self.body = body
         self.http11 = http11
         self.keep_alive = keep_alive
@@ -102,10 +106,10 @@ class Request:
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower-case), or ``None``."""
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
+        try:
+            return self.headers[self.names.index(name)][1]
+        except ValueError:
+            return None
 
 
 class Message:
@@ -119,6 +123,7 @@ class Message:
         "fields_size",
         "headers",
         "in_head",
+        "names",
         "stream",
         "target",
     )
@@ -127,6 +132,7 @@ class Message:
         self.in_head = True
         self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.names: list[bytes] = []  # the header names lowered, once the head is complete
         self.fields_size = 0
         self.connection: bytes | None = None
         self.body: list[bytes] = []

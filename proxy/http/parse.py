@@ -114,8 +114,10 @@ class RequestParsing:
         length: int | None = None
         expect: bytes | None = None
         has_body = upgrade = chunked = False
+        names = msg.names = []
         for name, value in msg.headers:
             lowered = name.lower()
+            names.append(lowered)
             if lowered == b"content-length":
                 length = int(value)
                 has_body = length > 0
@@ -164,6 +166,7 @@ class RequestParsing:
                     parser.should_keep_alive(),
                     msg.connection,
                     msg.stream,
+                    names,
                 )
             )
 
@@ -222,6 +225,7 @@ class RequestParsing:
             parser.get_http_version() == "1.1",
             parser.should_keep_alive() and not parser.should_upgrade(),
             msg.connection,
+            names=msg.names,
         )
         self._queued_bytes += msg.body_size
         msg.body_size = 0

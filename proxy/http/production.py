@@ -188,7 +188,9 @@ class ProductionClient:
         if body is not None:
             conn, _ = await self._pool.acquire()
             return await self._exchange(conn, data, method, body)
-        conn, reused = await self._pool.acquire()
+        # Usually a kept-alive connection is idle: taken without a coroutine to wait in.
+        idle = self._pool.idle_connection()
+        conn, reused = (idle, True) if idle is not None else await self._pool.acquire()
         try:
             return await self._exchange(conn, data, method)
         except ConnectionError as exc:

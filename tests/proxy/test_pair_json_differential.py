@@ -21,6 +21,7 @@ import pytest
 from comparator.wire import Pair
 from contract import ERROR_MAX, ROUTE_MAX, VERSION_MAX
 from contract.outcomes import Outcome
+from proxy import pair_json
 from proxy.pair_json import encode_pair
 from proxy.pairing import CompletedPair, Side
 
@@ -220,3 +221,91 @@ def test_the_spliced_pair_equals_the_reference_and_the_wire_model_takes_it(seed:
         line = encode_pair(pair, experiment=experiment, max_body_bytes=MAX_BODY)
         assert json.loads(line) == reference(pair, experiment), pair
         Pair.model_validate_json(line)
+
+
+def _usual_side(rng: random.Random, body: bytes | None) -> Side:
+    """A side of the kind most pairs have: nothing to repair, its body JSON or absent."""
+    return Side(
+        rng.choice(list(Outcome)),
+        status=rng.choice([None, 100, 200, 503, 599]),
+        latency_ms=rng.choice([None, 0.0, 3.14159, 1e-7, rng.uniform(0, 1e4)]),
+        model_version=rng.choice([None, "1", "v2.0-rc", "v" * (VERSION_MAX + 5)]),
+        body=body,
+        body_bytes=rng.choice([None, 0, 12345]),
+    )
+
+
+def _usual_pair(rng: random.Random) -> CompletedPair:
+    value = json.dumps(_value(rng)).encode()
+    while len(value) > MAX_BODY or b"\\u0000" in value:  # embeddable: valid, small, no NUL
+        value = json.dumps(_value(rng)).encode()
+    bodies = [None, b"{}", b'{"outputs":[{"data":[0.5,1e-3]}]}', value]
+    prod = _usual_side(rng, rng.choice(bodies))
+    cand = _usual_side(rng, prod.body if rng.random() < 0.5 else rng.choice(bodies))
+    return CompletedPair(
+        request_id=rng.choice(["r1", "abc-1f-0123456789abcdef", "x" * 180 + "~" + "0" * 16]),
+        ts=rng.uniform(0, 4e9),
+        route=rng.choice(["/v2/models/m/infer", "/" + "p" * (ROUTE_MAX + 9)]),
+        request_sha256="0" * 64,
+        request_body=None,
+        prod=prod,
+        candidate=cand,
+        segments=rng.choice([None, {}]),
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_usual_pair_takes_the_short_path_and_writes_what_the_general_path_writes(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    general = pair_json._encode_general
+    taken: list[str] = []
+
+    def counted(*args: Any) -> bytes:
+        taken.append(args[0].request_id)
+        return general(*args)
+
+    monkeypatch.setattr(pair_json, "_encode_general", counted)
+    rng = random.Random(seed)
+    for _ in range(300):
+        pair = _usual_pair(rng)
+        line = encode_pair(pair, experiment="e1", max_body_bytes=MAX_BODY)
+        checked = [pair_json._checked(s.body, MAX_BODY) for s in (pair.prod, pair.candidate)]
+        assert line == general(pair, "e1", MAX_BODY, *checked)
+        assert json.loads(line) == reference(pair, "e1")
+    assert not taken  # every one of them went the short way
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("error", "deadline 250 ms"),
+        ("status", 600),
+        ("model_version", "v\x00"),
+        ("model_version", "v\udcff"),
+        ("latency_ms", float("nan")),
+        ("body", b'{"a":NaN}'),
+        ("body", b"\x00binary"),
+    ],
+)
+def test_a_side_with_anything_to_repair_or_carry_takes_the_general_path(
+    field: str, value: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    general = pair_json._encode_general
+    taken: list[str] = []
+
+    def counted(*args: Any) -> bytes:
+        taken.append(args[0].request_id)
+        return general(*args)
+
+    monkeypatch.setattr(pair_json, "_encode_general", counted)
+    for name in ("prod", "candidate"):
+        pair = _usual_pair(random.Random(7))
+        setattr(getattr(pair, name), field, value)
+        line = encode_pair(pair, experiment="e1", max_body_bytes=MAX_BODY)
+        wire = Pair.model_validate_json(line)
+        if field == "latency_ms":  # not JSON: the latency travels as none
+            assert getattr(wire, name).latency_ms is None
+        else:
+            assert json.loads(line) == reference(pair, "e1")
+    assert len(taken) == 2

@@ -158,6 +158,24 @@ async def test_a_pair_alone_over_the_limit_travels_with_its_bodies_reduced(tmp_p
     assert sorted(comp.ids) == ["r0000", "r0001", "r0002"]
 
 
+async def test_a_small_pair_a_comparator_refuses_alone_travels_with_its_bodies_reduced(
+    tmp_path: Path,
+) -> None:
+    """A pair under every batch limit that a comparator still refuses alone (413, its limit
+    below the smallest one the shipper uses) is reduced from its wire bytes, since the queue
+    keeps only those for a small pair: the same pair arrives, bodies as sizes."""
+    comp = Comparator(limit=2048, announce=False)
+    async with serve_app(comp.app()) as url, shipper(url, tmp_path) as s:
+        s.enqueue(pair(0, 1_500))  # about 3.5 KB on the wire: under _KEEP_PAIR_ABOVE
+        await s.ship_pending(retries=0)
+        acc = balanced(s)
+    assert acc["dropped"] == 0 and comp.ids == ["r0000"]
+    (got,) = comp.taken
+    assert got.prod.body is None and got.candidate.body is None
+    assert got.prod.body_bytes is not None and got.prod.body_bytes >= 1_500
+    assert comp.answers.count(413) == 1
+
+
 async def test_a_spooled_batch_too_large_for_the_comparator_is_spooled_again_in_halves(
     tmp_path: Path,
 ) -> None:
