@@ -15,7 +15,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from dataclasses import dataclass
+
+import msgspec
 
 from proxy.exceptions import UpstreamProtocolError
 from proxy.http.client import ClientConnection
@@ -27,8 +28,9 @@ __all__ = ["CandidateCall", "CandidateClient", "CandidateResponse"]
 log = logging.getLogger("shadowtee.proxy")
 
 
-@dataclass(frozen=True, slots=True)
-class CandidateResponse:
+class CandidateResponse(msgspec.Struct, frozen=True, gc=False):
+    """The candidate's answer (a msgspec struct: built in C, once per teed request)."""
+
     status: int
     model_version: str | None
     body: bytes  # empty when the body was larger than the client's keep_bytes

@@ -116,10 +116,12 @@ class Pool:
 
     def release(self, conn: ClientConnection) -> None:
         """An answer is complete: keep the connection if it is clean, else close it."""
-        self._stop_lingering(conn)
+        if self._lingering:  # (checked here: this runs for every answer)
+            self._stop_lingering(conn)
         if conn.is_available() and conn in self._all:
             self._idle.append(conn)
-            self._wake_one()
+            if self._waiters:
+                self._wake_one()
         else:
             conn.close()
 
