@@ -1,6 +1,7 @@
 """Turn :class:`~proxy.pairing.CompletedPair` objects into a wire batch (DESIGN §5).
 
-This runs in the shipper task, never on the request path. A body that is valid JSON (without
+This runs as each pair completes (:meth:`proxy.shipper.Shipper.enqueue`), after production's answer
+has gone to the client, one pair at a time. A body that is valid JSON (without
 NaN/Infinity, which JSON does not have) and no larger than ``max_body_bytes`` is spliced into the
 pair *as the bytes production or the candidate sent*, never re-serialised: re-printing a
 float-heavy prediction costs several times more than checking it. The check accepts exactly what

@@ -7,7 +7,8 @@ with plain numbers and no event loop. The two sides arrive in any order — from
 both are in, or by :meth:`PairingBuffer.expire` once its deadline passes, the missing side filled
 in as a timeout (a right-censored latency, not a missing one).
 
-Bodies stay ``bytes`` here; turning them into JSON is the shipper's job, off the request path.
+Bodies stay ``bytes`` here; turning them into JSON is the shipper's job, as each pair is emitted
+(after production's answer has gone to the client).
 """
 
 from __future__ import annotations

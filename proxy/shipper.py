@@ -124,9 +124,10 @@ class Shipper:
     def enqueue(self, pair: CompletedPair) -> None:
         """Accept one finished pair; synchronous, never waits.
 
-        The pair is encoded here, as it completes, while its bodies are still in the CPU's
-        caches (encoding a batch of them later, in the shipping task, cost about a third more
-        CPU per pair), and the queue holds its wire bytes. The pair itself is kept beside them
+        The pair is encoded here, as it completes, one at a time (about 6 µs for the benchmark's
+        2 KB pair in a timing loop: it never holds the event loop the way encoding slices of a
+        batch did), while its bodies are likely still in the CPU's caches; the queue holds its
+        wire bytes. The pair itself is kept beside them
         only when they are large enough to need cutting down to a batch limit (see
         :meth:`_reduce`)."""
         stats = self._stats
