@@ -254,26 +254,34 @@ def _usual_pair(rng: random.Random) -> CompletedPair:
     )
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_the_usual_pair_takes_the_short_path_and_writes_what_the_general_path_writes(
-    seed: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    general = pair_json._encode_general
+_GENERAL = pair_json._encode_general
+
+
+@pytest.fixture
+def general_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The request ids of the pairs that went the general way."""
     taken: list[str] = []
 
     def counted(*args: Any) -> bytes:
         taken.append(args[0].request_id)
-        return general(*args)
+        return _GENERAL(*args)
 
     monkeypatch.setattr(pair_json, "_encode_general", counted)
+    return taken
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_usual_pair_takes_the_short_path_and_writes_what_the_general_path_writes(
+    seed: int, general_path: list[str]
+) -> None:
     rng = random.Random(seed)
     for _ in range(300):
         pair = _usual_pair(rng)
         line = encode_pair(pair, experiment="e1", max_body_bytes=MAX_BODY)
         checked = [pair_json._checked(s.body, MAX_BODY) for s in (pair.prod, pair.candidate)]
-        assert line == general(pair, "e1", MAX_BODY, *checked)
+        assert line == _GENERAL(pair, "e1", MAX_BODY, *checked)
         assert json.loads(line) == reference(pair, "e1")
-    assert not taken  # every one of them went the short way
+    assert not general_path  # every one of them went the short way
 
 
 @pytest.mark.parametrize(
@@ -289,16 +297,8 @@ def test_the_usual_pair_takes_the_short_path_and_writes_what_the_general_path_wr
     ],
 )
 def test_a_side_with_anything_to_repair_or_carry_takes_the_general_path(
-    field: str, value: Any, monkeypatch: pytest.MonkeyPatch
+    field: str, value: Any, general_path: list[str]
 ) -> None:
-    general = pair_json._encode_general
-    taken: list[str] = []
-
-    def counted(*args: Any) -> bytes:
-        taken.append(args[0].request_id)
-        return general(*args)
-
-    monkeypatch.setattr(pair_json, "_encode_general", counted)
     for name in ("prod", "candidate"):
         pair = _usual_pair(random.Random(7))
         setattr(getattr(pair, name), field, value)
@@ -308,4 +308,4 @@ def test_a_side_with_anything_to_repair_or_carry_takes_the_general_path(
             assert getattr(wire, name).latency_ms is None
         else:
             assert json.loads(line) == reference(pair, "e1")
-    assert len(taken) == 2
+    assert len(general_path) == 2
