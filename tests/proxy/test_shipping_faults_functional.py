@@ -23,6 +23,7 @@ from aiohttp import web
 
 from comparator.wire import PairBatch
 from contract.outcomes import Outcome
+from proxy import shipper as shipper_module
 from proxy import spool as spool_module
 from proxy.metrics import ProxyStats
 from proxy.pairing import CompletedPair, Side
@@ -174,6 +175,30 @@ async def test_a_small_pair_a_comparator_refuses_alone_travels_with_its_bodies_r
     assert got.prod.body is None and got.candidate.body is None
     assert got.prod.body_bytes is not None and got.prod.body_bytes >= 1_500
     assert comp.answers.count(413) == 1
+
+
+async def test_a_pair_that_cannot_be_encoded_is_counted_and_the_others_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pairs are encoded as they are queued: one whose encoding fails (a bug) is counted as
+    dropped (``encode_error``) and stops nothing — the pairs before and after it arrive."""
+    real = shipper_module.encode_pair
+
+    def encode(pair: CompletedPair, **kw: Any) -> bytes:
+        if pair.request_id == "r0003":
+            raise RuntimeError("an encoder bug")
+        return real(pair, **kw)
+
+    monkeypatch.setattr(shipper_module, "encode_pair", encode)
+    comp = Comparator()
+    async with serve_app(comp.app()) as url, shipper(url, tmp_path) as s:
+        for i in range(8):
+            s.enqueue(pair(i))
+        assert s.queued == 7
+        await s.ship_pending(retries=0)
+        acc = balanced(s)
+    assert acc["dropped_by_reason"] == {"encode_error": 1}
+    assert sorted(comp.ids) == [f"r{i:04d}" for i in range(8) if i != 3]
 
 
 async def test_a_spooled_batch_too_large_for_the_comparator_is_spooled_again_in_halves(
