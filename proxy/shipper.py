@@ -53,6 +53,7 @@ __all__ = ["MIN_BATCH_BYTES", "Shipper"]
 log = logging.getLogger("shadowtee.proxy.shipper")
 
 MIN_BATCH_BYTES = 16 * 1024  # a 413 never halves the limit below this
+_ENCODE_SLICE = 32  # pairs encoded in one turn of the event loop
 # A pair whose wire bytes are over this keeps its CompletedPair in the queue, so that it can be
 # encoded again with its bodies reduced: half the smallest batch limit, which no smaller pair
 # can exceed alone.
@@ -106,6 +107,7 @@ class Shipper:
         self._poison_after = poison_after
         self._strikes: dict[SpooledBatch, int] = {}
         self._queue: deque[tuple[bytes, CompletedPair | None]] = deque()
+        self._unencoded: deque[CompletedPair] = deque()  # emitted, encoded on the next turn
         self._wake = asyncio.Event()
         self._stopping = False
         # One pass at a time: close()'s last pass waits for a pass of run() in progress, so no
@@ -114,7 +116,8 @@ class Shipper:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Pairs waiting to be shipped, encoded or not yet."""
+        return len(self._queue) + len(self._unencoded)
 
     @property
     def shipping(self) -> int:
@@ -124,28 +127,45 @@ class Shipper:
     def enqueue(self, pair: CompletedPair) -> None:
         """Accept one finished pair; synchronous, never waits.
 
-        The pair is encoded here, as it completes, one at a time (about 6 µs for the benchmark's
-        2 KB pair in a timing loop: it never holds the event loop the way encoding slices of a
-        batch did), while its bodies are likely still in the CPU's caches; the queue holds its
-        wire bytes. The pair itself is kept beside them
-        only when they are large enough to need cutting down to a batch limit (see
-        :meth:`_reduce`)."""
+        The pair is encoded on the event loop's next turn, :data:`_ENCODE_SLICE` at a time, close
+        to when it completed (its bodies likely still in the CPU's caches), and the queue then
+        holds its wire bytes. A turn that completes hundreds of pairs at once (a hung
+        candidate's calls timing out together) does not hold the loop for all of them. The pair
+        itself is kept beside its bytes only when they are large enough to need cutting down to
+        a batch limit (see :meth:`_reduce`)."""
         stats = self._stats
         stats.pairs_emitted += 1
         if not self.link.configured:
             stats.dropped["no_comparator"] += 1
             return
-        if len(self._queue) >= self._max_queue:
+        unencoded = self._unencoded
+        if len(self._queue) + len(unencoded) >= self._max_queue:
             stats.dropped["queue_full"] += 1
             return
-        try:
-            item = self._encode(pair, self._max_body)
-        except Exception:  # a bug must not stop the pairs after it
-            log.exception("a pair could not be encoded; dropped")
-            stats.dropped["encode_error"] += 1
-            return
-        self._queue.append((item, pair if len(item) > _KEEP_PAIR_ABOVE else None))
-        if len(self._queue) >= self._batch_size:
+        unencoded.append(pair)
+        if len(unencoded) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self._encode_some)
+            except RuntimeError:  # called outside the event loop: encode at once
+                self._encode_some()
+
+    def _encode_some(self) -> None:
+        """Encode up to :data:`_ENCODE_SLICE` waiting pairs into the queue; come back for the
+        rest on the next turn."""
+        unencoded, queue, stats = self._unencoded, self._queue, self._stats
+        for _ in range(min(len(unencoded), _ENCODE_SLICE)):
+            pair = unencoded.popleft()
+            try:
+                item = self._encode(pair, self._max_body)
+            except Exception:  # a bug must not stop the pairs after it
+                log.exception("a pair could not be encoded; dropped")
+                stats.dropped["encode_error"] += 1
+                continue
+            queue.append((item, pair if len(item) > _KEEP_PAIR_ABOVE else None))
+        if unencoded:
+            with contextlib.suppress(RuntimeError):  # no loop: the shipping pass encodes them
+                asyncio.get_running_loop().call_soon(self._encode_some)
+        if len(queue) >= self._batch_size:
             self._wake.set()
 
     async def run(self) -> None:
@@ -180,7 +200,11 @@ class Shipper:
 
     async def _ship_pending(self, retries: int) -> None:
         replaying = await self._replay()
-        while self._queue:
+        while self._queue or self._unencoded:
+            # Pairs still waiting to be encoded: a slice per turn, until a batch is full.
+            while self._unencoded and len(self._queue) < self._batch_size:
+                self._encode_some()
+                await asyncio.sleep(0)
             pairs, items = self._next_batch()
             if not items:
                 continue

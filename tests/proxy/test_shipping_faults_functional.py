@@ -194,11 +194,39 @@ async def test_a_pair_that_cannot_be_encoded_is_counted_and_the_others_go_on(
     async with serve_app(comp.app()) as url, shipper(url, tmp_path) as s:
         for i in range(8):
             s.enqueue(pair(i))
-        assert s.queued == 7
         await s.ship_pending(retries=0)
         acc = balanced(s)
     assert acc["dropped_by_reason"] == {"encode_error": 1}
     assert sorted(comp.ids) == [f"r{i:04d}" for i in range(8) if i != 3]
+
+
+async def test_a_burst_of_pairs_is_encoded_a_slice_per_turn_of_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hundreds of pairs completing in one turn (a hung candidate's calls timing out together)
+    are encoded a slice per turn, so the loop runs other callbacks in between; all arrive."""
+    real = shipper_module.encode_pair
+    encoded: list[str] = []
+
+    def encode(pair: CompletedPair, **kw: Any) -> bytes:
+        encoded.append(pair.request_id)
+        return real(pair, **kw)
+
+    monkeypatch.setattr(shipper_module, "encode_pair", encode)
+    comp = Comparator()
+    async with serve_app(comp.app()) as url, shipper(url, tmp_path, batch_size=1000) as s:
+        for i in range(200):
+            s.enqueue(pair(i))
+        assert not encoded and s.queued == 200  # nothing encoded inside the turn that emitted
+        seen: list[int] = []
+        asyncio.get_running_loop().call_soon(lambda: seen.append(len(encoded)))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert seen and 0 < seen[0] < 200
+        await s.ship_pending(retries=0)
+        balanced(s)
+    assert sorted(comp.ids) == [f"r{i:04d}" for i in range(200)]
+    assert len(encoded) == 200
 
 
 async def test_a_spooled_batch_too_large_for_the_comparator_is_spooled_again_in_halves(
