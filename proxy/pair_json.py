@@ -41,10 +41,13 @@ __all__ = [
     "SEGMENT_VALUE_MAX",
     "batch_size",
     "batch_slices",
+    "body_sizes",
     "encode_batch",
     "encode_pair",
     "join_batch",
+    "reduce_wire",
     "segment_extractor",
+    "split_batch",
 ]
 
 # A body sits four levels deep in a batch: {"pairs":[{"prod":{"body": ...}}]}.
@@ -315,6 +318,69 @@ def _encode_general(
             ),
         )
     )
+
+
+_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_batch = msgspec.json.Decoder(dict[str, list[msgspec.Raw]]).decode
+_NULL = msgspec.Raw(b"null")
+_SIDES = ("prod", "candidate", "twin")
+
+
+def reduce_wire(item: bytes, sizes: tuple[int | None, int | None] | None = None) -> bytes | None:
+    """A wire pair with its bodies reduced to their sizes, as bodies over ``max_body_bytes``
+    travel: each side's ``body`` goes, ``body_bytes`` says its size, and ``binary`` goes. None
+    when it has no body to reduce. Works on the pair's bytes without parsing the bodies (no
+    number in them can fail a parser). ``sizes``: production's and the candidate's body sizes
+    as received (:func:`body_sizes`); without them an embedded body's size is its length in
+    the pair, which leaves out whitespace around it. Raises ``msgspec.DecodeError`` for bytes
+    that are not a pair object."""
+    pair = _fields(item)
+    changed = False
+    for i, name in enumerate(_SIDES):
+        raw = pair.get(name)
+        if raw is None:
+            continue
+        side = _fields(raw)
+        body = side.get("body")
+        size = sizes[i] if sizes is not None and i < len(sizes) else None
+        # Embedded: any JSON value but null — or null itself, when a body was received and the
+        # side carries no size (a body that is not embedded always does).
+        embedded = body is not None and (
+            bytes(body) != b"null" or (size is not None and "body_bytes" not in side)
+        )
+        if not embedded and "binary" not in side:
+            continue
+        if body is not None and embedded:
+            side["body_bytes"] = msgspec.Raw(b"%d" % (len(bytes(body)) if size is None else size))
+            del side["body"]  # as the encoder writes a side without a body: no key
+        side.pop("binary", None)
+        pair[name] = msgspec.Raw(_encode(side))
+        changed = True
+    raw = pair.get("request")
+    if raw is not None:
+        request = _fields(raw)
+        body = request.get("body")
+        if (body is not None and bytes(body) != b"null") or "binary" in request:
+            request["body"] = _NULL
+            request.pop("binary", None)
+            pair["request"] = msgspec.Raw(_encode(request))
+            changed = True
+    return _encode(pair) if changed else None
+
+
+def body_sizes(pair: CompletedPair) -> tuple[int | None, int | None]:
+    """Production's and the candidate's body sizes as received, for :func:`reduce_wire`."""
+    prod, candidate = pair.prod.body, pair.candidate.body
+    return (
+        None if prod is None else len(prod),
+        None if candidate is None else len(candidate),
+    )
+
+
+def split_batch(payload: bytes) -> list[bytes]:
+    """The encoded pairs of a ``{"pairs": [...]}`` batch, each as its bytes (not re-written).
+    Raises ``msgspec.DecodeError`` or ``KeyError`` for anything else."""
+    return [bytes(item) for item in _batch(payload)["pairs"]]
 
 
 def _resolve(doc: Any, pointer: str) -> Any:

@@ -34,17 +34,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
 
 import aiohttp
+import msgspec
 
 from proxy.comparators import Comparators
 from proxy.metrics import ProxyStats
-from proxy.pair_json import batch_size, encode_pair, join_batch
+from proxy.pair_json import (
+    batch_size,
+    body_sizes,
+    encode_pair,
+    join_batch,
+    reduce_wire,
+    split_batch,
+)
 from proxy.pairing import CompletedPair
 from proxy.spool import Spool, SpooledBatch
 
@@ -54,6 +60,8 @@ log = logging.getLogger("shadowtee.proxy.shipper")
 
 MIN_BATCH_BYTES = 16 * 1024  # a 413 never halves the limit below this
 _ENCODE_SLICE = 32  # pairs encoded in one turn of the event loop
+# What the queue keeps beside a pair's bytes: the pair itself, or only its bodies' sizes.
+_Origin = CompletedPair | tuple[int | None, int | None]
 # A pair whose wire bytes are over this keeps its CompletedPair in the queue, so that it can be
 # encoded again with its bodies reduced: half the smallest batch limit, which no smaller pair
 # can exceed alone.
@@ -106,7 +114,7 @@ class Shipper:
         self.batch_limit = max_batch_bytes  # bytes; lowered by the comparator's header or a 413
         self._poison_after = poison_after
         self._strikes: dict[SpooledBatch, int] = {}
-        self._queue: deque[tuple[bytes, CompletedPair | None]] = deque()
+        self._queue: deque[tuple[bytes, _Origin]] = deque()
         self._unencoded: deque[CompletedPair] = deque()  # emitted, encoded on the next turn
         self._wake = asyncio.Event()
         self._stopping = False
@@ -161,7 +169,7 @@ class Shipper:
                 log.exception("a pair could not be encoded; dropped")
                 stats.dropped["encode_error"] += 1
                 continue
-            queue.append((item, pair if len(item) > _KEEP_PAIR_ABOVE else None))
+            queue.append((item, pair if len(item) > _KEEP_PAIR_ABOVE else body_sizes(pair)))
         if unencoded:
             with contextlib.suppress(RuntimeError):  # no loop: the shipping pass encodes them
                 asyncio.get_running_loop().call_soon(self._encode_some)
@@ -215,12 +223,12 @@ class Shipper:
         if not replaying:
             await self.link.report_drops()
 
-    def _next_batch(self) -> tuple[list[CompletedPair | None], list[bytes]]:
+    def _next_batch(self) -> tuple[list[_Origin], list[bytes]]:
         """Take encoded pairs off the queue, up to ``batch_size`` pairs and :attr:`batch_limit`
         bytes (a pair alone over the limit: its bodies reduced to sizes). Returns each pair's
         bytes, and beside them the pair when the queue kept it."""
         stats = self._stats
-        pairs: list[CompletedPair | None] = []
+        pairs: list[_Origin] = []
         items: list[bytes] = []
         size = len(join_batch([]))
         while self._queue and len(items) < self._batch_size:
@@ -237,23 +245,21 @@ class Shipper:
             size += len(item) + 1
         return pairs, items
 
-    def _reduce(self, item: bytes, pair: CompletedPair | None) -> bytes | None:
+    def _reduce(self, item: bytes, origin: _Origin) -> bytes | None:
         """A pair's bytes with its bodies reduced to their sizes (as bodies over
         ``max_pair_body_bytes`` travel); None when it has no body to reduce.
 
         Encoded again from the pair when the queue kept it (every pair over
         :data:`_KEEP_PAIR_ABOVE` bytes, so every one that can exceed the smallest batch limit);
-        otherwise, for a small pair that a comparator refused alone, from its wire bytes, as a
-        spooled batch is (a body's size is then that of its JSON text)."""
+        otherwise, for a small pair that a comparator refused alone, from its wire bytes and
+        the bodies' sizes kept with them (:func:`~proxy.pair_json.reduce_wire`: the same
+        result, without parsing the bodies)."""
+        reduced: bytes | None
         try:
-            if pair is not None:
-                reduced = self._encode(pair, 0)
+            if isinstance(origin, CompletedPair):
+                reduced = self._encode(origin, 0)
             else:
-                doc = json.loads(item)
-                smaller = _reduced(doc)
-                if smaller == doc:
-                    return None
-                reduced = json.dumps(smaller, separators=(",", ":")).encode()
+                reduced = reduce_wire(item, origin)
         except Exception:  # a bug must not take the batch with it: the pair goes as it is
             log.exception("a pair's bodies could not be reduced")
             return None
@@ -262,9 +268,7 @@ class Shipper:
     def _encode(self, pair: CompletedPair, max_body_bytes: int) -> bytes:
         return encode_pair(pair, experiment=self._experiment, max_body_bytes=max_body_bytes)
 
-    async def _ship(
-        self, pairs: list[CompletedPair | None], items: list[bytes], retries: int
-    ) -> bool:
+    async def _ship(self, pairs: list[_Origin], items: list[bytes], retries: int) -> bool:
         """Send one batch; ``False`` when the comparator is away (the batch is then spooled)."""
         stats = self._stats
         n = len(items)
@@ -359,22 +363,21 @@ class Shipper:
         with its bodies reduced to their sizes), at the end of the spool; ``False`` when that
         cannot help. A half the spool cannot take is counted as dropped with the reason."""
         try:
-            items: list[Any] = json.loads(payload)["pairs"]
-        except (ValueError, KeyError, TypeError):
+            items = split_batch(payload)
+            if len(items) > 1:
+                half = len(items) // 2
+                parts = [items[:half], items[half:]]
+            else:
+                reduced = reduce_wire(items[0]) if items else None
+                if reduced is None:
+                    return False
+                parts = [[reduced]]
+        except (msgspec.DecodeError, KeyError):
             return False
-        if len(items) > 1:
-            half = len(items) // 2
-            parts = [items[:half], items[half:]]
-        else:
-            reduced = _reduced(items[0])
-            if reduced == items[0]:
-                return False
-            parts = [[reduced]]
         self._strikes.pop(batch, None)
         self.spool.remove(batch)  # its pairs are spooled again just below, or counted dropped
         for part in parts:
-            data = json.dumps({"pairs": part}, separators=(",", ":")).encode()
-            result = self.spool.append(data, len(part))
+            result = self.spool.append(join_batch(part), len(part))
             if result != "ok":
                 reason = "spool_full" if result == "full" else "spool_write_error"
                 self._stats.dropped[reason] += len(part)
@@ -397,24 +400,3 @@ class Shipper:
             log.warning("spool full (%d bytes): dropped %d pairs", self.spool.bytes, pairs)
         else:
             stats.dropped["spool_write_error"] += pairs
-
-
-def _reduced(item: Any) -> Any:
-    """A wire pair (parsed JSON) with its bodies reduced to their sizes."""
-    if not isinstance(item, dict):
-        return item
-    out = dict(item)
-    for side in ("prod", "candidate", "twin"):
-        s = out.get(side)
-        if isinstance(s, dict) and (s.get("body") is not None or s.get("binary") is not None):
-            s = dict(s)
-            size = len(json.dumps(s.pop("body", None)).encode())
-            s.pop("binary", None)
-            s["body"] = None
-            s["body_bytes"] = s.get("body_bytes") or size
-            out[side] = s
-    request = out.get("request")
-    if isinstance(request, dict) and request.get("body") is not None:
-        out["request"] = {**request, "body": None}
-        out["request"].pop("binary", None)
-    return out

@@ -22,7 +22,7 @@ from comparator.wire import Pair
 from contract import ERROR_MAX, ROUTE_MAX, VERSION_MAX
 from contract.outcomes import Outcome
 from proxy import pair_json
-from proxy.pair_json import encode_pair
+from proxy.pair_json import body_sizes, encode_pair, reduce_wire
 from proxy.pairing import CompletedPair, Side
 
 MAX_BODY = 400
@@ -309,3 +309,32 @@ def test_a_side_with_anything_to_repair_or_carry_takes_the_general_path(
         else:
             assert json.loads(line) == reference(pair, "e1")
     assert len(general_path) == 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reducing_a_pairs_bytes_equals_encoding_it_with_no_body_room(seed: int) -> None:
+    """A small pair refused alone is reduced from its wire bytes (never parsing its bodies):
+    the result must be the pair the encoder writes when no body fits."""
+    rng = random.Random(seed)
+    for _ in range(300):
+        pair = _pair(rng)
+        line = encode_pair(pair, experiment="e1", max_body_bytes=MAX_BODY)
+        reduced = reduce_wire(line, body_sizes(pair)) or line
+        assert json.loads(reduced) == json.loads(
+            encode_pair(pair, experiment="e1", max_body_bytes=0)
+        ), pair
+        Pair.model_validate_json(reduced)
+
+
+def test_a_reduced_pair_has_its_bodies_sizes_and_no_body_is_parsed() -> None:
+    huge = b"[" + b"7" * 5000 + b"]"  # past Python's int-digit limit: json.loads refuses it
+    pair = _usual_pair(random.Random(1))
+    pair.prod.body, pair.candidate.body = huge + b"\n", b"null"
+    pair.prod.outcome = pair.candidate.outcome = Outcome.OK
+    line = encode_pair(pair, experiment="e1", max_body_bytes=10_000)
+    reduced = reduce_wire(line, body_sizes(pair))
+    assert reduced is not None
+    doc = json.loads(reduced)
+    assert "body" not in doc["prod"] and doc["prod"]["body_bytes"] == len(huge) + 1
+    assert "body" not in doc["candidate"] and doc["candidate"]["body_bytes"] == 4
+    assert reduce_wire(reduced, body_sizes(pair)) is None  # nothing left to reduce

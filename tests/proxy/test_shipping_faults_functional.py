@@ -229,6 +229,42 @@ async def test_a_burst_of_pairs_is_encoded_a_slice_per_turn_of_the_loop(
     assert len(encoded) == 200
 
 
+_ODD_BODIES = {
+    # request body, production's, the candidate's: each pair about 2-5 KB on the wire
+    "a binary request": (b"{" + bytes(range(256)) * 12, b'{"y":[1]}', b'{"y":[1]}'),
+    "an integer json.loads refuses": (None, b"[" + b"7" * 5000 + b"]", b"{}"),
+    "whitespace around a body": (None, b'{"n":"' + "é".encode() * 300 + b'"}\n', b"null "),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_ODD_BODIES))
+async def test_a_small_pair_refused_alone_is_reduced_to_its_exact_body_sizes(
+    kind: str, tmp_path: Path
+) -> None:
+    """Reduced from its wire bytes (the queue keeps only those and the bodies' sizes for a
+    small pair): no body is parsed, every body goes, and the sizes are the received ones."""
+    request, prod, cand = _ODD_BODIES[kind]
+    small = CompletedPair(
+        request_id="r0000",
+        ts=1_790_000_000.0,
+        route="/v2/models/m/infer",
+        request_sha256="0" * 64,
+        request_body=request,
+        prod=Side(Outcome.OK, status=200, latency_ms=1.0, body=prod),
+        candidate=Side(Outcome.OK, status=200, latency_ms=2.0, body=cand),
+    )
+    comp = Comparator(limit=512, announce=False)  # under every pair here, over each reduced
+    async with serve_app(comp.app()) as url, shipper(url, tmp_path) as s:
+        s.enqueue(small)
+        await s.ship_pending(retries=0)
+        acc = balanced(s)
+    assert acc["dropped"] == 0 and comp.ids == ["r0000"], comp.answers
+    (got,) = comp.taken
+    assert got.request.body is None and got.request.binary is None
+    assert (got.prod.body, got.candidate.body) == (None, None)
+    assert (got.prod.body_bytes, got.candidate.body_bytes) == (len(prod), len(cand))
+
+
 async def test_a_spooled_batch_too_large_for_the_comparator_is_spooled_again_in_halves(
     tmp_path: Path,
 ) -> None:
