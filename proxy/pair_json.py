@@ -9,9 +9,10 @@ the comparator's batch parser (pydantic-core) accepts with the body where the ba
 four levels deep: UTF-8 only, no lone surrogates, no NaN, bounded nesting — so a malformed or
 hostile body can never break the document's structure or get a whole batch refused. Most bodies
 are checked by msgspec's validating skip (no Python objects built, several times faster than
-parsing); one with enough brackets to nest near the parser's depth limit is checked by
-pydantic-core itself, at its wire depth. Any other body travels as ``null`` with ``body_bytes``
-set, which the comparator counts as an invalid output instead of rejecting the batch. A body
+parsing); one with enough brackets to nest near the parser's depth limit, or with a number too
+long for the parser, is checked by pydantic-core itself, at its wire depth. Any other body
+travels as ``null`` with ``body_bytes`` set, which the comparator counts as an invalid output
+instead of rejecting the batch. A body
 that is not JSON but starts like a JSON object (the OIP binary tensor extension: a JSON header,
 then raw tensors) and fits ``max_body_bytes`` also travels whole, base64, as ``binary``
 (:class:`comparator.wire.BinaryBody`) beside it, so that the comparator can decode the outputs.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -56,6 +58,11 @@ _WIRE_DEPTH = 4
 # (pydantic-core's, about 200 levels), so the validating skip alone decides.
 _FEW_BRACKETS = 128
 _skip = msgspec.json.Decoder(msgspec.Raw).decode
+# The batch parser refuses a number whose integer part has more digits than this ("number out
+# of range"), which the validating skip takes: a body with a run of more digits anywhere (the
+# lookbehind keeps the search linear) is judged by the parser itself.
+_LONGEST_INT = 4300
+_LONG_DIGITS = re.compile(rb"(?<![0-9])[0-9]{%d}" % (_LONGEST_INT + 1))
 
 
 class _Side(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -93,7 +100,8 @@ _encode = msgspec.json.Encoder().encode
 
 def _valid_json(body: bytes) -> bool:
     """Whether the batch parser takes ``body`` where the batch puts it (see the module doc)."""
-    if body.count(b"[") + body.count(b"{") < _FEW_BRACKETS:
+    few = body.count(b"[") + body.count(b"{") < _FEW_BRACKETS
+    if few and (len(body) <= _LONGEST_INT or not _LONG_DIGITS.search(body)):
         try:
             _skip(body)
         except msgspec.DecodeError:

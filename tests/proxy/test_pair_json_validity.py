@@ -133,3 +133,26 @@ def test_no_nesting_depth_makes_the_batch_unparseable(depth: int) -> None:
         assert kept.body is not None or kept.body_bytes == len(deep)
     if depth >= 200:
         assert kept.body is None
+
+
+@pytest.mark.parametrize(
+    ("body", "embedded"),
+    [
+        (b"[" + b"7" * 4300 + b"]", True),
+        (b"[-" + b"7" * 4300 + b"]", True),
+        (b"[" + b"7" * 4301 + b"]", False),  # the parser's "number out of range"
+        (b'{"x":1' + b"0" * 4300 + b"}", False),
+        (b"[" + b"7" * 4301 + b".5]", False),
+        (b"[" + b"7" * 4301 + b"e5]", False),
+        (b"[0." + b"7" * 6000 + b"]", True),  # fraction digits have no bound
+        (b'["' + b"7" * 6000 + b'"]', True),  # digits in a string are text
+        (b"[" + b"1234," * 2000 + b"1]", True),  # many numbers, each short
+    ],
+)
+def test_a_number_too_long_for_the_parser_travels_as_its_size(body: bytes, embedded: bool) -> None:
+    """The validating skip takes any length of integer; the comparator's batch parser refuses
+    one past 4,300 digits, which would get the whole batch refused (found by review)."""
+    assert _parser_takes(body) is embedded
+    assert _embedded(body) is embedded
+    line = encode_batch([_pair(body)], experiment="e", max_body_bytes=1 << 20)
+    assert len(screen_body(line, "application/json").pairs) == 1

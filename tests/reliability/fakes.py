@@ -35,6 +35,7 @@ from tests.support.poll import wait_until as wait_until
 __all__ = [
     "BIG_BYTES",
     "DEEP_BODY",
+    "LONG_NUMBER_BODY",
     "FakeCandidate",
     "FakeComparator",
     "FakeProduction",
@@ -52,6 +53,9 @@ BIG_BYTES = 50 * 1024 * 1024  # the candidate's "big" answer: 50 MiB
 # Valid JSON, 200 levels deep: inside a batch ({"pairs":[{"candidate":{"body": ...) it is past the
 # batch parser's depth limit, so it must travel as its size, never make the batch unparseable.
 DEEP_BODY = b'{"outputs":' + b"[" * 199 + b"]" * 199 + b"}"
+# Valid JSON with an integer of 4,301 digits: past what the batch parser takes ("number out of
+# range"), so it must not be embedded either.
+LONG_NUMBER_BODY = b'{"outputs":[' + b"7" * 4301 + b"]}"
 RID = "X-Shadow-Request-Id"
 
 
@@ -214,6 +218,8 @@ class FakeCandidate:
     Modes: ``ok``; ``hang`` (no answer until the gate opens); ``hangheaders`` (headers sent, body
     never); ``reset`` (connection dropped mid-body); ``e500``; ``garbage`` (200 with non-JSON);
     ``deep`` (200 with JSON nested 200 levels deep: valid alone, too deep inside a batch);
+    ``longnumber`` (200 with JSON holding a 4,301-digit integer: valid, but not to the batch
+    parser);
     ``big`` (200 with 50 MiB of JSON); ``swap`` (answers as if for another request: the id header
     and body name the previous request's id); ``echo`` (the headers it received, in its body).
     """
@@ -269,6 +275,10 @@ class FakeCandidate:
             return web.Response(body=b"\x00\xff not json {{{", headers=version)
         if mode == "deep":
             return web.Response(body=DEEP_BODY, content_type="application/json", headers=version)
+        if mode == "longnumber":
+            return web.Response(
+                body=LONG_NUMBER_BODY, content_type="application/json", headers=version
+            )
         if mode == "big":
             filler = b'{"outputs":[{"name":"y","shape":[1],"datatype":"FP32","data":[1]}],"pad":"'
             pad = BIG_BYTES - len(filler) - 2

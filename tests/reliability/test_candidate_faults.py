@@ -19,6 +19,7 @@ from tests.reliability.conftest import Upstreams
 from tests.reliability.fakes import (
     BIG_BYTES,
     DEEP_BODY,
+    LONG_NUMBER_BODY,
     ProxyProcess,
     free_port,
     infer_body,
@@ -38,6 +39,7 @@ EXPECTED: dict[str, tuple[Outcome, int | None]] = {
     "e500": (Outcome.OK, 500),
     "garbage": (Outcome.OK, 200),
     "deep": (Outcome.OK, 200),
+    "longnumber": (Outcome.OK, 200),
     "swap": (Outcome.OK, 200),
 }
 
@@ -97,7 +99,7 @@ def test_every_candidate_fault_is_invisible_to_the_client_and_classified(
         _check_candidate_side(mode, pair.candidate, up.cand.answered_for.get(rid))
 
     counts = _outcomes(proxy)
-    assert counts["ok"] == K * 5  # ok, e500, garbage, deep, swap
+    assert counts["ok"] == K * 6  # ok, e500, garbage, deep, longnumber, swap
     assert counts["timeout"] == K * 2
     assert counts["error"] == K
     assert counts["shed"] == counts["skipped"] == 0
@@ -115,6 +117,8 @@ def _check_candidate_side(mode: str, side: Any, answered_for: str | None) -> Non
         assert side.body is None and side.body_bytes == len(b"\x00\xff not json {{{")
     elif mode == "deep":  # its pair and every other pair of its batch are stored
         assert side.body is None and side.body_bytes == len(DEEP_BODY)
+    elif mode == "longnumber":  # the same
+        assert side.body is None and side.body_bytes == len(LONG_NUMBER_BODY)
     elif mode == "swap":
         # The candidate claimed to answer another request; the pair keeps the request it was
         # sent (the proxy joins by its own id, never by what the candidate says).
