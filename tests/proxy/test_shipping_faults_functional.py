@@ -232,7 +232,8 @@ async def test_a_burst_of_pairs_is_encoded_a_slice_per_turn_of_the_loop(
 _ODD_BODIES = {
     # request body, production's, the candidate's: each pair about 2-5 KB on the wire
     "a binary request": (b"{" + bytes(range(256)) * 12, b'{"y":[1]}', b'{"y":[1]}'),
-    "an integer json.loads refuses": (None, b"[" + b"7" * 5000 + b"]", b"{}"),
+    # a 4,000-digit integer: embedded (the batch parser takes up to 4,300), reduced unparsed
+    "a long integer": (None, b"[" + b"7" * 4000 + b"]", b"{}"),
     "whitespace around a body": (None, b'{"n":"' + "é".encode() * 300 + b'"}\n', b"null "),
 }
 
