@@ -1,7 +1,7 @@
 """Turn :class:`~proxy.pairing.CompletedPair` objects into a wire batch (DESIGN §5).
 
-This runs as each pair completes (:meth:`proxy.shipper.Shipper.enqueue`), after production's answer
-has gone to the client, one pair at a time. A body that is valid JSON (without
+This runs in the shipper (:meth:`proxy.shipper.Shipper.enqueue`), on the event loop's turn after
+pairs complete, a slice of them at a time. A body that is valid JSON (without
 NaN/Infinity, which JSON does not have) and no larger than ``max_body_bytes`` is spliced into the
 pair *as the bytes production or the candidate sent*, never re-serialised: re-printing a
 float-heavy prediction costs several times more than checking it. The check accepts exactly what
@@ -12,9 +12,9 @@ are checked by msgspec's validating skip (no Python objects built, several times
 parsing); one with enough brackets to nest near the parser's depth limit, or with a number too
 long for the parser, is checked by pydantic-core itself, at its wire depth. Any other body
 travels as ``null`` with ``body_bytes`` set, which the comparator counts as an invalid output
-instead of rejecting the batch. A body
-that is not JSON but starts like a JSON object (the OIP binary tensor extension: a JSON header,
-then raw tensors) and fits ``max_body_bytes`` also travels whole, base64, as ``binary``
+instead of rejecting the batch. A body that is not JSON but starts like a JSON object (the OIP
+binary tensor extension: a JSON header, then raw tensors) and fits ``max_body_bytes`` also
+travels whole, base64, as ``binary``
 (:class:`comparator.wire.BinaryBody`) beside it, so that the comparator can decode the outputs.
 
 The pair itself is written by msgspec's encoder from small structs (C, not Python string
@@ -353,13 +353,14 @@ def reduce_wire(item: bytes, sizes: tuple[int | None, int | None] | None = None)
         size = sizes[i] if sizes is not None and i < len(sizes) else None
         # Embedded: any JSON value but null — or null itself, when a body was received and the
         # side carries no size (a body that is not embedded always does).
-        embedded = body is not None and (
-            bytes(body) != b"null" or (size is not None and "body_bytes" not in side)
+        text = None if body is None else bytes(body)
+        embedded = text is not None and (
+            text != b"null" or (size is not None and "body_bytes" not in side)
         )
         if not embedded and "binary" not in side:
             continue
-        if body is not None and embedded:
-            side["body_bytes"] = msgspec.Raw(b"%d" % (len(bytes(body)) if size is None else size))
+        if text is not None and embedded:
+            side["body_bytes"] = msgspec.Raw(b"%d" % (len(text) if size is None else size))
             del side["body"]  # as the encoder writes a side without a body: no key
         side.pop("binary", None)
         pair[name] = msgspec.Raw(_encode(side))
