@@ -196,7 +196,7 @@ class Bench:
             if proc and wrk["good"] > 0:
                 result["cpu_s_per_10k"] = (cpu2 - cpu0) / wrk["good"] * 10_000
                 result["cpu_s_per_10k_during_wrk"] = (cpu1 - cpu0) / wrk["good"] * 10_000
-            result.update(self.fixed_rate(target, cand, url, admin))
+            result.update(self.fixed_rate(target, cand, url, admin, proc))
             if a.rates:
                 result["ladder"] = self.ladder(url)
             if proc:
@@ -223,7 +223,16 @@ class Bench:
             pinned(LOAD_CORE, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
 
-    def fixed_rate(self, target: str, cand: str, url: str, admin: int | None) -> dict[str, Any]:
+    def fixed_rate(
+        self,
+        target: str,
+        cand: str,
+        url: str,
+        admin: int | None,
+        proc: subprocess.Popen[bytes] | None = None,
+    ) -> dict[str, Any]:
+        """Open-loop latency at ``--rate``; also the proxy's CPU per request at that equal load
+        (from before the phase until its tees ended and, for shadowtee, its pairs were shipped)."""
         a = self.args
         cand_url = self.url(cand) if target != "direct" else None
         if admin is not None:
@@ -233,12 +242,16 @@ class Bench:
             get_json(cand_url + "/__bench/reset", "POST")
         get_json(self.url("comparator") + "/__bench/reset", "POST")
         before = self.scrape(admin)
+        cpu0 = cpu_seconds(proc.pid) if proc else 0.0
         paced = run_paced(url, a.rate, a.rate_duration, warmup=a.rate_warmup)
         out: dict[str, Any] = {"paced": paced, "p50_ms": paced["p50_ms"], "p99_ms": paced["p99_ms"]}
         if admin is not None:
             out["shadowtee"] = self.settle_shadowtee(admin, before)
         else:
             time.sleep(SHADOW_TIMEOUT_MS / 1000 + 0.2)
+        if proc and paced["sent_total"] > 0:
+            cpu = cpu_seconds(proc.pid) - cpu0
+            out["cpu_s_per_10k_at_rate"] = cpu / paced["sent_total"] * 10_000
         if cand_url:
             stats = get_json(cand_url + "/__bench/stats")
             out["cand_received"] = stats.get("received", 0)

@@ -1,7 +1,7 @@
 """Turn :class:`~proxy.pairing.CompletedPair` objects into a wire batch (DESIGN §5).
 
-This runs in the shipper (:meth:`proxy.shipper.Shipper.enqueue`), on the event loop's turn after
-pairs complete, a slice of them at a time. A body that is valid JSON (without
+This runs in the shipper task as it makes a batch, a slice of pairs at a time, never on the
+request path. A body that is valid JSON (without
 NaN/Infinity, which JSON does not have) and no larger than ``max_body_bytes`` is spliced into the
 pair *as the bytes production or the candidate sent*, never re-serialised: re-printing a
 float-heavy prediction costs several times more than checking it. The check accepts exactly what
@@ -43,7 +43,6 @@ __all__ = [
     "SEGMENT_VALUE_MAX",
     "batch_size",
     "batch_slices",
-    "body_sizes",
     "encode_batch",
     "encode_pair",
     "join_batch",
@@ -334,33 +333,27 @@ _NULL = msgspec.Raw(b"null")
 _SIDES = ("prod", "candidate", "twin")
 
 
-def reduce_wire(item: bytes, sizes: tuple[int | None, int | None] | None = None) -> bytes | None:
+def reduce_wire(item: bytes) -> bytes | None:
     """A wire pair with its bodies reduced to their sizes, as bodies over ``max_body_bytes``
-    travel: each side's ``body`` goes, ``body_bytes`` says its size, and ``binary`` goes. None
-    when it has no body to reduce. Works on the pair's bytes without parsing the bodies (no
-    number in them can fail a parser). ``sizes``: production's and the candidate's body sizes
-    as received (:func:`body_sizes`); without them an embedded body's size is its length in
-    the pair, which leaves out whitespace around it. Raises ``msgspec.DecodeError`` for bytes
-    that are not a pair object."""
+    travel: each side's ``body`` goes, ``body_bytes`` says its size (its length in the pair, so
+    whitespace the encoder left out around it is not counted), and ``binary`` goes. None when
+    it has no body to reduce. Used on spooled batches, whose pairs exist only as bytes: works
+    without parsing the bodies (no number in them can fail a parser). Raises
+    ``msgspec.DecodeError`` for bytes that are not a pair object."""
     pair = _fields(item)
     changed = False
-    for i, name in enumerate(_SIDES):
+    for name in _SIDES:
         raw = pair.get(name)
         if raw is None:
             continue
         side = _fields(raw)
         body = side.get("body")
-        size = sizes[i] if sizes is not None and i < len(sizes) else None
-        # Embedded: any JSON value but null — or null itself, when a body was received and the
-        # side carries no size (a body that is not embedded always does).
         text = None if body is None else bytes(body)
-        embedded = text is not None and (
-            text != b"null" or (size is not None and "body_bytes" not in side)
-        )
+        embedded = text is not None and text != b"null"
         if not embedded and "binary" not in side:
             continue
         if text is not None and embedded:
-            side["body_bytes"] = msgspec.Raw(b"%d" % (len(text) if size is None else size))
+            side["body_bytes"] = msgspec.Raw(b"%d" % len(text))
             del side["body"]  # as the encoder writes a side without a body: no key
         side.pop("binary", None)
         pair[name] = msgspec.Raw(_encode(side))
@@ -375,15 +368,6 @@ def reduce_wire(item: bytes, sizes: tuple[int | None, int | None] | None = None)
             pair["request"] = msgspec.Raw(_encode(request))
             changed = True
     return _encode(pair) if changed else None
-
-
-def body_sizes(pair: CompletedPair) -> tuple[int | None, int | None]:
-    """Production's and the candidate's body sizes as received, for :func:`reduce_wire`."""
-    prod, candidate = pair.prod.body, pair.candidate.body
-    return (
-        None if prod is None else len(prod),
-        None if candidate is None else len(candidate),
-    )
 
 
 def split_batch(payload: bytes) -> list[bytes]:

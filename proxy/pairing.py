@@ -7,8 +7,7 @@ with plain numbers and no event loop. The two sides arrive in any order — from
 both are in, or by :meth:`PairingBuffer.expire` once its deadline passes, the missing side filled
 in as a timeout (a right-censored latency, not a missing one).
 
-Bodies stay ``bytes`` here; turning them into JSON is the shipper's job, just after each pair is emitted
-(after production's answer has gone to the client).
+Bodies stay ``bytes`` here; turning them into JSON is the shipper's job, off the request path.
 """
 
 from __future__ import annotations

@@ -43,14 +43,7 @@ import msgspec
 
 from proxy.comparators import Comparators
 from proxy.metrics import ProxyStats
-from proxy.pair_json import (
-    batch_size,
-    body_sizes,
-    encode_pair,
-    join_batch,
-    reduce_wire,
-    split_batch,
-)
+from proxy.pair_json import batch_size, encode_pair, join_batch, reduce_wire, split_batch
 from proxy.pairing import CompletedPair
 from proxy.spool import Spool, SpooledBatch
 
@@ -58,14 +51,8 @@ __all__ = ["MIN_BATCH_BYTES", "Shipper"]
 
 log = logging.getLogger("shadowtee.proxy.shipper")
 
+_ENCODE_SLICE = 16  # pairs encoded between two yields to the event loop
 MIN_BATCH_BYTES = 16 * 1024  # a 413 never halves the limit below this
-_ENCODE_SLICE = 32  # pairs encoded in one turn of the event loop
-# What the queue keeps beside a pair's bytes: the pair itself, or only its bodies' sizes.
-_Origin = CompletedPair | tuple[int | None, int | None]
-# A pair whose wire bytes are over this keeps its CompletedPair in the queue, so that it can be
-# encoded again with its bodies reduced: half the smallest batch limit, which no smaller pair
-# can exceed alone.
-_KEEP_PAIR_ABOVE = MIN_BATCH_BYTES // 2
 
 
 class Shipper:
@@ -114,8 +101,7 @@ class Shipper:
         self.batch_limit = max_batch_bytes  # bytes; lowered by the comparator's header or a 413
         self._poison_after = poison_after
         self._strikes: dict[SpooledBatch, int] = {}
-        self._queue: deque[tuple[bytes, _Origin]] = deque()
-        self._unencoded: deque[CompletedPair] = deque()  # emitted, encoded on the next turn
+        self._queue: deque[CompletedPair] = deque()
         self._wake = asyncio.Event()
         self._stopping = False
         # One pass at a time: close()'s last pass waits for a pass of run() in progress, so no
@@ -124,8 +110,7 @@ class Shipper:
 
     @property
     def queued(self) -> int:
-        """Pairs waiting to be shipped, encoded or not yet."""
-        return len(self._queue) + len(self._unencoded)
+        return len(self._queue)
 
     @property
     def shipping(self) -> int:
@@ -133,47 +118,17 @@ class Shipper:
         return self._stats.pairs_shipping
 
     def enqueue(self, pair: CompletedPair) -> None:
-        """Accept one finished pair; synchronous, never waits.
-
-        The pair is encoded on the event loop's next turn, :data:`_ENCODE_SLICE` at a time, close
-        to when it completed (its bodies likely still in the CPU's caches), and the queue then
-        holds its wire bytes. A turn that completes hundreds of pairs at once (a hung
-        candidate's calls timing out together) does not hold the loop for all of them. The pair
-        itself is kept beside its bytes only when they are large enough to need cutting down to
-        a batch limit (see :meth:`_reduce`)."""
+        """Accept one finished pair; synchronous, never waits."""
         stats = self._stats
         stats.pairs_emitted += 1
         if not self.link.configured:
             stats.dropped["no_comparator"] += 1
             return
-        unencoded = self._unencoded
-        if len(self._queue) + len(unencoded) >= self._max_queue:
+        if len(self._queue) >= self._max_queue:
             stats.dropped["queue_full"] += 1
             return
-        unencoded.append(pair)
-        if len(unencoded) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self._encode_some)
-            except RuntimeError:  # called outside the event loop: encode at once
-                self._encode_some()
-
-    def _encode_some(self) -> None:
-        """Encode up to :data:`_ENCODE_SLICE` waiting pairs into the queue; come back for the
-        rest on the next turn."""
-        unencoded, queue, stats = self._unencoded, self._queue, self._stats
-        for _ in range(min(len(unencoded), _ENCODE_SLICE)):
-            pair = unencoded.popleft()
-            try:
-                item = self._encode(pair, self._max_body)
-            except Exception:  # a bug must not stop the pairs after it
-                log.exception("a pair could not be encoded; dropped")
-                stats.dropped["encode_error"] += 1
-                continue
-            queue.append((item, pair if len(item) > _KEEP_PAIR_ABOVE else body_sizes(pair)))
-        if unencoded:
-            with contextlib.suppress(RuntimeError):  # no loop: the shipping pass encodes them
-                asyncio.get_running_loop().call_soon(self._encode_some)
-        if len(queue) >= self._batch_size:
+        self._queue.append(pair)
+        if len(self._queue) >= self._batch_size:
             self._wake.set()
 
     async def run(self) -> None:
@@ -208,12 +163,8 @@ class Shipper:
 
     async def _ship_pending(self, retries: int) -> None:
         replaying = await self._replay()
-        while self._queue or self._unencoded:
-            # Pairs still waiting to be encoded: a slice per turn, until a batch is full.
-            while self._unencoded and len(self._queue) < self._batch_size:
-                self._encode_some()
-                await asyncio.sleep(0)
-            pairs, items = self._next_batch()
+        while self._queue:
+            pairs, items = await self._next_batch()
             if not items:
                 continue
             if replaying:
@@ -223,52 +174,43 @@ class Shipper:
         if not replaying:
             await self.link.report_drops()
 
-    def _next_batch(self) -> tuple[list[_Origin], list[bytes]]:
-        """Take encoded pairs off the queue, up to ``batch_size`` pairs and :attr:`batch_limit`
-        bytes (a pair alone over the limit: its bodies reduced to sizes). Returns each pair's
-        bytes, and beside them the pair when the queue kept it."""
+    async def _next_batch(self) -> tuple[list[CompletedPair], list[bytes]]:
+        """Take pairs off the queue and encode them, up to ``batch_size`` pairs and
+        :attr:`batch_limit` bytes (a pair alone over the limit: its bodies reduced to sizes).
+
+        Encoded a slice at a time, letting client requests run in between: a whole batch at once
+        would hold the event loop for milliseconds and show up in the p99."""
         stats = self._stats
-        pairs: list[_Origin] = []
+        pairs: list[CompletedPair] = []
         items: list[bytes] = []
         size = len(join_batch([]))
         while self._queue and len(items) < self._batch_size:
-            item, pair = self._queue.popleft()
+            pair = self._queue.popleft()
             stats.pairs_shipping += 1
-            if size + len(item) + 1 > self.batch_limit:
-                if items:  # the next batch starts with it
-                    self._queue.appendleft((item, pair))
-                    stats.pairs_shipping -= 1
-                    break
-                item = self._reduce(item, pair) or item
+            try:
+                item = self._encode(pair, self._max_body)
+                if size + len(item) + 1 > self.batch_limit:
+                    if items:  # the next batch starts with it
+                        self._queue.appendleft(pair)
+                        stats.pairs_shipping -= 1
+                        break
+                    item = self._encode(pair, 0)
+            except Exception:  # a bug must not take the batch with it
+                log.exception("a pair could not be encoded; dropped")
+                stats.pairs_shipping -= 1
+                stats.dropped["encode_error"] += 1
+                continue
             pairs.append(pair)
             items.append(item)
             size += len(item) + 1
+            if len(items) % _ENCODE_SLICE == 0:
+                await asyncio.sleep(0)
         return pairs, items
-
-    def _reduce(self, item: bytes, origin: _Origin) -> bytes | None:
-        """A pair's bytes with its bodies reduced to their sizes (as bodies over
-        ``max_pair_body_bytes`` travel); None when it has no body to reduce.
-
-        Encoded again from the pair when the queue kept it (every pair over
-        :data:`_KEEP_PAIR_ABOVE` bytes, so every one that can exceed the smallest batch limit);
-        otherwise, for a small pair that a comparator refused alone, from its wire bytes and
-        the bodies' sizes kept with them (:func:`~proxy.pair_json.reduce_wire`: the same
-        result, without parsing the bodies)."""
-        reduced: bytes | None
-        try:
-            if isinstance(origin, CompletedPair):
-                reduced = self._encode(origin, 0)
-            else:
-                reduced = reduce_wire(item, origin)
-        except Exception:  # a bug must not take the batch with it: the pair goes as it is
-            log.exception("a pair's bodies could not be reduced")
-            return None
-        return None if reduced == item else reduced
 
     def _encode(self, pair: CompletedPair, max_body_bytes: int) -> bytes:
         return encode_pair(pair, experiment=self._experiment, max_body_bytes=max_body_bytes)
 
-    async def _ship(self, pairs: list[_Origin], items: list[bytes], retries: int) -> bool:
+    async def _ship(self, pairs: list[CompletedPair], items: list[bytes], retries: int) -> bool:
         """Send one batch; ``False`` when the comparator is away (the batch is then spooled)."""
         stats = self._stats
         n = len(items)
@@ -281,8 +223,8 @@ class Shipper:
                     self._to_spool(join_batch(items[half:]), n - half)
                     return False
                 return await self._ship(pairs[half:], items[half:], retries)
-            reduced = self._reduce(items[0], pairs[0])
-            if reduced is not None:
+            reduced = self._encode(pairs[0], 0)
+            if reduced != items[0]:
                 return await self._ship(pairs, [reduced], retries)
             result = "rejected"
         if result == "ok":

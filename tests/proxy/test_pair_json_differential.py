@@ -16,13 +16,14 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 
 from comparator.wire import Pair
 from contract import ERROR_MAX, ROUTE_MAX, VERSION_MAX
 from contract.outcomes import Outcome
 from proxy import pair_json
-from proxy.pair_json import body_sizes, encode_pair, reduce_wire
+from proxy.pair_json import encode_pair, reduce_wire
 from proxy.pairing import CompletedPair, Side
 
 MAX_BODY = 400
@@ -311,30 +312,47 @@ def test_a_side_with_anything_to_repair_or_carry_takes_the_general_path(
     assert len(general_path) == 2
 
 
+def _embedded(line: bytes, side: str) -> bytes | None:
+    """A side's body as embedded in a wire pair (None: not embedded)."""
+    fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+    body = fields(fields(line)[side]).get("body") if side in fields(line) else None
+    return None if body is None else bytes(body)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_reducing_a_pairs_bytes_equals_encoding_it_with_no_body_room(seed: int) -> None:
-    """A small pair refused alone is reduced from its wire bytes (never parsing its bodies):
-    the result must be the pair the encoder writes when no body fits."""
+    """A spooled pair too large alone is reduced from its wire bytes (never parsing its
+    bodies): the result must be the pair the encoder writes when no body fits, an embedded
+    body's size being its length in the pair. A received ``null`` is embedded as ``null``,
+    which reads as no body: it stays (four bytes, nothing to reduce)."""
     rng = random.Random(seed)
     for _ in range(300):
         pair = _pair(rng)
         line = encode_pair(pair, experiment="e1", max_body_bytes=MAX_BODY)
-        reduced = reduce_wire(line, body_sizes(pair)) or line
-        assert json.loads(reduced) == json.loads(
-            encode_pair(pair, experiment="e1", max_body_bytes=0)
-        ), pair
+        reduced = reduce_wire(line) or line
+        expected = json.loads(encode_pair(pair, experiment="e1", max_body_bytes=0))
+        for side in ("prod", "candidate"):
+            body = _embedded(line, side)
+            if body == b"null":
+                expected[side].pop("body_bytes", None)
+                expected[side]["body"] = None
+            elif body is not None:
+                expected[side]["body_bytes"] = len(body)
+        assert json.loads(reduced) == expected, pair
         Pair.model_validate_json(reduced)
 
 
 def test_a_reduced_pair_has_its_bodies_sizes_and_no_body_is_parsed() -> None:
     huge = b"[" + b"7" * 5000 + b"]"  # past Python's int-digit limit: json.loads refuses it
-    pair = _usual_pair(random.Random(1))
-    pair.prod.body, pair.candidate.body = huge + b"\n", b"null"
-    pair.prod.outcome = pair.candidate.outcome = Outcome.OK
-    line = encode_pair(pair, experiment="e1", max_body_bytes=10_000)
-    reduced = reduce_wire(line, body_sizes(pair))
+    line = (
+        b'{"request_id":"r1","prod":{"outcome":"ok","body":' + huge + b'},'
+        b'"candidate":{"outcome":"ok","body":{"a":1},"binary":{"base64":"AA=="}},'
+        b'"request":{"sha256":"00","body":"x"}}'
+    )
+    reduced = reduce_wire(line)
     assert reduced is not None
-    doc = json.loads(reduced)
-    assert "body" not in doc["prod"] and doc["prod"]["body_bytes"] == len(huge) + 1
-    assert "body" not in doc["candidate"] and doc["candidate"]["body_bytes"] == 4
-    assert reduce_wire(reduced, body_sizes(pair)) is None  # nothing left to reduce
+    doc = msgspec.json.decode(reduced.replace(huge, b"0"))  # the huge number is gone anyway
+    assert "body" not in doc["prod"] and doc["prod"]["body_bytes"] == len(huge)
+    assert doc["candidate"] == {"outcome": "ok", "body_bytes": 7}
+    assert doc["request"] == {"sha256": "00", "body": None}
+    assert reduce_wire(reduced) is None  # nothing left to reduce

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import json
 import os
 from collections.abc import AsyncIterator, Callable
@@ -163,11 +164,11 @@ async def test_a_small_pair_a_comparator_refuses_alone_travels_with_its_bodies_r
     tmp_path: Path,
 ) -> None:
     """A pair under every batch limit that a comparator still refuses alone (413, its limit
-    below the smallest one the shipper uses) is reduced from its wire bytes, since the queue
-    keeps only those for a small pair: the same pair arrives, bodies as sizes."""
+    below the smallest one the shipper uses) is encoded again with no body room: the same pair
+    arrives, bodies as sizes."""
     comp = Comparator(limit=2048, announce=False)
     async with serve_app(comp.app()) as url, shipper(url, tmp_path) as s:
-        s.enqueue(pair(0, 1_500))  # about 3.5 KB on the wire: under _KEEP_PAIR_ABOVE
+        s.enqueue(pair(0, 1_500))  # about 3.5 KB on the wire: under the smallest batch limit
         await s.ship_pending(retries=0)
         acc = balanced(s)
     assert acc["dropped"] == 0 and comp.ids == ["r0000"]
@@ -180,7 +181,7 @@ async def test_a_small_pair_a_comparator_refuses_alone_travels_with_its_bodies_r
 async def test_a_pair_that_cannot_be_encoded_is_counted_and_the_others_go_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Pairs are encoded as they are queued: one whose encoding fails (a bug) is counted as
+    """Pairs are encoded as their batch is made: one whose encoding fails (a bug) is counted as
     dropped (``encode_error``) and stops nothing — the pairs before and after it arrive."""
     real = shipper_module.encode_pair
 
@@ -200,11 +201,12 @@ async def test_a_pair_that_cannot_be_encoded_is_counted_and_the_others_go_on(
     assert sorted(comp.ids) == [f"r{i:04d}" for i in range(8) if i != 3]
 
 
-async def test_a_burst_of_pairs_is_encoded_a_slice_per_turn_of_the_loop(
+async def test_a_batch_is_encoded_a_slice_per_turn_of_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Hundreds of pairs completing in one turn (a hung candidate's calls timing out together)
-    are encoded a slice per turn, so the loop runs other callbacks in between; all arrive."""
+    cost that turn nothing but a queue append: the shipping pass encodes them, a slice per turn,
+    so the loop runs other callbacks in between; all arrive."""
     real = shipper_module.encode_pair
     encoded: list[str] = []
 
@@ -214,19 +216,27 @@ async def test_a_burst_of_pairs_is_encoded_a_slice_per_turn_of_the_loop(
 
     monkeypatch.setattr(shipper_module, "encode_pair", encode)
     comp = Comparator()
+    seen: list[int] = []
+    ticking = True
+
+    def tick() -> None:  # another callback on the loop: records progress every turn
+        seen.append(len(encoded))
+        if ticking:
+            asyncio.get_running_loop().call_soon(tick)
+
     async with serve_app(comp.app()) as url, shipper(url, tmp_path, batch_size=1000) as s:
         for i in range(200):
             s.enqueue(pair(i))
         assert not encoded and s.queued == 200  # nothing encoded inside the turn that emitted
-        seen: list[int] = []
-        asyncio.get_running_loop().call_soon(lambda: seen.append(len(encoded)))
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert seen and 0 < seen[0] < 200
+        asyncio.get_running_loop().call_soon(tick)
         await s.ship_pending(retries=0)
+        ticking = False
         balanced(s)
     assert sorted(comp.ids) == [f"r{i:04d}" for i in range(200)]
     assert len(encoded) == 200
+    steps = [b - a for a, b in itertools.pairwise(seen) if b > a]
+    assert len(steps) >= 200 // shipper_module._ENCODE_SLICE
+    assert max(steps) <= shipper_module._ENCODE_SLICE
 
 
 _ODD_BODIES = {
@@ -242,8 +252,8 @@ _ODD_BODIES = {
 async def test_a_small_pair_refused_alone_is_reduced_to_its_exact_body_sizes(
     kind: str, tmp_path: Path
 ) -> None:
-    """Reduced from its wire bytes (the queue keeps only those and the bodies' sizes for a
-    small pair): no body is parsed, every body goes, and the sizes are the received ones."""
+    """Encoded again from the pair with no body room: no body is parsed, every body goes, and
+    the sizes are the received ones."""
     request, prod, cand = _ODD_BODIES[kind]
     small = CompletedPair(
         request_id="r0000",
