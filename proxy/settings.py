@@ -116,6 +116,9 @@ class ProxySettings(BaseSettings):
     spool_dir: str = "shadowtee-spool"
     max_spool_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024 * 1024
     ship_queue_max_pairs: Annotated[int, Field(ge=1)] = 100_000
+    # The bodies the queue's pairs may hold in all: a comparator slower than the traffic must
+    # not make the sidecar's memory grow without end (past it pairs count as queue_full).
+    ship_queue_max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 128 * 1024 * 1024
 
     # Shutdown.
     shutdown_timeout_s: Annotated[float, Field(ge=0)] = 30.0

@@ -77,6 +77,7 @@ class Shipper:
         max_body_bytes: int,
         max_batch_bytes: int = 8 * 1024 * 1024,
         poison_after: int = 5,
+        max_queue_bytes: int = 128 * 1024 * 1024,
     ) -> None:
         self.link = Comparators(
             session=session,
@@ -97,6 +98,8 @@ class Shipper:
         self._flush_interval_s = flush_interval_s
         self._retries = retries
         self._max_queue = max_queue
+        self._max_queue_bytes = max_queue_bytes
+        self.queued_bytes = 0  # the bodies held by the queue's pairs (see _held)
         self._max_body = max_body_bytes
         self.batch_limit = max_batch_bytes  # bytes; lowered by the comparator's header or a 413
         self._poison_after = poison_after
@@ -118,15 +121,24 @@ class Shipper:
         return self._stats.pairs_shipping
 
     def enqueue(self, pair: CompletedPair) -> None:
-        """Accept one finished pair; synchronous, never waits."""
+        """Accept one finished pair; synchronous, never waits.
+
+        The queue is bounded in pairs (``max_queue``) and in the bytes of their bodies
+        (``max_queue_bytes``): a comparator slower than the traffic, with large answers, must
+        not make the sidecar's memory grow without end. Past either bound the pair is counted
+        as dropped (``queue_full``)."""
         stats = self._stats
         stats.pairs_emitted += 1
         if not self.link.configured:
             stats.dropped["no_comparator"] += 1
             return
-        if len(self._queue) >= self._max_queue:
+        held = _held(pair)
+        if len(self._queue) >= self._max_queue or (
+            held and self.queued_bytes + held > self._max_queue_bytes
+        ):
             stats.dropped["queue_full"] += 1
             return
+        self.queued_bytes += held
         self._queue.append(pair)
         if len(self._queue) >= self._batch_size:
             self._wake.set()
@@ -186,12 +198,14 @@ class Shipper:
         size = len(join_batch([]))
         while self._queue and len(items) < self._batch_size:
             pair = self._queue.popleft()
+            self.queued_bytes -= _held(pair)
             stats.pairs_shipping += 1
             try:
                 item = self._encode(pair, self._max_body)
                 if size + len(item) + 1 > self.batch_limit:
                     if items:  # the next batch starts with it
                         self._queue.appendleft(pair)
+                        self.queued_bytes += _held(pair)
                         stats.pairs_shipping -= 1
                         break
                     item = self._encode(pair, 0)
@@ -342,3 +356,13 @@ class Shipper:
             log.warning("spool full (%d bytes): dropped %d pairs", self.spool.bytes, pairs)
         else:
             stats.dropped["spool_write_error"] += pairs
+
+
+def _held(pair: CompletedPair) -> int:
+    """The bytes of a queued pair's bodies (its other fields are small and bounded)."""
+    n = len(pair.request_body) if pair.request_body is not None else 0
+    if pair.prod.body is not None:
+        n += len(pair.prod.body)
+    if pair.candidate.body is not None:
+        n += len(pair.candidate.body)
+    return n

@@ -345,7 +345,7 @@ def test_reducing_a_pairs_bytes_equals_encoding_it_with_no_body_room(seed: int) 
 def test_a_reduced_pair_has_its_bodies_sizes_and_no_body_is_parsed() -> None:
     huge = b"[" + b"7" * 5000 + b"]"  # past Python's int-digit limit: json.loads refuses it
     line = (
-        b'{"request_id":"r1","prod":{"outcome":"ok","body":' + huge + b'},'
+        b'{"request_id":"r1","prod":{"outcome":"ok","body":' + huge + b"},"
         b'"candidate":{"outcome":"ok","body":{"a":1},"binary":{"base64":"AA=="}},'
         b'"request":{"sha256":"00","body":"x"}}'
     )

@@ -480,3 +480,44 @@ async def test_a_replica_refusing_the_token_or_lacking_the_route_is_passed_over(
             acc = balanced(s)
             assert acc["dropped"] == 0 and s.spool.pairs == 1
     assert len(good.ids) == 40 and wrong.taken == []
+
+
+async def test_the_queue_holds_at_most_its_bytes_of_bodies_and_counts_the_rest(
+    tmp_path: Path,
+) -> None:
+    """A comparator slower than the traffic, with large answers: the queue of pairs waiting to
+    be shipped grows. Its bodies are bounded in bytes as well as its pairs in number, so the
+    sidecar's memory stays bounded: past ``max_queue_bytes`` a pair is counted as dropped
+    (``queue_full``), and once the queue has been shipped it takes pairs again."""
+    comp = Comparator()
+    big = 200_000  # each body ~200 KB: a pair holds ~400 KB
+    async with serve_app(comp.app()) as url, shipper(url, tmp_path, max_queue_bytes=1_000_000) as s:
+        for i in range(10):
+            s.enqueue(pair(i, big))
+        assert s.queued == 2 and s.queued_bytes <= 1_000_000
+        assert s._stats.dropped["queue_full"] == 8
+        s.enqueue(pair(10, 10))  # a small pair still fits beside them
+        assert s.queued == 3
+        await s.ship_pending(retries=0)
+        assert s.queued == 0 and s.queued_bytes == 0
+        for i in range(11, 13):
+            s.enqueue(pair(i, big))
+        await s.ship_pending(retries=0)
+        acc = balanced(s)
+    assert acc["dropped_by_reason"] == {"queue_full": 8}
+    assert sorted(comp.ids) == ["r0000", "r0001", "r0010", "r0011", "r0012"]
+
+
+async def test_a_pair_put_back_for_the_next_batch_keeps_its_bytes_counted(tmp_path: Path) -> None:
+    """A pair that does not fit the batch being made goes back to the front of the queue: its
+    bytes stay counted until it is shipped, never twice, never lost."""
+    comp = Comparator(limit=MIN_BATCH_BYTES * 4)
+    async with serve_app(comp.app()) as url, shipper(url, tmp_path) as s:
+        for i in range(12):
+            s.enqueue(pair(i, 10_000))  # ~20 KB a pair: cut into several batches
+        total = s.queued_bytes
+        assert total >= 12 * 20_000
+        await s.ship_pending(retries=0)
+        assert s.queued_bytes == 0
+        acc = balanced(s)
+    assert acc["dropped"] == 0 and sorted(comp.ids) == [f"r{i:04d}" for i in range(12)]

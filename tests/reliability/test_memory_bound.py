@@ -18,11 +18,13 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from aiohttp import web
 
+from comparator.wire import PairBatch
 from tests.reliability.conftest import Upstreams
-from tests.reliability.fakes import LoopThread, ProxyProcess, wait_until
+from tests.reliability.fakes import Gate, LoopThread, ProxyProcess, wait_until
 from tests.reliability.scenarios import faulty_tees, hung_candidate
 
 MAX_INFLIGHT = 64
@@ -313,3 +315,75 @@ def test_a_60_mib_upload_over_max_tee_body_bytes_to_a_teed_route_is_not_held_who
     assert status["counters"]["skipped_body_too_large"] == 1
     assert status["accounting"]["unaccounted"] == 0
     assert up.cand.seen == []  # the candidate never saw it
+
+
+# --- what a slow comparator with large answers makes the shipper hold -----------------------------
+
+_ANSWER = (
+    b'{"outputs":[{"name":"y","shape":[1],"datatype":"BYTES","data":["'
+    + b"x" * (512 * 1024)
+    + b'"]}]}'
+)
+
+
+def _large_answers() -> web.Application:
+    async def infer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=_ANSWER, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v2/models/{name}/infer", infer)
+    return app
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_slow_comparator_with_large_answers_holds_the_ship_queue_to_its_bytes(
+    lt: LoopThread, start_proxy: Callable[..., ProxyProcess]
+) -> None:
+    """Production and candidate answer 512 KiB each (a pair holds 1 MiB of bodies, under
+    ``max_pair_body_bytes``); the comparator takes no batch until released. The queue of pairs
+    waiting to be shipped stops at ``ship_queue_max_bytes`` (the rest counted as ``queue_full``),
+    so the sidecar's memory does not grow with the traffic; released, every pair it kept
+    arrives and the accounting balances."""
+    n, bound = 120, 16 * 1024 * 1024
+    gate = Gate(lt)
+    received: list[int] = []
+
+    async def slow_ingest(request: web.Request) -> web.Response:
+        await gate.event.wait()
+        body = await request.read()
+        received.append(len(PairBatch.model_validate_json(body).pairs))
+        return web.json_response({"received": received[-1]})
+
+    comp_app = web.Application(client_max_size=256 * 1024 * 1024)
+    comp_app.router.add_post("/v1/pairs", slow_ingest)
+    models = lt.serve(_large_answers())
+    proxy = start_proxy(
+        prod=models,
+        candidate=models,
+        comparator=lt.serve(comp_app),
+        env={
+            "SHADOWTEE_PROXY__SHIP_QUEUE_MAX_BYTES": str(bound),
+            "SHADOWTEE_PROXY__SHIP_TIMEOUT_MS": "60000",
+            "SHADOWTEE_PROXY__BATCH_SIZE": "4",
+        },
+    )
+    before = proxy.rss_bytes() / 2**20
+    with httpx.Client(timeout=30) as client:
+        for i in range(n):
+            resp = client.post(proxy.url + "/v2/models/m/infer", content=b'{"i": %d}' % i)
+            assert resp.status_code == 200 and resp.content == _ANSWER  # clients never notice
+    wait_until(proxy.settled, "every pair out of the pairing buffer")
+    gauges = proxy.gauges()
+    assert 0 < gauges["ship_queue_bytes"] <= bound, gauges
+    dropped = proxy.metric("shadowtee_proxy_pairs_dropped_total", reason="queue_full")
+    assert dropped >= n - 2 * bound // 2**20, dropped  # the queue and one batch in flight
+    grown = _settled_rss(proxy) - before
+    assert grown < 3 * bound / 2**20, grown  # unbounded, it held all 120 MiB of bodies
+    gate.open()
+    wait_until(lambda: proxy.gauges()["ship_queue_pairs"] == 0, "the queue shipped", 60)
+    wait_until(
+        lambda: sum(received) + dropped == n, f"{n} pairs delivered or counted ({received})", 30
+    )
+    assert proxy.gauges()["ship_queue_bytes"] == 0
