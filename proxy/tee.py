@@ -100,6 +100,9 @@ class Tee:
         self._by_deadline: deque[_Shadow] = deque()
         self._to_start: list[_Shadow] = []
         self._timer: asyncio.TimerHandle | None = None
+        # The running loop, read at the first submit: asyncio.get_running_loop() costs a getpid()
+        # system call on every call (CPython 3.11), and submit is on every teed request's path.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: asyncio.Future[None] | None = None
         self._closing = False
         # Live control (proxy.control): ``paused`` is read once per teed request; while it is
@@ -242,7 +245,10 @@ class Tee:
         self._live.add(call)
         self._to_start.append(call)
         if len(self._to_start) == 1:  # one callback starts every call submitted in this turn
-            asyncio.get_running_loop().call_soon(self._start)
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._start)
         return True
 
     def _open(
@@ -276,7 +282,7 @@ class Tee:
 
     def _start(self) -> None:
         calls, self._to_start = self._to_start, []
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         live, queue = self._live, self._by_deadline
         deadline = loop.time() + self._deadline_s
         for call in calls:
@@ -323,12 +329,13 @@ class Tee:
         """Time out every live call past its deadline; re-arm for the next one."""
         self._timer = None
         queue = self._by_deadline
-        now = asyncio.get_running_loop().time()
+        loop = self._loop or asyncio.get_running_loop()
+        now = loop.time()
         while queue:
             call = queue[0]
             if call in self._live:
                 if call.deadline > now:
-                    self._timer = asyncio.get_running_loop().call_at(call.deadline, self._expire)
+                    self._timer = loop.call_at(call.deadline, self._expire)
                     return
                 self._give_up(call, self._timeout_reason)
             queue.popleft()

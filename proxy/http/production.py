@@ -160,6 +160,9 @@ class ProductionClient:
         self.prefix = self._pool.prefix
         self.host_header = self._pool.host_header
         self._inline = inline_bytes
+        # The running loop, read once: asyncio.get_running_loop() costs a getpid() system call
+        # on every call (CPython 3.11), and this is on every request's path.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def open_connections(self) -> int:
@@ -208,7 +211,10 @@ class ProductionClient:
     async def _exchange(
         self, conn: ClientConnection, data: bytes, method: str, body: BodyStream | None = None
     ) -> ProductionResponse:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         resp = ProductionResponse(waiter, self._inline, conn)
         conn.send(data, method == "HEAD", resp, more=body is not None)
         try:
