@@ -161,6 +161,7 @@ class ProxyStats:
 GAUGE_DOCS = {
     "tee_inflight": "Candidate calls in flight.",
     "tee_max_inflight": "Bound on candidate calls in flight.",
+    "tee_held_bytes": "Request body bytes held by the candidate calls in flight.",
     "pairing_buffer_pairs": "Pairs waiting for their other half.",
     "ship_queue_pairs": "Finished pairs waiting to be shipped.",
     "ship_queue_bytes": "Bytes of bodies held by the pairs waiting to be shipped.",

@@ -99,6 +99,9 @@ class ProxySettings(BaseSettings):
     tee_routes: tuple[str, ...] = DEFAULT_TEE_ROUTES
     tee_methods: tuple[str, ...] = ("POST",)
     max_tee_body_bytes: Annotated[int, Field(ge=0)] = 8 * 1024 * 1024
+    # Request bodies the live candidate calls hold in all (each twice: its call and its pair);
+    # past it a tee is shed, so large bodies cannot make max_inflight calls hold gigabytes.
+    max_tee_bytes: Annotated[int, Field(ge=1024 * 1024)] = 32 * 1024 * 1024
     redact_headers: tuple[str, ...] = DEFAULT_REDACT
     forward_auth_to_candidate: bool = False
 
@@ -118,7 +121,7 @@ class ProxySettings(BaseSettings):
     ship_queue_max_pairs: Annotated[int, Field(ge=1)] = 100_000
     # The bodies the queue's pairs may hold in all: a comparator slower than the traffic must
     # not make the sidecar's memory grow without end (past it pairs count as queue_full).
-    ship_queue_max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 128 * 1024 * 1024
+    ship_queue_max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 64 * 1024 * 1024
 
     # Shutdown.
     shutdown_timeout_s: Annotated[float, Field(ge=0)] = 30.0

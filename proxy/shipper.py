@@ -77,7 +77,7 @@ class Shipper:
         max_body_bytes: int,
         max_batch_bytes: int = 8 * 1024 * 1024,
         poison_after: int = 5,
-        max_queue_bytes: int = 128 * 1024 * 1024,
+        max_queue_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.link = Comparators(
             session=session,

@@ -59,6 +59,7 @@ class ProxyState:
         return {
             "tee_inflight": self.tee.inflight,
             "tee_max_inflight": self.settings.max_inflight,
+            "tee_held_bytes": self.tee.held_bytes,
             "pairing_buffer_pairs": len(self.pairing),
             "ship_queue_pairs": self.shipper.queued,
             "ship_queue_bytes": self.shipper.queued_bytes,
@@ -126,6 +127,7 @@ def build(
         deadline_s=s.shadow_timeout_s,
         max_inflight=s.max_inflight,
         max_body_bytes=s.max_tee_body_bytes,
+        max_bytes=s.max_tee_bytes,
         redact=s.redact_headers,
         forward_auth=s.forward_auth_to_candidate,
         pairing=pairing,

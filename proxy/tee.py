@@ -34,7 +34,7 @@ __all__ = ["Tee"]
 class _Shadow(CandidateCall):
     """One teed request's candidate call, as the tee tracks it until it reports or times out."""
 
-    __slots__ = ("_tee", "deadline", "probe", "request_id", "started")
+    __slots__ = ("_tee", "deadline", "probe", "request_id", "size", "started")
 
     def __init__(
         self, tee: Tee, client: CandidateClient, request_id: str, data: bytes, method: str
@@ -45,6 +45,7 @@ class _Shadow(CandidateCall):
         self.started = 0.0
         self.deadline = 0.0
         self.probe = False
+        self.size = 0  # request body bytes the call and its pair hold, counted by the tee
 
     @property
     def client(self) -> CandidateClient:
@@ -77,6 +78,7 @@ class Tee:
         stats: ProxyStats,
         pair_ttl_s: float,
         segment_headers: Mapping[str, str] | None = None,
+        max_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         segment_headers = segment_headers or {}
         self._client = client
@@ -85,6 +87,8 @@ class Tee:
         self._timeout_reason = classify(TimeoutError(), self._deadline_ms)[1]
         self._max_inflight = max_inflight
         self._max_body = max_body_bytes
+        self._max_bytes = max_bytes
+        self.held_bytes = 0  # request bodies of the live calls (each held by the call and its pair)
         self._redact = frozenset(h.lower().encode() for h in redact)
         # header name (lower case) -> segment dimension (README, "Segments")
         self._segment_headers = {
@@ -228,7 +232,12 @@ class Tee:
         now = time.monotonic()
         opened_at = time.time()
         stats.teed += 1
-        if self._closing or self.inflight >= self._max_inflight:
+        size = len(body)
+        if (
+            self._closing
+            or self.inflight >= self._max_inflight
+            or (size and self.held_bytes + size > self._max_bytes)
+        ):
             stats.outcomes[Outcome.SHED] += 1
             return self._open(request_id, opened_at, route, body, now, Side(Outcome.SHED), headers)
         if not self._open(request_id, opened_at, route, body, now, None, headers):
@@ -242,6 +251,8 @@ class Tee:
         )
         call = _Shadow(self, client, request_id, data, method)
         call.probe = probe
+        call.size = size
+        self.held_bytes += size
         self._live.add(call)
         self._to_start.append(call)
         if len(self._to_start) == 1:  # one callback starts every call submitted in this turn
@@ -349,6 +360,8 @@ class Tee:
         return connecting
 
     def _finish(self, call: _Shadow, side: Side) -> None:
+        self.held_bytes -= call.size
+        call.size = 0
         self._stats.outcomes[side.outcome] += 1
         ok = side.outcome is Outcome.OK and (side.status or 0) < 500
         if ok:

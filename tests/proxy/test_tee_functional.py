@@ -363,3 +363,43 @@ async def test_each_call_gets_its_own_deadline_whatever_finished_around_it(
         hung = next(p for p in comparator.pairs if p.candidate.outcome is Outcome.TIMEOUT)
         assert hung.candidate.latency_ms == 150.0 and hung.prod.status == 200
         candidate.release.set()
+
+
+@pytest.mark.parametrize("mode", ["ok", "hang"])
+async def test_the_tee_holds_at_most_its_bytes_of_request_bodies(
+    mode: str, tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    """Past ``max_tee_bytes`` of request bodies held by live calls, a tee is shed and counted
+    (a small body still fits); the bytes come back when calls are answered or time out."""
+    candidate = FakeCandidate(mode=mode)
+    body = b'{"pad": "' + b"x" * (600 * 1024) + b'"}'
+    async with (
+        serve_app(prod_app()) as prod,
+        serve_app(candidate.app()) as cand,
+        running_proxy(
+            prod=prod,
+            candidate=cand,
+            shadow_timeout_ms=60_000 if mode == "hang" else 2_000,
+            max_tee_bytes=2 * 1024 * 1024,
+            spool_dir=str(tmp_path),
+        ) as proxy,
+    ):
+        for _ in range(5):
+            async with client.post(proxy.url + INFER, data=body) as resp:
+                assert resp.status == 200
+        status = await admin_status(client, proxy.admin)
+        if mode == "hang":
+            # Three 600 KiB bodies fit under 2 MiB; the fourth and fifth are shed.
+            assert status["counters"]["candidate_outcomes"]["shed"] == 2
+            assert status["gauges"]["tee_held_bytes"] == 3 * len(body)
+            async with client.post(proxy.url + INFER, json={"small": 1}) as resp:
+                assert resp.status == 200
+            await wait_for(lambda: len(candidate.requests) == 4, "the small body teed")
+            candidate.release.set()
+        for _ in range(500):  # bounded: until every call has finished
+            status = await admin_status(client, proxy.admin)
+            if status["gauges"]["tee_inflight"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert status["gauges"]["tee_inflight"] == 0
+        assert status["gauges"]["tee_held_bytes"] == 0

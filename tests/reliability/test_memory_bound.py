@@ -387,3 +387,38 @@ def test_a_slow_comparator_with_large_answers_holds_the_ship_queue_to_its_bytes(
         lambda: sum(received) + dropped == n, f"{n} pairs delivered or counted ({received})", 30
     )
     assert proxy.gauges()["ship_queue_bytes"] == 0
+
+
+# --- what large teed requests make the tee hold ----------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_large_requests_to_a_hung_candidate_hold_at_most_the_tees_bytes(
+    up: Upstreams, start_proxy: Callable[..., ProxyProcess]
+) -> None:
+    """One client, one request at a time, 4 MiB bodies (under ``max_tee_body_bytes``), and a
+    candidate that never answers within its long deadline: each answered request leaves its
+    body with the tee (its candidate call and its pair) until that deadline. The tee holds at
+    most ``max_tee_bytes`` of request bodies; past it a tee is shed and counted, so one client
+    cannot make the sidecar hold ``max_inflight`` large bodies."""
+    n, size, bound = 40, 4 * 1024 * 1024, 32 * 1024 * 1024
+    proxy = start_proxy(
+        prod=up.prod_url,
+        candidate=up.cand_url,
+        comparator=up.comp_url,
+        shadow_timeout_ms=20_000,
+        env={"SHADOWTEE_PROXY__MAX_TEE_BYTES": str(bound)},
+    )
+    before = proxy.rss_bytes() / 2**20
+    body = b'{"pad": "' + b"x" * (size - 11) + b'"}'
+    with httpx.Client(timeout=30) as client:
+        for _ in range(n):
+            resp = client.post(proxy.url + "/v2/models/hang/infer", content=body)
+            assert resp.status_code == 200  # clients never notice
+    held = _settled_rss(proxy) - before
+    shed = proxy.metric("shadowtee_proxy_candidate_outcomes_total", outcome="shed")
+    assert shed >= n - bound // size, shed
+    assert proxy.gauges()["tee_inflight"] <= bound // size
+    assert held < 4 * bound / 2**20, held  # unbounded: 40 bodies twice over, ~320 MiB
+    up.cand.gate.open()
