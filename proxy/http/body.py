@@ -32,6 +32,7 @@ class BodyStream:
         "buffered",
         "digest",
         "ended",
+        "held_whole",
         "length",
     )
 
@@ -41,6 +42,9 @@ class BodyStream:
         self.digest: Any = None
         self._chunks: deque[bytes] = deque()
         self.buffered = 0
+        # Bytes taken by read_all: still counted by the server (they are held, whole, by the
+        # handler) until the handler is done, which releases them.
+        self.held_whole = 0
         self.ended = False
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -130,6 +134,7 @@ class BodyStream:
             if self._chunks:
                 parts.extend(self._chunks)
                 self._chunks.clear()
+                self.held_whole += self.buffered
                 self.buffered = 0
                 self._on_taken(0)
             elif self._error is not None:

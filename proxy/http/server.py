@@ -200,8 +200,11 @@ class Connection(Closing, RequestParsing, asyncio.Protocol):
                     self._reset()
                     return
                 finally:
-                    server.buffered -= size
-                    left = item.stream is not None and self._drop_unread(item.stream)
+                    # What the handler held: a body that came whole, or one read whole from its
+                    # stream (for the tee), answered or broken off.
+                    stream = item.stream
+                    server.buffered -= size if stream is None else size + stream.held_whole
+                    left = stream is not None and self._drop_unread(stream)
                 if left:
                     if not self.closed and self._msg.stream is item.stream:
                         self._discard_rest()  # production answered before taking it all

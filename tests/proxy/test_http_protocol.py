@@ -20,6 +20,7 @@ from proxy.http.client import ClientConnection, ConnectionState, ResponseHead
 from proxy.http.exchange import Upstream
 from proxy.http.listener import Server
 from proxy.http.message import Limits, Request
+from proxy.http.parse import STREAM_BODY_BYTES
 from proxy.http.production import HIGH_WATER
 from proxy.http.server import LINGER_S, PIPELINE_MAX, Connection
 
@@ -224,6 +225,39 @@ async def test_the_body_clock_answers_408_to_a_body_that_stalls() -> None:
     assert transport.closing
     await settle()
     assert server.buffered == 0  # the three bytes it held were given back
+
+
+@pytest.mark.parametrize("whole", [True, False])
+async def test_a_streamed_body_read_whole_leaves_the_ports_count_after_its_handler(
+    whole: bool,
+) -> None:
+    """A body over STREAM_BODY_BYTES arrives as a stream; a handler that reads it whole (the
+    tee) holds it, so the port counts its bytes until the handler is done — then not any more,
+    whether the body ended or its client broke it off while it was being read."""
+    clock = FakeClock(asyncio.get_running_loop())
+    got: list[int] = []
+
+    async def handler(req: Request, conn: Connection) -> bool:
+        got.append(len(await req.read_body()))
+        conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+    limits = Limits(max_body_bytes=4 << 20, keepalive_timeout_s=5.0, body_timeout_s=2.0)
+    server = Server(handler, limits, lambda: None, loop=cast(asyncio.AbstractEventLoop, clock))
+    conn = Connection(server)
+    conn.connection_made(FakeTransport(conn))
+    size = STREAM_BODY_BYTES + 4096
+    conn.data_received(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+    conn.data_received(b"x" * (STREAM_BODY_BYTES // 2))
+    await settle()
+    assert server.buffered == STREAM_BODY_BYTES // 2  # held for the handler
+    if whole:
+        conn.data_received(b"x" * (size - STREAM_BODY_BYTES // 2))
+    else:
+        conn.connection_lost(ConnectionResetError("the client went away"))
+    await settle()
+    assert got == ([size] if whole else [])
+    assert server.buffered == 0
 
 
 async def test_a_100_continue_waits_for_the_answer_in_progress() -> None:

@@ -422,3 +422,51 @@ def test_large_requests_to_a_hung_candidate_hold_at_most_the_tees_bytes(
     assert proxy.gauges()["tee_inflight"] <= bound // size
     assert held < 4 * bound / 2**20, held  # unbounded: 40 bodies twice over, ~320 MiB
     up.cand.gate.open()
+
+
+# --- the port's count of request bytes, for bodies read whole for the tee --------------------------
+
+
+def _post_raw(url: str, head_length: int, body: bytes) -> bytes:
+    """POST ``body`` under a Content-Length of ``head_length`` on a fresh connection; close
+    early when the body is shorter (the client breaks off), else read the answer."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    head = (
+        b"POST /v2/models/ok/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % head_length
+    )
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + body)
+        if len(body) < head_length:
+            time.sleep(0.2)  # the proxy has read what came, whole for the tee
+            return b""
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_bodies_read_whole_for_the_tee_leave_the_ports_count_when_answered_or_broken_off(
+    up: Upstreams, start_proxy: Callable[..., ProxyProcess]
+) -> None:
+    """A body over 1 MiB arrives as a stream and, being teed, is read whole; its bytes count
+    toward ``max_buffered_bytes`` while the request is handled, and no longer once it is —
+    answered, or broken off by its client while it was being read. One at a time, eight 2 MiB
+    bodies and eight broken off must all fit under 8 MiB, again and again."""
+    bound, size = 8 * 1024 * 1024, 2 * 1024 * 1024
+    proxy = start_proxy(
+        prod=up.prod_url,
+        candidate=up.cand_url,
+        comparator=up.comp_url,
+        env={"SHADOWTEE_PROXY__MAX_BUFFERED_BYTES": str(bound)},
+    )
+    body = b'{"pad": "' + b"x" * (size - 11) + b'"}'
+    for i in range(8):
+        _post_raw(proxy.url, size + 1024 * 1024, body)  # broken off after 2 of 3 MiB
+        answer = _post_raw(proxy.url, size, body)
+        assert answer.startswith(b"HTTP/1.1 200 "), (i, answer[:200])
