@@ -86,6 +86,13 @@ class ClientConnection(AnswerParsing, asyncio.Protocol):
     def is_idle(self) -> bool:
         return self._state is ConnectionState.IDLE
 
+    def unsent(self) -> int:
+        """Bytes of the request written to the transport that have not reached the socket."""
+        transport = self._transport
+        return (
+            0 if transport is None or transport.is_closing() else transport.get_write_buffer_size()
+        )
+
     def is_available(self) -> bool:
         """Idle, connected, not paused: it may carry the next request."""
         transport = self._transport

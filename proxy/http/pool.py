@@ -130,8 +130,15 @@ class Pool:
         conn.close()
 
     def linger(self, conn: ClientConnection, seconds: float) -> None:
-        """Its caller gave up: let a late answer drain for ``seconds``, then close it."""
+        """Its caller gave up: let a late answer drain for ``seconds``, then close it.
+
+        A connection whose request has not all reached the socket (an upstream that does not
+        read) is closed at once instead: lingering, it would keep that request's bytes, up to
+        a whole body, in its write buffer with no call counting them."""
         if conn.is_idle() or conn in self._lingering or conn not in self._all:
+            return
+        if conn.unsent():
+            conn.close()
             return
         self._lingering[conn] = asyncio.get_running_loop().call_later(seconds, conn.close)
 

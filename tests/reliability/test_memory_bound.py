@@ -470,3 +470,43 @@ def test_bodies_read_whole_for_the_tee_leave_the_ports_count_when_answered_or_br
         _post_raw(proxy.url, size + 1024 * 1024, body)  # broken off after 2 of 3 MiB
         answer = _post_raw(proxy.url, size, body)
         assert answer.startswith(b"HTTP/1.1 200 "), (i, answer[:200])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_candidate_that_reads_nothing_leaves_no_request_in_a_lingering_connection(
+    up: Upstreams, start_proxy: Callable[..., ProxyProcess]
+) -> None:
+    """A candidate that accepts connections and never reads: each teed request's bytes stay in
+    the connection's write buffer. When its call times out, that connection is closed rather
+    than left to linger for a late answer (none can come), so the bodies do not pile up past
+    ``max_tee_bytes`` while no call counts them."""
+    deaf = socket.socket()
+    deaf.bind(("127.0.0.1", 0))
+    deaf.listen(128)
+    n, size, bound = 30, 7 * 1024 * 1024, 8 * 1024 * 1024
+    try:
+        proxy = start_proxy(
+            prod=up.prod_url,
+            candidate=f"http://127.0.0.1:{deaf.getsockname()[1]}",
+            comparator=up.comp_url,
+            shadow_timeout_ms=20,
+            env={
+                "SHADOWTEE_PROXY__MAX_TEE_BYTES": str(bound),
+                "SHADOWTEE_PROXY__CANDIDATE_LINGER_MS": "20000",
+            },
+        )
+        before = _settled_rss(proxy)
+        body = b'{"pad": "' + b"x" * (size - 11) + b'"}'
+        with httpx.Client(timeout=30) as client:
+            for _ in range(n):
+                resp = client.post(proxy.url + "/v2/models/ok/infer", content=body)
+                assert resp.status_code == 200
+                time.sleep(0.05)  # past the 20 ms deadline: each tee's call has timed out
+        held = _settled_rss(proxy) - before
+        assert proxy.gauges()["tee_held_bytes"] == 0
+        assert held < 4 * bound / 2**20, held  # lingering with their requests: ~200 MiB
+        timeouts = proxy.metric("shadowtee_proxy_candidate_outcomes_total", outcome="timeout")
+        assert timeouts == n
+    finally:
+        deaf.close()
