@@ -164,7 +164,7 @@ GAUGE_DOCS = {
     "tee_held_bytes": "Request body bytes held by the candidate calls in flight.",
     "pairing_buffer_pairs": "Pairs waiting for their other half.",
     "ship_queue_pairs": "Finished pairs waiting to be shipped.",
-    "ship_queue_bytes": "Bytes of bodies held by the pairs waiting to be shipped.",
+    "ship_queue_bytes": "Bytes of bodies held by the pairs waiting to be shipped or being shipped.",
     "spool_batches": "Batches spooled on disk.",
     "spool_pairs": "Pairs spooled on disk.",
     "spool_bytes": "Bytes spooled on disk.",

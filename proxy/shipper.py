@@ -99,7 +99,9 @@ class Shipper:
         self._retries = retries
         self._max_queue = max_queue
         self._max_queue_bytes = max_queue_bytes
-        self.queued_bytes = 0  # the bodies held by the queue's pairs (see _held)
+        # The bodies held by the pairs queued or in the batch being shipped (see _held): a batch
+        # keeps its pairs until it is delivered, spooled or dropped.
+        self.queued_bytes = 0
         self._max_body = max_body_bytes
         self.batch_limit = max_batch_bytes  # bytes; lowered by the comparator's header or a 413
         self._poison_after = poison_after
@@ -123,10 +125,10 @@ class Shipper:
     def enqueue(self, pair: CompletedPair) -> None:
         """Accept one finished pair; synchronous, never waits.
 
-        The queue is bounded in pairs (``max_queue``) and in the bytes of their bodies
-        (``max_queue_bytes``): a comparator slower than the traffic, with large answers, must
-        not make the sidecar's memory grow without end. Past either bound the pair is counted
-        as dropped (``queue_full``)."""
+        The queue is bounded in pairs (``max_queue``), and the bodies of the pairs it holds and
+        of the batch being shipped in bytes (``max_queue_bytes``): a comparator slower than the
+        traffic, with large answers, must not make the sidecar's memory grow without end. Past
+        either bound the pair is counted as dropped (``queue_full``)."""
         stats = self._stats
         stats.pairs_emitted += 1
         if not self.link.configured:
@@ -179,10 +181,13 @@ class Shipper:
             pairs, items = await self._next_batch()
             if not items:
                 continue
-            if replaying:
-                self._to_spool(join_batch(items), len(items))
-            else:
-                replaying = not await self._ship(pairs, items, retries)
+            try:
+                if replaying:
+                    self._to_spool(join_batch(items), len(items))
+                else:
+                    replaying = not await self._ship(pairs, items, retries)
+            finally:  # delivered, spooled or dropped: its pairs are let go
+                self.queued_bytes -= sum(map(_held, pairs))
         if not replaying:
             await self.link.report_drops()
 
@@ -198,19 +203,18 @@ class Shipper:
         size = len(join_batch([]))
         while self._queue and len(items) < self._batch_size:
             pair = self._queue.popleft()
-            self.queued_bytes -= _held(pair)
             stats.pairs_shipping += 1
             try:
                 item = self._encode(pair, self._max_body)
                 if size + len(item) + 1 > self.batch_limit:
                     if items:  # the next batch starts with it
                         self._queue.appendleft(pair)
-                        self.queued_bytes += _held(pair)
                         stats.pairs_shipping -= 1
                         break
                     item = self._encode(pair, 0)
             except Exception:  # a bug must not take the batch with it
                 log.exception("a pair could not be encoded; dropped")
+                self.queued_bytes -= _held(pair)
                 stats.pairs_shipping -= 1
                 stats.dropped["encode_error"] += 1
                 continue

@@ -521,3 +521,52 @@ async def test_a_pair_put_back_for_the_next_batch_keeps_its_bytes_counted(tmp_pa
         assert s.queued_bytes == 0
         acc = balanced(s)
     assert acc["dropped"] == 0 and sorted(comp.ids) == [f"r{i:04d}" for i in range(12)]
+
+
+async def test_a_batch_being_shipped_counts_toward_the_queues_bytes(tmp_path: Path) -> None:
+    """A batch keeps its pairs (and their bodies) until it is delivered: while the comparator
+    holds it, the queue takes only what fits beside it. Bodies that are not JSON travel as their
+    sizes, so a batch is small on the wire while its pairs hold their whole bodies."""
+    gate, got = asyncio.Event(), asyncio.Event()
+
+    async def slow_ingest(request: web.Request) -> web.Response:
+        await request.read()
+        got.set()
+        await gate.wait()
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/v1/pairs", slow_ingest)
+
+    def binary_pair(i: int) -> CompletedPair:
+        body = b"\x89PNG" + b"x" * 99_996  # not JSON: sent as its size
+        return CompletedPair(
+            request_id=f"r{i:04d}",
+            ts=1_790_000_000.0 + i,
+            route="/v2/models/m/infer",
+            request_sha256="0" * 64,
+            request_body=None,
+            prod=Side(Outcome.OK, status=200, latency_ms=1.0, body=body),
+            candidate=Side(Outcome.OK, status=200, latency_ms=2.0, body=body),
+        )
+
+    bound = 1_000_000
+    async with serve_app(app) as url, shipper(url, tmp_path, max_queue_bytes=bound) as s:
+        for i in range(20):
+            s.enqueue(binary_pair(i))
+        first = s.queued
+        assert first == 5 and s.queued_bytes == 1_000_000
+        task = asyncio.create_task(s.ship_pending(retries=0))
+        await asyncio.wait_for(got.wait(), 10)  # the batch is in the comparator's hands
+        assert s.queued == 0 and s.shipping == first and s.queued_bytes == 1_000_000
+        for i in range(100, 120):
+            s.enqueue(binary_pair(i))
+        assert s.queued == 0  # no room beside the batch being shipped
+        gate.set()
+        await asyncio.wait_for(task, 10)
+        assert s.queued_bytes == 0
+        s.enqueue(binary_pair(200))  # room again
+        await s.ship_pending(retries=0)
+        acc = balanced(s)
+    assert acc["dropped_by_reason"] == {"queue_full": 35}
+    assert s.queued_bytes == 0
