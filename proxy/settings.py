@@ -283,6 +283,16 @@ class ProxySettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _tee_bytes(self) -> ProxySettings:
+        if self.max_tee_bytes < self.max_tee_body_bytes:
+            raise ValueError(
+                f"max_tee_bytes ({self.max_tee_bytes}) is below max_tee_body_bytes "
+                f"({self.max_tee_body_bytes}): a body between the two could never be teed; "
+                "raise max_tee_bytes or lower max_tee_body_bytes"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _distinct_ports(self) -> ProxySettings:
         if parse_host_port(self.listen) == parse_host_port(self.admin_listen) and not (
             self.listen.endswith(":0")

@@ -41,6 +41,10 @@ def test_flags_beat_environment_beat_toml(tmp_path: Path, monkeypatch: pytest.Mo
         ({"prod": "p:80", "candidate": "http://c"}, "--prod"),
         ({"prod": "http://p", "candidate": "http://c", "experiment": "bad name!"}, "--experiment"),
         ({"candidate": "http://c"}, "--prod"),
+        (
+            {"prod": "http://p", "candidate": "http://c", "max_tee_bytes": str(4 << 20)},
+            "max_tee_bytes .* is below max_tee_body_bytes",
+        ),
     ],
 )
 def test_bad_values_name_the_option(flags: dict[str, object], needle: str) -> None:
