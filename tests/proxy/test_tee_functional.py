@@ -381,6 +381,7 @@ async def test_the_tee_holds_at_most_its_bytes_of_request_bodies(
             candidate=cand,
             shadow_timeout_ms=60_000 if mode == "hang" else 2_000,
             max_tee_bytes=2 * 1024 * 1024,
+            max_tee_body_bytes=1024 * 1024,
             spool_dir=str(tmp_path),
         ) as proxy,
     ):
