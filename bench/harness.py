@@ -27,6 +27,7 @@ __all__ = [
     "Processes",
     "core_busy_seconds",
     "cpu_seconds",
+    "cpu_user_system",
     "free_port",
     "get_json",
     "missing_tools",
@@ -127,15 +128,22 @@ def _tree(pid: int) -> list[int]:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by ``pid`` and its children (from /proc/PID/stat)."""
-    total = 0
+    user, system = cpu_user_system(pid)
+    return user + system
+
+
+def cpu_user_system(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds used so far by ``pid`` and its children."""
+    user = system = 0
     for p in _tree(pid):
         try:
             stat = Path(f"/proc/{p}/stat").read_text()
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
-    return total / CLK_TCK
+        user += int(fields[11])  # utime, stime (fields 14, 15 of stat)
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def core_busy_seconds(core: int) -> float:

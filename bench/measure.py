@@ -23,6 +23,7 @@ from harness import (
     Processes,
     core_busy_seconds,
     cpu_seconds,
+    cpu_user_system,
     free_port,
     get_json,
     get_text,
@@ -170,7 +171,8 @@ class Bench:
             if a.warmup > 0:
                 run_wrk(url, a.connections, a.warmup)
             time.sleep(0.3)  # let warm-up tees finish so they are not counted below
-            cpu0 = cpu_seconds(proc.pid) if proc else 0.0
+            user0, sys0 = cpu_user_system(proc.pid) if proc else (0.0, 0.0)
+            cpu0 = user0 + sys0
             ours0, core0 = self.procs.own_cpu_seconds(), core_busy_seconds(SERVER_CORE)
             spy = self.start_py_spy(proc, target, cand) if a.py_spy else None
             wrk = run_wrk(url, a.connections, a.duration)
@@ -184,7 +186,8 @@ class Bench:
             time.sleep(SHADOW_TIMEOUT_MS / 1000 + 0.3)
             if admin is not None:
                 result["settled_after_wrk"] = self.wait_quiet(admin, poll_s=0.25)
-            cpu2 = cpu_seconds(proc.pid) if proc else 0.0
+            user2, sys2 = cpu_user_system(proc.pid) if proc else (0.0, 0.0)
+            cpu2 = user2 + sys2
             # CPU on the server core used by processes that are not part of this benchmark:
             # anything above a few percent means the numbers are contaminated.
             seconds = wrk["duration_us"] / 1e6
@@ -195,6 +198,9 @@ class Bench:
             result["rps"] = wrk["rps"]
             if proc and wrk["good"] > 0:
                 result["cpu_s_per_10k"] = (cpu2 - cpu0) / wrk["good"] * 10_000
+                # The same split into the proxy's own (user) and the kernel's (system) time.
+                result["cpu_user_s_per_10k"] = (user2 - user0) / wrk["good"] * 10_000
+                result["cpu_system_s_per_10k"] = (sys2 - sys0) / wrk["good"] * 10_000
                 result["cpu_s_per_10k_during_wrk"] = (cpu1 - cpu0) / wrk["good"] * 10_000
             result.update(self.fixed_rate(target, cand, url, admin, proc))
             if a.rates:

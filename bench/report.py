@@ -12,6 +12,8 @@ METRICS = (
     "rps",
     "cpu_s_per_10k",
     "cpu_s_per_10k_at_rate",
+    "cpu_user_s_per_10k",
+    "cpu_system_s_per_10k",
     "p50_ms",
     "p99_ms",
     "delivered_share",
@@ -326,6 +328,19 @@ def render_table(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "   CPU-s/10k = the proxy's CPU from the start of wrk until the tees, and for shadowtee"
     )
     lines.append("   the shipping, of those requests were done, per 10k requests)")
+    split = [
+        f"  {row['target']:<12} {row['candidate']:<9} {_fmt(row.get('cpu_user_s_per_10k'), '.2f')}"
+        f" user + {_fmt(row.get('cpu_system_s_per_10k'), '.2f')} system; at the fixed rate "
+        f"{_fmt(row.get('cpu_s_per_10k_at_rate'), '.2f')}"
+        for row in summary["table"].values()
+        if row.get("cpu_user_s_per_10k") is not None
+    ]
+    if split:
+        lines += [
+            "",
+            "CPU-s/10k, the proxy's user and system (kernel) time; and at the fixed rate:",
+        ]
+        lines += split
     accounted = [(k, r["accounting"]) for k, r in summary["table"].items() if r.get("accounting")]
     if accounted:
         lines += ["", "shadowtee accounting over the fixed-rate phase (medians):"]
