@@ -349,7 +349,9 @@ def reduce_wire(item: bytes) -> bytes | None:
         side = _fields(raw)
         body = side.get("body")
         text = None if body is None else bytes(body)
-        embedded = text is not None and text != b"null"
+        # The encoder writes no "body" key for a side without one, so a "body" here is an
+        # embedded body — the JSON document null too, unless the side already carries a size.
+        embedded = text is not None and (text != b"null" or "body_bytes" not in side)
         if not embedded and "binary" not in side:
             continue
         if text is not None and embedded:

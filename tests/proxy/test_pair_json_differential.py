@@ -323,8 +323,8 @@ def _embedded(line: bytes, side: str) -> bytes | None:
 def test_reducing_a_pairs_bytes_equals_encoding_it_with_no_body_room(seed: int) -> None:
     """A spooled pair too large alone is reduced from its wire bytes (never parsing its
     bodies): the result must be the pair the encoder writes when no body fits, an embedded
-    body's size being its length in the pair. A received ``null`` is embedded as ``null``,
-    which reads as no body: it stays (four bytes, nothing to reduce)."""
+    body's size being its length in the pair (a received ``null`` included: the encoder writes
+    no body key for a side without a body)."""
     rng = random.Random(seed)
     for _ in range(300):
         pair = _pair(rng)
@@ -333,10 +333,7 @@ def test_reducing_a_pairs_bytes_equals_encoding_it_with_no_body_room(seed: int) 
         expected = json.loads(encode_pair(pair, experiment="e1", max_body_bytes=0))
         for side in ("prod", "candidate"):
             body = _embedded(line, side)
-            if body == b"null":
-                expected[side].pop("body_bytes", None)
-                expected[side]["body"] = None
-            elif body is not None:
+            if body is not None:
                 expected[side]["body_bytes"] = len(body)
         assert json.loads(reduced) == expected, pair
         Pair.model_validate_json(reduced)
@@ -356,3 +353,13 @@ def test_a_reduced_pair_has_its_bodies_sizes_and_no_body_is_parsed() -> None:
     assert doc["candidate"] == {"outcome": "ok", "body_bytes": 7}
     assert doc["request"] == {"sha256": "00", "body": None}
     assert reduce_wire(reduced) is None  # nothing left to reduce
+
+
+def test_a_body_that_is_the_json_null_keeps_its_size_when_a_pair_is_reduced() -> None:
+    pair = _usual_pair(random.Random(3))
+    pair.prod.body, pair.candidate.body = b"null", b'{"outputs":[1]}'
+    pair.prod.outcome = pair.candidate.outcome = Outcome.OK
+    line = encode_pair(pair, experiment="e1", max_body_bytes=MAX_BODY)
+    reduced = reduce_wire(line)
+    assert reduced is not None
+    assert json.loads(reduced) == json.loads(encode_pair(pair, experiment="e1", max_body_bytes=0))
