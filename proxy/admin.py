@@ -102,6 +102,9 @@ def create_admin_app(state: ProxyState) -> web.Application:
             {
                 "experiment": state.settings.experiment,
                 "draining": state.draining,
+                # The comparator replica the shipper sends to now ("-": none configured); it
+                # moves on to the next of the list after a failure (counter comparator_failovers).
+                "comparator": state.shipper.link.shown(),
                 "counters": state.stats.snapshot(),
                 "gauges": gauges,
                 # teed + inherited == delivered + dropped + in flight ("unaccounted" is 0).

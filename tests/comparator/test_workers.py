@@ -68,7 +68,9 @@ def comparator_fixture(db_url: str, tmp_path: Path) -> Iterator[Comparator]:
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         # Both workers must be up: each answers on the shared socket once it has opened the store.
-        while c.text().count('GET /health/ready HTTP/1.1" 200') < 2 or "pids" not in c.text():
+        # (Two answers from one worker are not enough: the other may still be starting.)
+        ready = re.compile(r'worker (\d) INFO aiohttp\.access: .*"GET /health/ready HTTP/1\.1" 200')
+        while set(ready.findall(c.text())) != {"0", "1"} or "pids" not in c.text():
             assert proc.poll() is None, c.text()[-2000:]
             assert time.monotonic() < deadline, c.text()[-2000:]
             with contextlib.suppress(httpx.TransportError):

@@ -139,23 +139,33 @@ def test_a_killed_leader_and_replica_lose_and_double_no_pair_and_one_replica_lea
 ) -> None:
     fleet = replicas()
     comparators = ",".join(r.base for r in fleet)
-    proxies = [
-        start_proxy(
+    leader, other = fleet[0], fleet[1]
+    survivor = fleet[2]
+
+    def proxy() -> ProxyProcess:
+        return start_proxy(
             prod=up.prod_url,
             candidate=up.cand_url,
             comparator=comparators,
             experiment=EXPERIMENT,
             env={"SHADOWTEE_PROXY__COMPARATOR_TOKEN": TOKEN, "SHADOWTEE_PROXY__BATCH_SIZE": "20"},
         )
-        for _ in range(4)
-    ]
+
+    proxies = [proxy() for _ in range(4)]
+    # Each sidecar starts at a random replica; all four at the survivor (1 in 81) would leave the
+    # failover untried, so one is replaced until at least one starts at a replica to be killed.
+    for _ in range(20):
+        if any(p.status()["comparator"] != survivor.base for p in proxies):
+            break
+        proxies.pop().stop()
+        proxies.append(proxy())
+    started_at = [p.status()["comparator"] for p in proxies]
+    assert set(started_at) <= {r.base for r in fleet} and set(started_at) != {survivor.base}
     wait_until(lambda: sum(r.leads() for r in fleet) == 1, "one leader", 10)
     assert fleet[0].leads()  # the first replica up took the lock
 
     sent: list[int] = []
     killed_at: datetime | None = None
-    leader, other = fleet[0], fleet[1]
-    survivor = fleet[2]
 
     def send(i: int) -> int:
         proxy = proxies[i % len(proxies)]
@@ -195,7 +205,13 @@ def test_a_killed_leader_and_replica_lose_and_double_no_pair_and_one_replica_lea
     wait_until(delivered, "every proxy delivered every pair", 60)
     teed = sum(p.status()["accounting"]["teed"] for p in proxies)
     assert teed == REQUESTS
-    assert sum(p.status()["counters"]["comparator_failovers"] for p in proxies) >= 1
+    # Every sidecar now sends to the survivor; one that sent to a killed replica moved on (one
+    # step from the other killed replica, two from the leader).
+    for p, began in zip(proxies, started_at, strict=True):
+        doc = p.status()
+        assert doc["comparator"] == survivor.base, (began, doc["comparator"])
+        if began != survivor.base:
+            assert doc["counters"]["comparator_failovers"] >= 1, began
 
     # Stored exactly once: one row per request id, and the hourly aggregates count each once.
     (row,) = _rows(fleet_db, "SELECT count(*) AS n, count(DISTINCT request_id) AS d FROM pairs")
