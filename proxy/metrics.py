@@ -85,6 +85,9 @@ class ProxyStats:
     # ``not_sampled`` they open no pair, so they stay outside ``teed`` and the accounting.
     tee_paused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PAUSE_SOURCES, 0))
     skipped_body_too_large: int = 0
+    # Tees shed (outcome shed) because the tee's byte budget, max_tee_bytes, was full: at the
+    # request, or later for a call whose answer, or production's waiting in its pair, passed it.
+    tee_shed_byte_budget: int = 0
     teed: int = 0  # sent or shed; the outcomes below add up to this once nothing is in flight
     outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
     pairs_emitted: int = 0
@@ -113,6 +116,7 @@ class ProxyStats:
             "not_sampled": self.not_sampled,
             "tee_paused": dict(self.tee_paused),
             "skipped_body_too_large": self.skipped_body_too_large,
+            "tee_shed_byte_budget": self.tee_shed_byte_budget,
             "teed": self.teed,
             "candidate_outcomes": {k.value: v for k, v in self.outcomes.items()},
             "pairs": {
@@ -161,7 +165,10 @@ class ProxyStats:
 GAUGE_DOCS = {
     "tee_inflight": "Candidate calls in flight.",
     "tee_max_inflight": "Bound on candidate calls in flight.",
-    "tee_held_bytes": "Request body bytes held by the candidate calls in flight.",
+    "tee_held_bytes": (
+        "Bytes the candidate calls in flight hold: request bodies, the answers arriving and "
+        "production's answers waiting for them (bounded by max_tee_bytes)."
+    ),
     "pairing_buffer_pairs": "Pairs waiting for their other half.",
     "ship_queue_pairs": "Finished pairs waiting to be shipped.",
     "ship_queue_bytes": "Bytes of bodies held by the pairs waiting to be shipped or being shipped.",
@@ -207,6 +214,11 @@ class ProxyCollector(Collector):
         yield errs
         yield counter("tee_not_sampled", "Tee-able requests left out by sampling.", s.not_sampled)
         yield counter("teed", "Requests sent to the candidate or shed.", s.teed)
+        yield counter(
+            "tee_shed_byte_budget",
+            "Tees shed because the tee's byte budget (max_tee_bytes) was full.",
+            s.tee_shed_byte_budget,
+        )
         paused = CounterMetricFamily(
             p + "tee_paused",
             "Tee-able requests not teed while the tee was paused (no pair), by who paused it.",

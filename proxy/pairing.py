@@ -83,6 +83,9 @@ class PairingBuffer:
     segments: Callable[[str, bytes], dict[str, str] | None] | None = None
     # add prod_version and cand_version (each side's X-Model-Version) to the segment values
     segment_versions: bool = False
+    # Told (request id, bytes) when production's body is about to wait in a pair for the
+    # candidate's side (the tee counts it against its byte budget, or gives the call up).
+    on_wait: Callable[[str, int], None] | None = None
     dropped_full: int = 0
     expired: int = 0
     _pending: dict[str, _Pending] = field(default_factory=dict)
@@ -126,6 +129,8 @@ class PairingBuffer:
         entry = self._pending.get(request_id)
         if entry is None:  # expired or never opened: the late half has nowhere to go
             return
+        if entry.candidate is None and side.body and self.on_wait is not None:
+            self.on_wait(request_id, len(side.body))  # may set the candidate's side
         entry.prod = side
         if entry.candidate is not None:
             self._emit(request_id, entry)

@@ -99,8 +99,9 @@ class ProxySettings(BaseSettings):
     tee_routes: tuple[str, ...] = DEFAULT_TEE_ROUTES
     tee_methods: tuple[str, ...] = ("POST",)
     max_tee_body_bytes: Annotated[int, Field(ge=0)] = 8 * 1024 * 1024
-    # Request bodies the live candidate calls hold in all (each twice: its call and its pair);
-    # past it a tee is shed, so large bodies cannot make max_inflight calls hold gigabytes.
+    # What the live candidate calls hold in all: each request body twice (its call and its pair),
+    # the answers arriving, production's answers waiting for them. Past it a tee is shed, so
+    # large bodies cannot make max_inflight calls hold gigabytes.
     max_tee_bytes: Annotated[int, Field(ge=1024 * 1024)] = 32 * 1024 * 1024
     redact_headers: tuple[str, ...] = DEFAULT_REDACT
     forward_auth_to_candidate: bool = False
@@ -284,11 +285,12 @@ class ProxySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _tee_bytes(self) -> ProxySettings:
-        if self.max_tee_bytes < self.max_tee_body_bytes:
+        if self.max_tee_bytes < 2 * self.max_tee_body_bytes:
             raise ValueError(
-                f"max_tee_bytes ({self.max_tee_bytes}) is below max_tee_body_bytes "
-                f"({self.max_tee_body_bytes}): a body between the two could never be teed; "
-                "raise max_tee_bytes or lower max_tee_body_bytes"
+                f"max_tee_bytes ({self.max_tee_bytes}) is below twice max_tee_body_bytes "
+                f"({self.max_tee_body_bytes}): a teed body is held twice (its call and its "
+                "pair), so a body over half of max_tee_bytes could never be teed; raise "
+                "max_tee_bytes or lower max_tee_body_bytes"
             )
         return self
 

@@ -30,11 +30,14 @@ from proxy.upstream import CandidateCall, CandidateClient, CandidateResponse, en
 
 __all__ = ["Tee"]
 
+# The pair of a call given up because what the live calls hold passed max_tee_bytes.
+_OVER_BYTES = "shed: the tee's byte budget (max_tee_bytes) was full"
+
 
 class _Shadow(CandidateCall):
     """One teed request's candidate call, as the tee tracks it until it reports or times out."""
 
-    __slots__ = ("_tee", "deadline", "probe", "request_id", "size", "started")
+    __slots__ = ("_tee", "answer", "deadline", "probe", "request_id", "size", "started")
 
     def __init__(
         self, tee: Tee, client: CandidateClient, request_id: str, data: bytes, method: str
@@ -45,11 +48,27 @@ class _Shadow(CandidateCall):
         self.started = 0.0
         self.deadline = 0.0
         self.probe = False
-        self.size = 0  # request body bytes the call and its pair hold, counted by the tee
+        # Bytes counted against the tee's budget for this call until it finishes: its request
+        # body (held by the call and its pair), production's answer while the pair waits for
+        # this call, and ``answer``, what it holds of the candidate's answer so far.
+        self.size = 0
+        self.answer = 0
 
     @property
     def client(self) -> CandidateClient:
         return self._client
+
+    def _hold(self, size: int) -> bool:
+        tee = self._tee
+        if tee.held_bytes + size > tee.max_bytes:
+            tee.held_bytes -= self.answer  # what arrived of the answer is dropped with it
+            self.size -= self.answer
+            self.answer = 0
+            return False
+        tee.held_bytes += size
+        self.size += size
+        self.answer += size
+        return True
 
     def finished(self, resp: CandidateResponse | None, exc: Exception | None) -> None:
         self._tee._finished(self, resp, exc)
@@ -87,8 +106,9 @@ class Tee:
         self._timeout_reason = classify(TimeoutError(), self._deadline_ms)[1]
         self._max_inflight = max_inflight
         self._max_body = max_body_bytes
-        self._max_bytes = max_bytes
-        self.held_bytes = 0  # request bodies of the live calls (each held by the call and its pair)
+        self.max_bytes = max_bytes
+        # What the live calls hold (see _Shadow.size): past max_bytes a tee is shed.
+        self.held_bytes = 0
         self._redact = frozenset(h.lower().encode() for h in redact)
         # header name (lower case) -> segment dimension (README, "Segments")
         self._segment_headers = {
@@ -98,7 +118,7 @@ class Tee:
         self._pairing = pairing
         self._stats = stats
         self._pair_ttl_s = pair_ttl_s
-        self._live: set[_Shadow] = set()
+        self._live: dict[str, _Shadow] = {}  # by the pair's request id
         # Calls in start order (so in deadline order); finished ones leave when they reach the
         # front. ``_timer`` is armed for the front's deadline whenever the queue is not empty.
         self._by_deadline: deque[_Shadow] = deque()
@@ -142,7 +162,7 @@ class Tee:
         """Close the retired clients no call uses any more; return how many remain."""
         if not self._retired:
             return 0
-        busy = {id(call.client) for call in self._live}
+        busy = {id(call.client) for call in self._live.values()}
         keep: list[CandidateClient] = []
         for old in self._retired:
             if id(old) in busy or old.lingering:
@@ -232,11 +252,11 @@ class Tee:
         now = time.monotonic()
         opened_at = time.time()
         stats.teed += 1
-        size = len(body)
+        size = 2 * len(body)  # held twice: by the call (in its request's bytes) and its pair
         if (
             self._closing
             or self.inflight >= self._max_inflight
-            or (size and self.held_bytes + size > self._max_bytes)
+            or (size and self.held_bytes + size > self.max_bytes and self._over_bytes())
         ):
             stats.outcomes[Outcome.SHED] += 1
             return self._open(request_id, opened_at, route, body, now, Side(Outcome.SHED), headers)
@@ -253,7 +273,7 @@ class Tee:
         call.probe = probe
         call.size = size
         self.held_bytes += size
-        self._live.add(call)
+        self._live[request_id] = call
         self._to_start.append(call)
         if len(self._to_start) == 1:  # one callback starts every call submitted in this turn
             loop = self._loop
@@ -297,7 +317,7 @@ class Tee:
         live, queue = self._live, self._by_deadline
         deadline = loop.time() + self._deadline_s
         for call in calls:
-            if call not in live:  # cancelled by a drain before it started
+            if live.get(call.request_id) is not call:  # given up before it started
                 continue
             call.started = time.perf_counter()
             call.deadline = deadline
@@ -307,7 +327,7 @@ class Tee:
             try:
                 call.start()
             except Exception as exc:  # the calls after this one must still start
-                if call in live:
+                if live.get(call.request_id) is call:
                     call.abandon()
                     self._finished(call, None, exc)
 
@@ -315,9 +335,12 @@ class Tee:
         self, call: _Shadow, resp: CandidateResponse | None, exc: Exception | None
     ) -> None:
         """The call reported: its answer, or the failure that ended it (never its deadline)."""
-        self._live.discard(call)
+        del self._live[call.request_id]
         elapsed = time.perf_counter() - call.started
-        if resp is not None:
+        if resp is not None and resp.over_budget:
+            self._over_bytes()
+            side = Side(Outcome.SHED, error=_OVER_BYTES)
+        elif resp is not None:
             self._stats.candidate_latency.observe(elapsed)
             side = Side(
                 Outcome.OK,
@@ -344,7 +367,7 @@ class Tee:
         now = loop.time()
         while queue:
             call = queue[0]
-            if call in self._live:
+            if self._live.get(call.request_id) is call:
                 if call.deadline > now:
                     self._timer = loop.call_at(call.deadline, self._expire)
                     return
@@ -352,24 +375,49 @@ class Tee:
             queue.popleft()
 
     def _give_up(self, call: _Shadow, reason: str) -> asyncio.Task[object] | None:
+        return self._end(call, Side(Outcome.TIMEOUT, latency_ms=self._deadline_ms, error=reason))
+
+    def _end(self, call: _Shadow, side: Side) -> asyncio.Task[object] | None:
+        """End a live call now with ``side``, leaving its connection to drain (or close)."""
         # Leave the live set in the same step in which the connection starts lingering, so no
         # one ever sees the call counted twice (a lingering connection counts as in flight).
-        self._live.discard(call)
+        del self._live[call.request_id]
         connecting = call.abandon()
-        self._finish(call, Side(Outcome.TIMEOUT, latency_ms=self._deadline_ms, error=reason))
+        self._finish(call, side)
         return connecting
+
+    def _over_bytes(self) -> bool:
+        """Count a tee shed because the byte budget was full (``True``, for conditions)."""
+        self._stats.tee_shed_byte_budget += 1
+        return True
+
+    def hold_prod(self, request_id: str, size: int) -> None:
+        """Production's answer (``size`` bytes of body) waits in the pair for this call: count
+        it against the byte budget until the call finishes or, past the budget, give the call
+        up now as shed, so that the pair is shipped at once rather than held."""
+        call = self._live.get(request_id)
+        if call is None:
+            return
+        if self.held_bytes + size > self.max_bytes:
+            self._over_bytes()
+            self._end(call, Side(Outcome.SHED, error=_OVER_BYTES))
+        else:
+            self.held_bytes += size
+            call.size += size
 
     def _finish(self, call: _Shadow, side: Side) -> None:
         self.held_bytes -= call.size
-        call.size = 0
-        self._stats.outcomes[side.outcome] += 1
-        ok = side.outcome is Outcome.OK and (side.status or 0) < 500
-        if ok:
-            self.succeeded += 1
-        else:
-            self.failed += 1
-        if call.probe and self.on_probe is not None:
-            self.on_probe(ok)
+        call.size = call.answer = 0
+        outcome = side.outcome
+        self._stats.outcomes[outcome] += 1
+        if outcome is not Outcome.SHED:  # shed for the budget: no answer to judge the call by
+            ok = outcome is Outcome.OK and (side.status or 0) < 500
+            if ok:
+                self.succeeded += 1
+            else:
+                self.failed += 1
+            if call.probe and self.on_probe is not None:
+                self.on_probe(ok)
         self._pairing.set_candidate(call.request_id, side)
         if not self._live and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
@@ -383,7 +431,7 @@ class Tee:
         await asyncio.wait([idle], timeout=grace_s)
         idle.cancel()
         self._idle = None
-        pending = list(self._live)
+        pending = list(self._live.values())
         reason = classify(asyncio.CancelledError(), self._deadline_ms)[1]
         connecting = [task for call in pending if (task := self._give_up(call, reason))]
         if self._timer is not None:

@@ -36,6 +36,9 @@ class CandidateResponse(msgspec.Struct, frozen=True, gc=False):
     body: bytes  # empty when the body was larger than the client's keep_bytes
     size: int  # bytes of body received, kept or not
     truncated: bool = False
+    # Not held because the caller's byte budget was full (see CandidateCall._hold): the answer
+    # arrived but was not kept, so the caller records the call as shed, not as an answer.
+    over_budget: bool = False
 
 
 class CandidateClient:
@@ -94,6 +97,7 @@ class CandidateCall(abc.ABC):
         "_data",
         "_head",
         "_live",
+        "_over_budget",
         "_reused",
         "_size",
         "_status",
@@ -114,6 +118,12 @@ class CandidateCall(abc.ABC):
         self._status = 0
         self._version: str | None = None
         self._truncated = False
+        self._over_budget = False
+
+    def _hold(self, size: int) -> bool:
+        """Whether ``size`` more bytes of the answer may be held (a caller's byte budget);
+        ``False`` drops what the call holds of it: the rest is read but not kept."""
+        return True
 
     @abc.abstractmethod
     def finished(self, resp: CandidateResponse | None, exc: Exception | None) -> None:
@@ -202,14 +212,19 @@ class CandidateCall(abc.ABC):
         if self._size > client.keep_bytes:
             self._truncated = True
             self._chunks = []
-        else:
+        elif self._hold(len(chunk)):
             self._chunks.append(chunk)
+        else:
+            self._truncated = self._over_budget = True
+            self._chunks = []
 
     def done(self, conn: Upstream) -> None:
         if self._live:
             chunks = self._chunks
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            resp = CandidateResponse(self._status, self._version, body, self._size, self._truncated)
+            resp = CandidateResponse(
+                self._status, self._version, body, self._size, self._truncated, self._over_budget
+            )
             self._report(resp, None)
 
     def fail(self, exc: Exception) -> None:

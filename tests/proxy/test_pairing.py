@@ -70,3 +70,29 @@ def test_missing_production_is_censored_at_the_time_waited() -> None:
     assert out[0].prod.outcome is Outcome.TIMEOUT and out[0].prod.latency_ms == 31_000.0
     assert buf.drain(now=2.5) == 1  # shutdown: waited 1.5 s so far, not the full deadline
     assert out[1].prod.outcome is Outcome.TIMEOUT and out[1].prod.latency_ms == 1_500.0
+
+
+def test_a_production_body_about_to_wait_is_told_and_may_end_the_wait() -> None:
+    """``on_wait`` hears of production's body only when it would wait for the candidate's side
+    (body present, candidate missing); a hook that sets the candidate's side (the tee giving the
+    call up) gets the pair emitted at once, with production's side whole."""
+    buf, out = _buffer()
+    told: list[tuple[str, int]] = []
+
+    def wait(rid: str, size: int) -> None:
+        told.append((rid, size))
+        if rid == "shed":
+            buf.set_candidate(rid, Side(Outcome.SHED, error="budget"))
+
+    buf.on_wait = wait
+    for rid in ("kept", "shed", "late", "empty"):
+        buf.open(rid, ts=1.0, route="/r", body=b"", deadline=10)
+    buf.set_candidate("late", Side(Outcome.OK, status=200, body=b"[2]"))
+    buf.set_prod("late", Side(Outcome.OK, status=200, body=b"[1]"))  # nothing waits: not told
+    buf.set_prod("empty", Side(Outcome.OK, status=204))  # no body: not told
+    buf.set_prod("kept", Side(Outcome.OK, status=200, body=b"[1, 2]"))
+    buf.set_prod("shed", Side(Outcome.OK, status=200, body=b"[3]"))
+    assert told == [("kept", 6), ("shed", 3)]
+    assert [p.request_id for p in out] == ["late", "shed"]
+    assert out[1].candidate.outcome is Outcome.SHED and out[1].prod.body == b"[3]"
+    assert "kept" in buf and "empty" in buf

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from contract.outcomes import Outcome
 from tests.proxy.fakes import (
@@ -380,19 +381,24 @@ async def test_the_tee_holds_at_most_its_bytes_of_request_bodies(
             prod=prod,
             candidate=cand,
             shadow_timeout_ms=60_000 if mode == "hang" else 2_000,
-            max_tee_bytes=2 * 1024 * 1024,
+            max_tee_bytes=4 * 1024 * 1024,
             max_tee_body_bytes=1024 * 1024,
             spool_dir=str(tmp_path),
         ) as proxy,
     ):
+        answers = []
         for _ in range(5):
             async with client.post(proxy.url + INFER, data=body) as resp:
                 assert resp.status == 200
+                answers.append(len(await resp.read()))
         status = await admin_status(client, proxy.admin)
         if mode == "hang":
-            # Three 600 KiB bodies fit under 2 MiB; the fourth and fifth are shed.
+            # Three 600 KiB bodies, each held twice (its call and its pair), fit under 4 MiB;
+            # the fourth and fifth are shed. Production's answers wait in the three pairs for
+            # the candidate: they are counted too.
             assert status["counters"]["candidate_outcomes"]["shed"] == 2
-            assert status["gauges"]["tee_held_bytes"] == 3 * len(body)
+            assert status["counters"]["tee_shed_byte_budget"] == 2
+            assert status["gauges"]["tee_held_bytes"] == 2 * 3 * len(body) + sum(answers[:3])
             async with client.post(proxy.url + INFER, json={"small": 1}) as resp:
                 assert resp.status == 200
             await wait_for(lambda: len(candidate.requests) == 4, "the small body teed")
@@ -403,4 +409,119 @@ async def test_the_tee_holds_at_most_its_bytes_of_request_bodies(
                 break
             await asyncio.sleep(0.02)
         assert status["gauges"]["tee_inflight"] == 0
+        assert status["gauges"]["tee_held_bytes"] == 0
+
+
+def _sized_answers(size: int, release: asyncio.Event | None = None) -> web.Application:
+    """A model answering ``size`` bytes of JSON; with ``release``, it sends all but the last
+    64 KiB at once and the rest when released (an answer that arrives slowly)."""
+    answer = b'{"outputs": [{"name": "y", "data": "' + b"x" * (size - 40) + b'"}]}'
+
+    async def infer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = len(answer)
+        await resp.prepare(request)
+        cut = len(answer) - 64 * 1024 if release is not None else len(answer)
+        await resp.write(answer[:cut])
+        if release is not None:
+            await release.wait()
+            await resp.write(answer[cut:])
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post(INFER, infer)
+    return app
+
+
+async def test_production_answers_waiting_for_the_candidate_count_against_the_tees_bytes(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    """Production's answer waits in its pair until the candidate's side is in; the tee counts
+    it against ``max_tee_bytes``. Past it the call is given up as shed (its pair shipped at once,
+    production's answer whole, the candidate's side shed — never an invalid output), counted in
+    ``tee_shed_byte_budget``, and not a failure the breaker counts."""
+    candidate, comparator = FakeCandidate(mode="hang"), FakeComparator()
+    size = 700 * 1024
+    async with (
+        serve_app(_sized_answers(size)) as prod,
+        serve_app(candidate.app()) as cand,
+        serve_app(comparator.app()) as comp,
+        running_proxy(
+            prod=prod,
+            candidate=cand,
+            comparator=comp,
+            shadow_timeout_ms=60_000,
+            max_tee_bytes=2 * 1024 * 1024,
+            max_tee_body_bytes=1024 * 1024,
+            breaker=True,
+            breaker_min_calls=1,
+            breaker_window_s=2.0,  # the breaker looks every 0.2 s
+            spool_dir=str(tmp_path),
+        ) as proxy,
+    ):
+        await asyncio.sleep(0.5)  # the breaker's first looks, its baseline
+        for i in range(4):
+            async with client.post(proxy.url + INFER, json={"i": i}) as resp:
+                assert resp.status == 200 and len(await resp.read()) == size
+        # Two answers fit under 2 MiB; the third and fourth give their calls up.
+        await wait_for(lambda: len(comparator.pairs) == 2, "the two shed pairs shipped")
+        for pair in comparator.pairs:
+            assert pair.candidate.outcome is Outcome.SHED, pair.candidate
+            assert "max_tee_bytes" in (pair.candidate.error or "")
+            assert pair.prod.outcome is Outcome.OK and pair.prod.body is not None
+        status = await admin_status(client, proxy.admin)
+        assert status["counters"]["tee_shed_byte_budget"] == 2
+        assert status["counters"]["candidate_outcomes"]["shed"] == 2
+        assert status["gauges"]["tee_held_bytes"] == 2 * size + 2 * 2 * len(
+            b'{"i": 0}'
+        )  # aiohttp's json=
+        await asyncio.sleep(0.6)  # the breaker looks: shed calls are not failures
+        tee = (await admin_status(client, proxy.admin))["tee"]
+        assert not tee["paused"] and tee["breaker"]["state"] == "closed", tee
+        candidate.release.set()
+        await wait_for(lambda: len(comparator.pairs) == 4, "every pair shipped")
+        outcomes = sorted(p.candidate.outcome.value for p in comparator.pairs)
+        assert outcomes == ["ok", "ok", "shed", "shed"]
+        status = await admin_status(client, proxy.admin)
+        assert status["gauges"]["tee_held_bytes"] == 0
+
+
+async def test_a_candidate_answer_past_the_tees_bytes_is_shed_not_an_invalid_output(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    """Two candidate answers of 700 KiB arrive slowly, at once: the first call holds what has
+    arrived of its answer; the second would pass ``max_tee_bytes`` (1 MiB), so it reads its
+    answer to the end but holds none of it and ends as shed. The pair never carries a body cut
+    to its size, which the comparator would count as the candidate's invalid output."""
+    release, comparator = asyncio.Event(), FakeComparator()
+    async with (
+        serve_app(prod_app()) as prod,
+        serve_app(_sized_answers(700 * 1024, release)) as cand,
+        serve_app(comparator.app()) as comp,
+        running_proxy(
+            prod=prod,
+            candidate=cand,
+            comparator=comp,
+            shadow_timeout_ms=60_000,
+            max_tee_bytes=1024 * 1024,
+            max_tee_body_bytes=1024,
+            spool_dir=str(tmp_path),
+        ) as proxy,
+    ):
+        for i in range(2):
+            async with client.post(proxy.url + INFER, json={"i": i}) as resp:
+                assert resp.status == 200
+        await asyncio.sleep(0.3)  # the first 636 KiB of both answers arrive
+        status = await admin_status(client, proxy.admin)
+        assert status["gauges"]["tee_held_bytes"] <= 1024 * 1024
+        release.set()
+        await wait_for(lambda: len(comparator.pairs) == 2, "both pairs shipped")
+        by_outcome = {p.candidate.outcome: p.candidate for p in comparator.pairs}
+        assert set(by_outcome) == {Outcome.OK, Outcome.SHED}
+        assert by_outcome[Outcome.OK].body is not None
+        assert by_outcome[Outcome.SHED].body is None and by_outcome[Outcome.SHED].body_bytes is None
+        status = await admin_status(client, proxy.admin)
+        assert status["counters"]["tee_shed_byte_budget"] == 1
         assert status["gauges"]["tee_held_bytes"] == 0

@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -486,7 +487,7 @@ def test_a_candidate_that_reads_nothing_leaves_no_request_in_a_lingering_connect
     deaf = socket.socket()
     deaf.bind(("127.0.0.1", 0))
     deaf.listen(128)
-    n, size, bound = 30, 7 * 1024 * 1024, 8 * 1024 * 1024
+    n, size, bound = 30, 7 * 1024 * 1024, 16 * 1024 * 1024
     try:
         proxy = start_proxy(
             prod=up.prod_url,
@@ -512,3 +513,118 @@ def test_a_candidate_that_reads_nothing_leaves_no_request_in_a_lingering_connect
         assert timeouts == n
     finally:
         deaf.close()
+
+
+# --- what large answers make the tee hold ----------------------------------------------------------
+
+_NEAR_MIB = 900 * 1024  # under max_pair_body_bytes (1 MiB): kept whole in a pair
+
+
+def _answer_of(size: int) -> bytes:
+    return b'{"outputs": [{"name": "y", "data": "' + b"x" * (size - 40) + b'"}]}'
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_large_production_answers_waiting_for_a_slow_candidate_hold_at_most_the_tees_bytes(
+    up: Upstreams, start_proxy: Callable[..., ProxyProcess]
+) -> None:
+    """Production answers 900 KiB at once; the candidate has not answered yet (it answers when
+    released). Each pair holds production's answer until the candidate's side is in: one client,
+    one request at a time, could make ``max_inflight`` calls hold ``max_inflight`` answers. The
+    tee's byte budget (``max_tee_bytes``) counts them: past it the candidate call is given up,
+    its side recorded as shed (never as an invalid output, which would count against the
+    candidate) and the pair shipped at once."""
+    n, bound = 100, 16 * 1024 * 1024
+    answer = _answer_of(_NEAR_MIB)
+
+    async def infer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=answer, content_type="application/json")
+
+    prod = web.Application()
+    prod.router.add_post("/v2/models/{name}/infer", infer)
+    proxy = start_proxy(
+        prod=up.lt.serve(prod),
+        candidate=up.cand_url,
+        comparator=up.comp_url,
+        shadow_timeout_ms=30_000,
+        env={
+            "SHADOWTEE_PROXY__MAX_TEE_BYTES": str(bound),
+            # The shed pairs are shipped at once: keep what shipping holds small beside it.
+            "SHADOWTEE_PROXY__SHIP_QUEUE_MAX_BYTES": str(4 * 1024 * 1024),
+            "SHADOWTEE_PROXY__MAX_BATCH_BYTES": str(2 * 1024 * 1024),
+        },
+    )
+    before = proxy.rss_bytes() / 2**20
+    with httpx.Client(timeout=30) as client:
+        for i in range(n):
+            resp = client.post(proxy.url + "/v2/models/hang/infer", content=b'{"i": %d}' % i)
+            assert resp.status_code == 200 and resp.content == answer  # clients never notice
+    held = _settled_rss(proxy) - before
+    gauges = proxy.gauges()
+    assert gauges["tee_held_bytes"] <= bound, gauges
+    shed = proxy.metric("shadowtee_proxy_candidate_outcomes_total", outcome="shed")
+    assert shed >= n - bound // len(answer), shed
+    assert held < 3 * bound / 2**20, held  # unbounded: 100 answers of 900 KiB, ~88 MiB
+    up.cand.gate.open()
+    wait_until(proxy.settled, "every call answered")
+    acct = proxy.status()["accounting"]
+    assert acct["unaccounted"] == 0, acct
+    assert proxy.gauges()["tee_held_bytes"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_large_candidate_answers_arriving_slowly_hold_at_most_the_tees_bytes(
+    up: Upstreams, start_proxy: Callable[..., ProxyProcess]
+) -> None:
+    """The candidate sends 900 KiB of a 1 MiB-ish answer and stalls (until released); 64
+    clients at once. Each call holds what has arrived of its answer: 64 × 900 KiB. The tee's
+    byte budget counts those bytes too: a call whose answer would pass it keeps reading but
+    holds nothing more and ends as shed, so the sidecar holds about ``max_tee_bytes``."""
+    n, bound = 64, 16 * 1024 * 1024
+    answer = _answer_of(_NEAR_MIB + 64 * 1024)
+    gate = Gate(up.lt)
+
+    async def infer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = len(answer)
+        await resp.prepare(request)
+        await resp.write(answer[:_NEAR_MIB])
+        await gate.event.wait()
+        await resp.write(answer[_NEAR_MIB:])
+        await resp.write_eof()
+        return resp
+
+    cand = web.Application()
+    cand.router.add_post("/v2/models/{name}/infer", infer)
+    proxy = start_proxy(
+        prod=up.prod_url,
+        candidate=up.lt.serve(cand),
+        comparator=up.comp_url,
+        shadow_timeout_ms=30_000,
+        env={"SHADOWTEE_PROXY__MAX_TEE_BYTES": str(bound)},
+    )
+    before = proxy.rss_bytes() / 2**20
+
+    def send(i: int) -> int:
+        r = httpx.post(proxy.url + "/v2/models/ok/infer", content=b'{"i": %d}' % i, timeout=30)
+        return r.status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(send, range(n))) == [200] * n  # clients never notice
+    wait_until(lambda: proxy.gauges()["tee_inflight"] == n, "every call under way")
+    time.sleep(1.0)  # the answers' first 900 KiB arrive
+    held = _settled_rss(proxy) - before
+    assert proxy.gauges()["tee_held_bytes"] <= bound
+    assert held < 3 * bound / 2**20, held  # unbounded: 64 partial answers, ~56 MiB
+    gate.open()
+    wait_until(proxy.settled, "every call answered")
+    shed = proxy.metric("shadowtee_proxy_candidate_outcomes_total", outcome="shed")
+    ok = proxy.metric("shadowtee_proxy_candidate_outcomes_total", outcome="ok")
+    assert shed + ok == n and shed >= n - bound // _NEAR_MIB, (shed, ok)
+    assert proxy.gauges()["tee_held_bytes"] == 0
+    acct = proxy.status()["accounting"]
+    assert acct["unaccounted"] == 0, acct
