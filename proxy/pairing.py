@@ -64,6 +64,7 @@ class _Pending(msgspec.Struct):  # tracked by the collector: ``sha256`` is any c
     seen: dict[str, str] | None = None  # segment values read at open (request headers)
     sha256: Callable[[], str] | None = None  # the body's digest when the body is not held
     candidate: Side | None = None
+    held: int = 0  # bytes the candidate's body, waiting for production, counts for on_release
 
 
 @dataclass
@@ -86,6 +87,8 @@ class PairingBuffer:
     # Told (request id, bytes) when production's body is about to wait in a pair for the
     # candidate's side (the tee counts it against its byte budget, or gives the call up).
     on_wait: Callable[[str, int], None] | None = None
+    # Given back, when a pair leaves, the bytes its set_candidate(held=...) said it holds.
+    on_release: Callable[[int], None] | None = None
     dropped_full: int = 0
     expired: int = 0
     _pending: dict[str, _Pending] = field(default_factory=dict)
@@ -135,13 +138,23 @@ class PairingBuffer:
         if entry.candidate is not None:
             self._emit(request_id, entry)
 
-    def set_candidate(self, request_id: str, side: Side) -> None:
+    def set_candidate(self, request_id: str, side: Side, held: int = 0) -> None:
+        """The candidate's side; ``held``: bytes the caller counts for it while it waits for
+        production's, given back to ``on_release`` when the pair leaves the buffer."""
         entry = self._pending.get(request_id)
         if entry is None:
+            if held and self.on_release is not None:
+                self.on_release(held)
             return
         entry.candidate = side
+        entry.held = held
         if entry.prod is not None:
             self._emit(request_id, entry)
+
+    def waits_for_prod(self, request_id: str) -> bool:
+        """Whether the pair is open and production's side is not in yet."""
+        entry = self._pending.get(request_id)
+        return entry is not None and entry.prod is None
 
     def expire(self, now: float) -> int:
         """Emit every pair whose deadline is at or before ``now``; return how many."""
@@ -179,6 +192,8 @@ class PairingBuffer:
 
     def _emit(self, request_id: str, entry: _Pending, now: float | None = None) -> None:
         del self._pending[request_id]
+        if entry.held and self.on_release is not None:
+            self.on_release(entry.held)
         prod = entry.prod
         if prod is None:
             # Production had not answered after this long: a right-censored latency (DESIGN §5).

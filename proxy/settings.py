@@ -285,12 +285,13 @@ class ProxySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _tee_bytes(self) -> ProxySettings:
-        if self.max_tee_bytes < 2 * self.max_tee_body_bytes:
+        one_call = 2 * self.max_tee_body_bytes + 2 * self.max_pair_body_bytes
+        if self.max_tee_bytes < one_call:
             raise ValueError(
-                f"max_tee_bytes ({self.max_tee_bytes}) is below twice max_tee_body_bytes "
-                f"({self.max_tee_body_bytes}): a teed body is held twice (its call and its "
-                "pair), so a body over half of max_tee_bytes could never be teed; raise "
-                "max_tee_bytes or lower max_tee_body_bytes"
+                f"max_tee_bytes ({self.max_tee_bytes}) is below what one teed request may hold, "
+                f"twice max_tee_body_bytes plus twice max_pair_body_bytes ({one_call}: its body "
+                "held by its call and its pair, and the two answers): such a request could "
+                "never be compared; raise max_tee_bytes or lower max_tee_body_bytes"
             )
         return self
 

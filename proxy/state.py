@@ -136,7 +136,6 @@ def build(
         pair_ttl_s=max(s.shadow_timeout_s, s.prod_timeout_s) + 1.0,
         segment_headers=s.segment_headers,
     )
-    pairing.on_wait = tee.hold_prod
     state = ProxyState(
         settings=settings,
         stats=stats,

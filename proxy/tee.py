@@ -30,8 +30,11 @@ from proxy.upstream import CandidateCall, CandidateClient, CandidateResponse, en
 
 __all__ = ["Tee"]
 
-# The pair of a call given up because what the live calls hold passed max_tee_bytes.
+# Why a pair's candidate side is shed (its error): what the live calls hold would pass
+# max_tee_bytes; max_inflight calls were in flight; the proxy was shutting down.
 _OVER_BYTES = "shed: the tee's byte budget (max_tee_bytes) was full"
+_OVER_INFLIGHT = "shed: max_inflight candidate calls in flight"
+_CLOSING = "shed: the proxy is shutting down"
 
 
 class _Shadow(CandidateCall):
@@ -61,14 +64,16 @@ class _Shadow(CandidateCall):
     def _hold(self, size: int) -> bool:
         tee = self._tee
         if tee.held_bytes + size > tee.max_bytes:
-            tee.held_bytes -= self.answer  # what arrived of the answer is dropped with it
-            self.size -= self.answer
-            self.answer = 0
             return False
         tee.held_bytes += size
         self.size += size
         self.answer += size
         return True
+
+    def _dropped(self) -> None:
+        self._tee.held_bytes -= self.answer
+        self.size -= self.answer
+        self.answer = 0
 
     def finished(self, resp: CandidateResponse | None, exc: Exception | None) -> None:
         self._tee._finished(self, resp, exc)
@@ -140,6 +145,8 @@ class Tee:
         self.succeeded = 0
         self.failed = 0
         self._retired: list[CandidateClient] = []
+        pairing.on_wait = self.hold_prod
+        pairing.on_release = self._release
 
     @property
     def inflight(self) -> int:
@@ -253,13 +260,18 @@ class Tee:
         opened_at = time.time()
         stats.teed += 1
         size = 2 * len(body)  # held twice: by the call (in its request's bytes) and its pair
-        if (
-            self._closing
-            or self.inflight >= self._max_inflight
-            or (size and self.held_bytes + size > self.max_bytes and self._over_bytes())
-        ):
+        shed = None
+        if self._closing:
+            shed = _CLOSING
+        elif self.inflight >= self._max_inflight:
+            shed = _OVER_INFLIGHT
+        elif size and self.held_bytes + size > self.max_bytes:
+            self._over_bytes()
+            shed = _OVER_BYTES
+        if shed is not None:
             stats.outcomes[Outcome.SHED] += 1
-            return self._open(request_id, opened_at, route, body, now, Side(Outcome.SHED), headers)
+            side = Side(Outcome.SHED, error=shed)
+            return self._open(request_id, opened_at, route, body, now, side, headers)
         if not self._open(request_id, opened_at, route, body, now, None, headers):
             # No room to pair it, so the call would be wasted: count it as shed.
             stats.outcomes[Outcome.SHED] += 1
@@ -337,7 +349,9 @@ class Tee:
         """The call reported: its answer, or the failure that ended it (never its deadline)."""
         del self._live[call.request_id]
         elapsed = time.perf_counter() - call.started
-        if resp is not None and resp.over_budget:
+        if resp is not None and resp.over_budget and resp.status < 500:
+            # An answer not held cannot be compared: shed, never an empty (invalid) output. A
+            # 5xx is judged by its status alone, so it stays the failure it is.
             self._over_bytes()
             side = Side(Outcome.SHED, error=_OVER_BYTES)
         elif resp is not None:
@@ -386,10 +400,9 @@ class Tee:
         self._finish(call, side)
         return connecting
 
-    def _over_bytes(self) -> bool:
-        """Count a tee shed because the byte budget was full (``True``, for conditions)."""
+    def _over_bytes(self) -> None:
+        """Count a tee shed because the byte budget was full."""
         self._stats.tee_shed_byte_budget += 1
-        return True
 
     def hold_prod(self, request_id: str, size: int) -> None:
         """Production's answer (``size`` bytes of body) waits in the pair for this call: count
@@ -398,16 +411,29 @@ class Tee:
         call = self._live.get(request_id)
         if call is None:
             return
-        if self.held_bytes + size > self.max_bytes:
+        if call.over_budget or self.held_bytes + size > self.max_bytes:
             self._over_bytes()
             self._end(call, Side(Outcome.SHED, error=_OVER_BYTES))
         else:
             self.held_bytes += size
             call.size += size
 
+    def _release(self, size: int) -> None:
+        self.held_bytes -= size
+
     def _finish(self, call: _Shadow, side: Side) -> None:
         self.held_bytes -= call.size
         call.size = call.answer = 0
+        held = 0
+        body = side.body
+        if body and self._pairing.waits_for_prod(call.request_id):
+            # The answer waits in its pair for production's: still counted until the pair leaves.
+            held = len(body)
+            if self.held_bytes + held > self.max_bytes:
+                self._over_bytes()
+                side, held = Side(Outcome.SHED, error=_OVER_BYTES), 0
+            else:
+                self.held_bytes += held
         outcome = side.outcome
         self._stats.outcomes[outcome] += 1
         if outcome is not Outcome.SHED:  # shed for the budget: no answer to judge the call by
@@ -418,7 +444,7 @@ class Tee:
                 self.failed += 1
             if call.probe and self.on_probe is not None:
                 self.on_probe(ok)
-        self._pairing.set_candidate(call.request_id, side)
+        self._pairing.set_candidate(call.request_id, side, held)
         if not self._live and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 

@@ -121,9 +121,18 @@ class CandidateCall(abc.ABC):
         self._over_budget = False
 
     def _hold(self, size: int) -> bool:
-        """Whether ``size`` more bytes of the answer may be held (a caller's byte budget);
-        ``False`` drops what the call holds of it: the rest is read but not kept."""
+        """Whether ``size`` more bytes of the answer may be held (a caller's byte budget); on
+        ``False`` the call drops what it holds of the answer and reads the rest without keeping
+        it."""
         return True
+
+    def _dropped(self) -> None:  # noqa: B027 - a hook: nothing to give back without a budget
+        """The call no longer holds any of the answer (a caller's byte budget gets it back)."""
+
+    @property
+    def over_budget(self) -> bool:
+        """The answer passed the caller's byte budget: it is read but not kept."""
+        return self._over_budget
 
     @abc.abstractmethod
     def finished(self, resp: CandidateResponse | None, exc: Exception | None) -> None:
@@ -212,11 +221,13 @@ class CandidateCall(abc.ABC):
         if self._size > client.keep_bytes:
             self._truncated = True
             self._chunks = []
+            self._dropped()
         elif self._hold(len(chunk)):
             self._chunks.append(chunk)
         else:
             self._truncated = self._over_budget = True
             self._chunks = []
+            self._dropped()
 
     def done(self, conn: Upstream) -> None:
         if self._live:

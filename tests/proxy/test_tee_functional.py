@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -47,13 +48,15 @@ async def test_client_gets_its_answer_while_the_candidate_is_hung(
 async def test_tee_is_shed_past_max_inflight_and_counted(
     tmp_path: Path, client: aiohttp.ClientSession
 ) -> None:
-    candidate = FakeCandidate(mode="hang")
+    candidate, comparator = FakeCandidate(mode="hang"), FakeComparator()
     async with (
         serve_app(prod_app()) as prod,
         serve_app(candidate.app()) as cand,
+        serve_app(comparator.app()) as comp,
         running_proxy(
             prod=prod,
             candidate=cand,
+            comparator=comp,
             max_inflight=2,
             shadow_timeout_ms=60_000,
             spool_dir=str(tmp_path),
@@ -66,7 +69,13 @@ async def test_tee_is_shed_past_max_inflight_and_counted(
         counters = (await admin_status(client, proxy.admin))["counters"]
         assert counters["teed"] == 5
         assert counters["candidate_outcomes"]["shed"] == 3
+        assert counters["tee_shed_byte_budget"] == 0
         assert len(candidate.requests) == 2
+        # Each shed pair says why (the byte budget and shutdown have their own reasons).
+        await wait_for(lambda: len(comparator.pairs) == 3, "the shed pairs shipped")
+        assert {p.candidate.error for p in comparator.pairs} == {
+            "shed: max_inflight candidate calls in flight"
+        }
         candidate.release.set()
 
 
@@ -412,19 +421,24 @@ async def test_the_tee_holds_at_most_its_bytes_of_request_bodies(
         assert status["gauges"]["tee_held_bytes"] == 0
 
 
-def _sized_answers(size: int, release: asyncio.Event | None = None) -> web.Application:
-    """A model answering ``size`` bytes of JSON; with ``release``, it sends all but the last
-    64 KiB at once and the rest when released (an answer that arrives slowly)."""
+def _sized_answers(
+    size: int, release: asyncio.Event | None = None, status: int = 200, *, late: bool = False
+) -> web.Application:
+    """A model answering ``size`` bytes of JSON. With ``release``: it sends all but the last
+    64 KiB at once and the rest when released (an answer that arrives slowly), or with ``late``
+    its whole answer only when released (a slow model)."""
     answer = b'{"outputs": [{"name": "y", "data": "' + b"x" * (size - 40) + b'"}]}'
+    cut = len(answer) - 64 * 1024 if release is not None and not late else len(answer)
 
     async def infer(request: web.Request) -> web.StreamResponse:
         await request.read()
-        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if late and release is not None:
+            await release.wait()
+        resp = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
         resp.content_length = len(answer)
         await resp.prepare(request)
-        cut = len(answer) - 64 * 1024 if release is not None else len(answer)
         await resp.write(answer[:cut])
-        if release is not None:
+        if cut < len(answer) and release is not None:
             await release.wait()
             await resp.write(answer[cut:])
         await resp.write_eof()
@@ -454,7 +468,8 @@ async def test_production_answers_waiting_for_the_candidate_count_against_the_te
             comparator=comp,
             shadow_timeout_ms=60_000,
             max_tee_bytes=2 * 1024 * 1024,
-            max_tee_body_bytes=1024 * 1024,
+            max_tee_body_bytes=64 * 1024,
+            max_pair_body_bytes=768 * 1024,
             breaker=True,
             breaker_min_calls=1,
             breaker_window_s=2.0,  # the breaker looks every 0.2 s
@@ -488,40 +503,132 @@ async def test_production_answers_waiting_for_the_candidate_count_against_the_te
         assert status["gauges"]["tee_held_bytes"] == 0
 
 
+@pytest.mark.parametrize("status", [200, 500])
 async def test_a_candidate_answer_past_the_tees_bytes_is_shed_not_an_invalid_output(
-    tmp_path: Path, client: aiohttp.ClientSession
+    status: int, tmp_path: Path, client: aiohttp.ClientSession
 ) -> None:
-    """Two candidate answers of 700 KiB arrive slowly, at once: the first call holds what has
-    arrived of its answer; the second would pass ``max_tee_bytes`` (1 MiB), so it reads its
-    answer to the end but holds none of it and ends as shed. The pair never carries a body cut
-    to its size, which the comparator would count as the candidate's invalid output."""
+    """Three candidate answers of 700 KiB arrive slowly, at once (636 KiB, then the rest when
+    released): two fit under ``max_tee_bytes`` (1.5 MiB); the third would pass it, so it reads
+    its answer to the end but holds none of it and ends as shed. The pair never carries a body
+    cut to its size, which the comparator would count as the candidate's invalid output. A 5xx
+    is judged by its status alone: it stays the failure it is, its body not kept."""
     release, comparator = asyncio.Event(), FakeComparator()
     async with (
         serve_app(prod_app()) as prod,
-        serve_app(_sized_answers(700 * 1024, release)) as cand,
+        serve_app(_sized_answers(700 * 1024, release, status)) as cand,
         serve_app(comparator.app()) as comp,
         running_proxy(
             prod=prod,
             candidate=cand,
             comparator=comp,
             shadow_timeout_ms=60_000,
-            max_tee_bytes=1024 * 1024,
+            max_tee_bytes=1536 * 1024,
             max_tee_body_bytes=1024,
+            max_pair_body_bytes=720 * 1024,
             spool_dir=str(tmp_path),
         ) as proxy,
     ):
-        for i in range(2):
+        for i in range(3):
             async with client.post(proxy.url + INFER, json={"i": i}) as resp:
                 assert resp.status == 200
-        await asyncio.sleep(0.3)  # the first 636 KiB of both answers arrive
-        status = await admin_status(client, proxy.admin)
-        assert status["gauges"]["tee_held_bytes"] <= 1024 * 1024
+        await asyncio.sleep(0.5)  # the first 636 KiB of every answer arrive
+        held = (await admin_status(client, proxy.admin))["gauges"]["tee_held_bytes"]
+        # Two answers' first parts held (with their pairs' small bodies), the third's dropped.
+        assert 2 * 636 * 1024 < held < 2 * 637 * 1024, held
         release.set()
-        await wait_for(lambda: len(comparator.pairs) == 2, "both pairs shipped")
-        by_outcome = {p.candidate.outcome: p.candidate for p in comparator.pairs}
-        assert set(by_outcome) == {Outcome.OK, Outcome.SHED}
-        assert by_outcome[Outcome.OK].body is not None
-        assert by_outcome[Outcome.SHED].body is None and by_outcome[Outcome.SHED].body_bytes is None
-        status = await admin_status(client, proxy.admin)
-        assert status["counters"]["tee_shed_byte_budget"] == 1
-        assert status["gauges"]["tee_held_bytes"] == 0
+        await wait_for(lambda: len(comparator.pairs) == 3, "every pair shipped")
+        sides = sorted((p.candidate for p in comparator.pairs), key=lambda c: c.body is None)
+        if status == 500:
+            assert [c.outcome for c in sides] == [Outcome.OK] * 3
+            assert [c.status for c in sides] == [500] * 3
+            assert sides[2].body is None and sides[2].body_bytes == 700 * 1024
+        else:
+            assert [c.outcome for c in sides] == [Outcome.OK, Outcome.OK, Outcome.SHED]
+            assert sides[0].body is not None and sides[1].body is not None
+            assert sides[2].body is None and sides[2].body_bytes is None
+            assert "max_tee_bytes" in (sides[2].error or "")
+        doc = await admin_status(client, proxy.admin)
+        assert doc["counters"]["tee_shed_byte_budget"] == (1 if status == 200 else 0)
+        assert doc["gauges"]["tee_held_bytes"] == 0
+
+
+async def test_an_answer_past_max_pair_body_bytes_leaves_the_tees_bytes(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    """A candidate answer over ``max_pair_body_bytes`` is read but not kept past that size: what
+    the call held of it leaves the tee's byte count at once, not when the call ends, so slow
+    large answers cannot fill the budget with bytes nobody holds and shed every other call."""
+    release = asyncio.Event()
+    async with (
+        serve_app(prod_app()) as prod,
+        serve_app(_sized_answers(1536 * 1024, release)) as cand,
+        running_proxy(
+            prod=prod,
+            candidate=cand,
+            shadow_timeout_ms=60_000,
+            spool_dir=str(tmp_path),
+        ) as proxy,
+    ):
+        async with client.post(proxy.url + INFER, json={"i": 0}) as resp:
+            assert resp.status == 200
+        await asyncio.sleep(0.5)  # all but the last 64 KiB of the answer arrive
+        doc = await admin_status(client, proxy.admin)
+        assert doc["gauges"]["tee_inflight"] == 1
+        assert doc["gauges"]["tee_held_bytes"] < 1024, doc["gauges"]  # its pair's small bodies
+        release.set()
+        for _ in range(200):  # bounded: until the call has finished
+            doc = await admin_status(client, proxy.admin)
+            if doc["gauges"]["tee_inflight"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert doc["gauges"]["tee_inflight"] == doc["gauges"]["tee_held_bytes"] == 0
+        assert doc["counters"]["candidate_outcomes"]["ok"] == 1
+
+
+async def test_candidate_answers_waiting_for_production_count_against_the_tees_bytes(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    """The candidate answers 700 KiB at once; production answers only when released. Each
+    candidate answer waits in its pair for production's: counted against ``max_tee_bytes`` until
+    the pair leaves; past it the pair keeps the candidate's side as shed (its answer dropped)."""
+    release, comparator = asyncio.Event(), FakeComparator()
+    async with (
+        serve_app(_sized_answers(100, release, late=True)) as prod,
+        serve_app(_sized_answers(700 * 1024)) as cand,
+        serve_app(comparator.app()) as comp,
+        running_proxy(
+            prod=prod,
+            candidate=cand,
+            comparator=comp,
+            shadow_timeout_ms=60_000,
+            max_tee_bytes=1536 * 1024,
+            max_tee_body_bytes=1024,
+            max_pair_body_bytes=720 * 1024,
+            spool_dir=str(tmp_path),
+        ) as proxy,
+    ):
+
+        async def send(i: int) -> int:
+            async with client.post(proxy.url + INFER, json={"i": i}) as resp:
+                await resp.read()
+                return resp.status
+
+        sends = [asyncio.create_task(send(i)) for i in range(3)]
+
+        for _ in range(200):  # bounded: until every candidate call has answered
+            doc: dict[str, Any] = await admin_status(client, proxy.admin)
+            gauges = doc["gauges"]
+            if doc["counters"]["teed"] == 3 and gauges["tee_inflight"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert gauges["tee_inflight"] == 0 and gauges["pairing_buffer_pairs"] == 3, gauges
+        # Two answers wait in their pairs, counted; the third did not fit.
+        assert 2 * 700 * 1024 <= gauges["tee_held_bytes"] <= 1536 * 1024, gauges
+        release.set()
+        assert await asyncio.gather(*sends) == [200, 200, 200]
+        await wait_for(lambda: len(comparator.pairs) == 3, "every pair shipped")
+        outcomes = sorted(p.candidate.outcome.value for p in comparator.pairs)
+        assert outcomes == ["ok", "ok", "shed"]
+        doc = await admin_status(client, proxy.admin)
+        assert doc["counters"]["tee_shed_byte_budget"] == 1
+        assert doc["gauges"]["tee_held_bytes"] == 0

@@ -487,7 +487,7 @@ def test_a_candidate_that_reads_nothing_leaves_no_request_in_a_lingering_connect
     deaf = socket.socket()
     deaf.bind(("127.0.0.1", 0))
     deaf.listen(128)
-    n, size, bound = 30, 7 * 1024 * 1024, 16 * 1024 * 1024
+    n, size, bound = 30, 7 * 1024 * 1024, 18 * 1024 * 1024  # the least 8 MiB bodies allow
     try:
         proxy = start_proxy(
             prod=up.prod_url,
@@ -551,6 +551,7 @@ def test_large_production_answers_waiting_for_a_slow_candidate_hold_at_most_the_
         shadow_timeout_ms=30_000,
         env={
             "SHADOWTEE_PROXY__MAX_TEE_BYTES": str(bound),
+            "SHADOWTEE_PROXY__MAX_TEE_BODY_BYTES": str(1024 * 1024),
             # The shed pairs are shipped at once: keep what shipping holds small beside it.
             "SHADOWTEE_PROXY__SHIP_QUEUE_MAX_BYTES": str(4 * 1024 * 1024),
             "SHADOWTEE_PROXY__MAX_BATCH_BYTES": str(2 * 1024 * 1024),
@@ -605,7 +606,10 @@ def test_large_candidate_answers_arriving_slowly_hold_at_most_the_tees_bytes(
         candidate=up.lt.serve(cand),
         comparator=up.comp_url,
         shadow_timeout_ms=30_000,
-        env={"SHADOWTEE_PROXY__MAX_TEE_BYTES": str(bound)},
+        env={
+            "SHADOWTEE_PROXY__MAX_TEE_BYTES": str(bound),
+            "SHADOWTEE_PROXY__MAX_TEE_BODY_BYTES": str(1024 * 1024),
+        },
     )
     before = proxy.rss_bytes() / 2**20
 
