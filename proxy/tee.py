@@ -347,7 +347,7 @@ class Tee:
         self, call: _Shadow, resp: CandidateResponse | None, exc: Exception | None
     ) -> None:
         """The call reported: its answer, or the failure that ended it (never its deadline)."""
-        del self._live[call.request_id]
+        self._live.pop(call.request_id, None)
         elapsed = time.perf_counter() - call.started
         if resp is not None and resp.over_budget and resp.status < 500:
             # An answer not held cannot be compared: shed, never an empty (invalid) output. A
@@ -395,7 +395,7 @@ class Tee:
         """End a live call now with ``side``, leaving its connection to drain (or close)."""
         # Leave the live set in the same step in which the connection starts lingering, so no
         # one ever sees the call counted twice (a lingering connection counts as in flight).
-        del self._live[call.request_id]
+        self._live.pop(call.request_id, None)
         connecting = call.abandon()
         self._finish(call, side)
         return connecting
