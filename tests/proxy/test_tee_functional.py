@@ -421,6 +421,16 @@ async def test_the_tee_holds_at_most_its_bytes_of_request_bodies(
         assert status["gauges"]["tee_held_bytes"] == 0
 
 
+# A budget that holds two 700 KiB answers and not three (each pair's own bodies are small), with
+# a deadline no test reaches.
+_TWO_ANSWERS: dict[str, Any] = {
+    "shadow_timeout_ms": 60_000,
+    "max_tee_bytes": 1536 * 1024,
+    "max_tee_body_bytes": 1024,
+    "max_pair_body_bytes": 720 * 1024,
+}
+
+
 def _sized_answers(
     size: int, release: asyncio.Event | None = None, status: int = 200, *, late: bool = False
 ) -> web.Application:
@@ -508,7 +518,7 @@ async def test_a_candidate_answer_past_the_tees_bytes_is_shed_not_an_invalid_out
     status: int, tmp_path: Path, client: aiohttp.ClientSession
 ) -> None:
     """Three candidate answers of 700 KiB arrive slowly, at once (636 KiB, then the rest when
-    released): two fit under ``max_tee_bytes`` (1.5 MiB); the third would pass it, so it reads
+    released): two fit under ``max_tee_bytes``; the third would pass it, so it reads
     its answer to the end but holds none of it and ends as shed. The pair never carries a body
     cut to its size, which the comparator would count as the candidate's invalid output. A 5xx
     is judged by its status alone: it stays the failure it is, its body not kept."""
@@ -521,11 +531,8 @@ async def test_a_candidate_answer_past_the_tees_bytes_is_shed_not_an_invalid_out
             prod=prod,
             candidate=cand,
             comparator=comp,
-            shadow_timeout_ms=60_000,
-            max_tee_bytes=1536 * 1024,
-            max_tee_body_bytes=1024,
-            max_pair_body_bytes=720 * 1024,
             spool_dir=str(tmp_path),
+            **_TWO_ANSWERS,
         ) as proxy,
     ):
         for i in range(3):
@@ -600,11 +607,8 @@ async def test_candidate_answers_waiting_for_production_count_against_the_tees_b
             prod=prod,
             candidate=cand,
             comparator=comp,
-            shadow_timeout_ms=60_000,
-            max_tee_bytes=1536 * 1024,
-            max_tee_body_bytes=1024,
-            max_pair_body_bytes=720 * 1024,
             spool_dir=str(tmp_path),
+            **_TWO_ANSWERS,
         ) as proxy,
     ):
 
