@@ -66,6 +66,10 @@ _TRANSIENT = frozenset({408, 429})  # and every 5xx
 _MISCONFIGURED = frozenset({401, 403, 404, 405})
 _LIMIT_HEADER = "X-Max-Body-Bytes"
 _LIMIT_SLACK = 4096  # below the comparator's limit: room for the headers it may count
+# What of a comparator's answer is read: enough for an error to log. A 2xx is not read at all, so
+# no answer a comparator sends (a huge one included) can make the sidecar hold it.
+_ANSWER_READ = 4096
+_LIMIT_DIGITS = 15  # a larger X-Max-Body-Bytes than this is no limit worth learning
 
 
 class Comparators:
@@ -99,6 +103,9 @@ class Comparators:
             self._headers["Authorization"] = f"Bearer {token}"
         self._proxy_id = os.urandom(8).hex()
         self._drops_reported: dict[str, int] = {}
+        # Set at shutdown: a batch gets no further attempt (it is spooled), so the drain's
+        # shipping is bounded by the attempt under way and the last pass's one attempt.
+        self.stopping = False
 
     @property
     def configured(self) -> bool:
@@ -124,8 +131,12 @@ class Comparators:
         failure: PostResult = "failed"
         for attempt in range(retries + 1):
             if attempt:
+                if self.stopping:
+                    break
                 # Full jitter keeps many proxies from retrying in lockstep after an outage.
                 await asyncio.sleep(random.uniform(0, self._backoff_s * 2 ** (attempt - 1)))
+                if self.stopping:
+                    break
             try:
                 # A file-like body: aiohttp warns about (and CI errors on) bytes over 1 MiB.
                 body = io.BytesIO(payload) if isinstance(payload, bytes) else BatchBody(payload)
@@ -135,10 +146,10 @@ class Comparators:
                     headers=self._headers,
                     timeout=self._timeout,
                 ) as resp:
-                    text = await resp.text(errors="replace")
                     self._learn_limit(resp.headers.get(_LIMIT_HEADER))
                     if 200 <= resp.status < 300:
-                        return "ok"
+                        return "ok"  # the answer's body is not needed (nor read)
+                    text = await _answer_text(resp)
                     if resp.status == 413:
                         size = len(payload) if isinstance(payload, bytes) else batch_size(payload)
                         log.warning("comparator: batch of %d bytes too large", size)
@@ -163,7 +174,8 @@ class Comparators:
             except TimeoutError:  # reached but not done in time: maybe this batch's fault
                 self._stats.ship_failures += 1
                 failure = "failed"
-                log.warning("comparator did not answer a batch of %d bytes in time", len(payload))
+                size = len(payload) if isinstance(payload, bytes) else batch_size(payload)
+                log.warning("comparator did not answer a batch of %d bytes in time", size)
                 self._fail_over()
             except (aiohttp.ClientError, OSError) as exc:
                 self._stats.ship_failures += 1
@@ -178,7 +190,9 @@ class Comparators:
 
     def _learn_limit(self, header: str | None) -> None:
         """Cut batches below the body limit the comparator announces."""
-        if header is None or not header.isdigit():
+        if header is None or not header.isascii() or not header.isdigit():
+            return
+        if len(header) > _LIMIT_DIGITS:  # int() refuses over 4,300 digits; any this long is moot
             return
         self._on_limit(int(header) - _LIMIT_SLACK)
 
@@ -199,3 +213,13 @@ class Comparators:
                     self._drops_reported = current
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.debug("drop report not delivered: %s", exc or type(exc).__name__)
+
+
+async def _answer_text(resp: aiohttp.ClientResponse) -> str:
+    """The first ``_ANSWER_READ`` bytes of an answer's body, as text for a log line."""
+    data = b""
+    async for chunk in resp.content.iter_chunked(_ANSWER_READ):
+        data += chunk
+        if len(data) >= _ANSWER_READ:
+            break
+    return data[:_ANSWER_READ].decode("utf-8", errors="replace")

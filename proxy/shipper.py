@@ -162,6 +162,7 @@ class Shipper:
         """Last pass at shutdown: one attempt per batch, everything undelivered goes to the spool.
         Completes whatever the spool does (its faults are counted, not raised)."""
         self._stopping = True
+        self.link.stopping = True  # the pass under way, if any, retries nothing more
         self._wake.set()
         try:
             await self.ship_pending(retries=0)
@@ -272,7 +273,8 @@ class Shipper:
             if result == "unreachable":
                 return True
             if result == "failed":  # an answer: maybe this batch's fault, not the comparator's
-                if not await self._try_behind(batch, payload):
+                # At shutdown no batch behind it is tried: the drain makes one attempt.
+                if self._stopping or not await self._try_behind(batch, payload):
                     return True
                 continue
             if result == "too_large":

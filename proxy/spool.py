@@ -67,12 +67,16 @@ class Spool:
             self.directory.mkdir(parents=True, exist_ok=True)
             self.rejected_dir.mkdir(exist_ok=True)
             entries = sorted(self.directory.iterdir())
-            self.rejected_bytes = sum(
-                p.stat().st_size for p in self.rejected_dir.iterdir() if p.is_file()
-            )
+            kept = [p for p in self.rejected_dir.iterdir() if p.is_file()]
+            self.rejected_bytes = sum(p.stat().st_size for p in kept)
         except OSError as exc:
             # A spool directory that cannot be made is a configuration error: one line at start.
             raise SpoolError(f"spool directory {self.directory}: {exc.strerror or exc}") from exc
+        # Numbers go on from the highest in rejected/ too, so that a batch kept there by this
+        # process never takes the name (and the place) of one an earlier process kept.
+        for path in kept:
+            if (m := _NAME.match(path.name)) is not None:
+                self._next_seq = max(self._next_seq, int(m.group(1)) + 1)
         for path in entries:
             if path.name == REJECTED_DIR:
                 continue
@@ -87,11 +91,16 @@ class Spool:
                         head = f.read(len(_HEAD))
                     if head == _HEAD:
                         batch = SpooledBatch(path, int(m.group(2)), path.stat().st_size)
-                        self._next_seq = int(m.group(1)) + 1
+                        self._next_seq = max(self._next_seq, int(m.group(1)) + 1)
                 except OSError:
                     batch = None
             if batch is None:
-                self._move_aside(path, "stray-")
+                try:
+                    size = path.stat().st_size if path.is_file() else 0
+                except OSError:
+                    size = 0
+                if self._move_aside(path, "stray-"):
+                    self.rejected_bytes += size
                 self.set_aside_files += 1
                 continue
             self._batches.append(batch)
@@ -184,8 +193,13 @@ class Spool:
             self.bytes -= batch.size
 
     def _move_aside(self, path: Path, prefix: str) -> bool:
+        target = self.rejected_dir / f"{prefix}{path.name}"
+        for n in range(1, 1000):  # never over a file kept there before (bounded)
+            if not target.exists():
+                break
+            target = self.rejected_dir / f"{prefix}{n}-{path.name}"
         try:
-            os.replace(path, self.rejected_dir / f"{prefix}{path.name}")
+            os.replace(path, target)
             return True
         except OSError as exc:
             log.error("spool: cannot move %s aside: %s", path, exc.strerror or exc)

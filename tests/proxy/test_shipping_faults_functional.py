@@ -44,6 +44,7 @@ class Comparator:
     bodies: list[int] = field(default_factory=list)
     taken: list[Any] = field(default_factory=list)
     answers: list[int] = field(default_factory=list)
+    limit_text: str | None = None  # what X-Max-Body-Bytes says, when not str(limit)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=128 * 1024 * 1024)
@@ -52,7 +53,8 @@ class Comparator:
 
     async def _ingest(self, request: web.Request) -> web.Response:
         body = await request.read()
-        headers = {"X-Max-Body-Bytes": str(self.limit)} if self.announce else {}
+        said = self.limit_text if self.limit_text is not None else str(self.limit)
+        headers = {"X-Max-Body-Bytes": said} if self.announce else {}
         if len(body) > self.limit:
             self.answers.append(413)
             return web.json_response({"error": "too large"}, status=413, headers=headers)
@@ -132,6 +134,25 @@ async def test_batches_are_cut_below_the_limit_the_comparator_announces(tmp_path
     assert sorted(comp.ids) == [f"r{i:04d}" for i in range(120)]
     assert max(comp.bodies) <= 100 * 1024
     assert s._stats.pairs_delivered == 120 and sum(s._stats.dropped.values()) == 0
+
+
+@pytest.mark.parametrize("said", ["9" * 4301, "1" + "0" * 40, "\u00b2", "-5", ""])
+async def test_a_limit_header_that_is_no_number_leaves_a_delivered_batch_delivered(
+    said: str, tmp_path: Path
+) -> None:
+    """A comparator that stores a batch and answers 200 with an ``X-Max-Body-Bytes`` no one can
+    use (4,301 digits, which ``int()`` refuses; absurdly large; not ASCII digits): the batch is
+    delivered, once, and the next one goes out. (The 4,301 digits once raised on the 200, the
+    batch went to the spool and was sent again on every pass while the rest waited behind it.)"""
+    comp = Comparator(limit_text=said)
+    async with serve_app(comp.app()) as url, shipper(url, tmp_path, batch_size=10) as s:
+        for i in range(20):
+            s.enqueue(pair(i))
+        await s.ship_pending(retries=0)
+        await s.ship_pending(retries=0)
+        balanced(s)
+    assert sorted(comp.ids) == [f"r{i:04d}" for i in range(20)]  # each once
+    assert s._stats.pairs_delivered == 20 and s.spool.pairs == 0
 
 
 async def test_a_413_without_a_header_halves_the_batch_until_it_fits(tmp_path: Path) -> None:

@@ -110,3 +110,28 @@ def test_rejected_batches_are_kept_up_to_an_eighth_of_the_bound(tmp_path: Path) 
     spool.keep_rejected(b"x" * 30, 1)
     spool.keep_rejected(b"y" * 30, 1)  # past 40 bytes: deleted, not kept
     assert [p.read_bytes() for p in (tmp_path / "rejected").iterdir()] == [b"x" * 30]
+
+
+def test_batches_kept_aside_by_an_earlier_process_are_never_overwritten(tmp_path: Path) -> None:
+    """A process that starts with an empty spool numbers its batches after the ones kept in
+    ``rejected/`` by earlier processes: before, it began again at 0 and its first rejected batch
+    took the place (and the name) of the earlier one, counted twice in ``rejected_bytes``."""
+    first = Spool(tmp_path, max_bytes=8 * 1000)
+    first.keep_rejected(ONE, 1)
+    assert first.append(TWO, 2) == "ok"
+    head = first.oldest()
+    assert head is not None
+    first.set_aside(head[0])  # refused for good: moved aside under its own name
+    (tmp_path / "notes.json").write_text("{}")  # a stray file, moved aside at start-up
+    second = Spool(tmp_path, max_bytes=8 * 1000)
+    second.keep_rejected(b'{"pairs":[9]}', 1)
+    assert second.append(ONE, 1) == "ok"
+    head = second.oldest()
+    assert head is not None
+    second.set_aside(head[0])
+    (tmp_path / "notes.json").write_text("{}")  # the same stray name again
+    third = Spool(tmp_path, max_bytes=8 * 1000)
+    kept = sorted((tmp_path / "rejected").iterdir())
+    assert len(kept) == 6, [p.name for p in kept]  # 2 x (kept, set aside, stray): none lost
+    assert third.rejected_bytes == sum(p.stat().st_size for p in kept)
+    assert sorted(p.read_bytes() for p in kept).count(b"{}") == 2

@@ -632,3 +632,46 @@ def test_large_candidate_answers_arriving_slowly_hold_at_most_the_tees_bytes(
     assert proxy.gauges()["tee_held_bytes"] == 0
     acct = proxy.status()["accounting"]
     assert acct["unaccounted"] == 0, acct
+
+
+# --- what a comparator's answers make the shipper hold ---------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_comparator_answering_a_huge_body_is_not_read(
+    up: Upstreams, start_proxy: Callable[..., ProxyProcess]
+) -> None:
+    """A comparator that stores each batch and answers 200 with 256 MiB of body: the shipper
+    needs no body from a 2xx and reads none (it read the whole answer: +548 MiB RSS for one of
+    300 MiB), so the sidecar's memory does not follow what a comparator sends back."""
+    received: list[int] = []
+    chunk = b"x" * (1024 * 1024)
+
+    async def ingest(request: web.Request) -> web.StreamResponse:
+        received.append(len(PairBatch.model_validate_json(await request.read()).pairs))
+        resp = web.StreamResponse()
+        resp.content_length = 256 * len(chunk)
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(256):
+                await resp.write(chunk)
+        return resp
+
+    comp = web.Application()
+    comp.router.add_post("/v1/pairs", ingest)
+    proxy = start_proxy(
+        prod=up.prod_url,
+        candidate=up.cand_url,
+        comparator=up.lt.serve(comp),
+        env={"SHADOWTEE_PROXY__BATCH_SIZE": "5"},
+    )
+    before = proxy.rss_bytes() / 2**20
+    with httpx.Client(timeout=30) as client:
+        for i in range(20):
+            resp = client.post(proxy.url + "/v2/models/ok/infer", content=b'{"i": %d}' % i)
+            assert resp.status_code == 200
+    wait_until(lambda: proxy.status()["accounting"]["delivered"] == 20, "every pair delivered", 30)
+    assert sum(received) == 20  # each once: a 200 is a delivery, whatever its body
+    peak = _peak_rss_mib(proxy.pid) - before
+    assert peak < 64, peak  # reading the answers: +256 MiB or more

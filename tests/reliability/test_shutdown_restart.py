@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import httpx
 import pytest
+from aiohttp import web
 
 from tests.reliability.conftest import Upstreams
 from tests.reliability.fakes import (
     FakeComparator,
+    Gate,
     ProxyProcess,
     free_port,
     infer_body,
@@ -105,3 +110,48 @@ def test_a_restarted_proxy_replays_a_non_empty_spool(
     assert len(comp.request_ids) == len(set(comp.request_ids)) == 30
     wait_until(lambda: second.gauges()["spool_pairs"] == 0, "an empty spool")
     assert second.status()["counters"]["pairs"]["replayed"] == 30
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigterm_with_a_comparator_that_never_answers_ends_within_two_ship_timeouts(
+    up: Upstreams, start_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    """A comparator that takes each batch's connection and never answers. On SIGTERM the
+    shipper retries nothing more: the batch being sent gets the attempt under way, the last pass
+    one attempt, and the rest is spooled — so the drain takes about two ``ship_timeout_ms``, not
+    the retries' sum (which outlasted the deployment's 45 s grace with the defaults: 54 s)."""
+    gate = Gate(up.lt)
+
+    async def ingest(request: web.Request) -> web.Response:
+        await gate.event.wait()  # never, in this test
+        return web.json_response({})
+
+    comp = web.Application()
+    comp.router.add_post("/v1/pairs", ingest)
+    timeout_s, spool = 2.0, tmp_path / "spool"
+    proxy = start_proxy(
+        spool_dir=spool,
+        prod=up.prod_url,
+        candidate=up.cand_url,
+        comparator=up.lt.serve(comp),
+        env={
+            "SHADOWTEE_PROXY__SHIP_TIMEOUT_MS": str(int(timeout_s * 1000)),
+            "SHADOWTEE_PROXY__SHIP_RETRIES": "5",
+            "SHADOWTEE_PROXY__BATCH_SIZE": "10",
+        },
+    )
+    with httpx.Client(timeout=10) as client:
+        for _ in range(30):
+            assert client.post(proxy.url + "/v2/models/ok/infer", content=b"{}").status_code == 200
+    wait_until(lambda: proxy.metric("shadowtee_proxy_ship_failures_total") >= 1, "a failed POST")
+    started = time.monotonic()
+    proxy.proc.send_signal(signal.SIGTERM)
+    rc = proxy.proc.wait(60)
+    took = time.monotonic() - started
+    assert rc == 0
+    # The attempt under way, the last pass's one attempt, the tee's 1 s grace, and slack.
+    assert took < 2 * timeout_s + 1.0 + 2.0, took  # with the retries: 5 more attempts and backoff
+    spooled = sum(len(json.loads(f.read_bytes())["pairs"]) for f in spool.glob("*.json"))
+    assert spooled == 30  # every pair is in the spool, to be replayed by the next process
+    gate.open()
