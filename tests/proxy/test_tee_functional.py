@@ -432,11 +432,17 @@ _TWO_ANSWERS: dict[str, Any] = {
 
 
 def _sized_answers(
-    size: int, release: asyncio.Event | None = None, status: int = 200, *, late: bool = False
+    size: int,
+    release: asyncio.Event | None = None,
+    status: int = 200,
+    *,
+    late: bool = False,
+    written: list[int] | None = None,
 ) -> web.Application:
     """A model answering ``size`` bytes of JSON. With ``release``: it sends all but the last
     64 KiB at once and the rest when released (an answer that arrives slowly), or with ``late``
-    its whole answer only when released (a slow model)."""
+    its whole answer only when released (a slow model). ``written`` gets the size of each first
+    part once it is written."""
     answer = b'{"outputs": [{"name": "y", "data": "' + b"x" * (size - 40) + b'"}]}'
     cut = len(answer) - 64 * 1024 if release is not None and not late else len(answer)
 
@@ -448,6 +454,8 @@ def _sized_answers(
         resp.content_length = len(answer)
         await resp.prepare(request)
         await resp.write(answer[:cut])
+        if written is not None:
+            written.append(cut)
         if cut < len(answer) and release is not None:
             await release.wait()
             await resp.write(answer[cut:])
@@ -522,10 +530,10 @@ async def test_a_candidate_answer_past_the_tees_bytes_is_shed_not_an_invalid_out
     its answer to the end but holds none of it and ends as shed. The pair never carries a body
     cut to its size, which the comparator would count as the candidate's invalid output. A 5xx
     is judged by its status alone: it stays the failure it is, its body not kept."""
-    release, comparator = asyncio.Event(), FakeComparator()
+    release, comparator, written = asyncio.Event(), FakeComparator(), []
     async with (
         serve_app(prod_app()) as prod,
-        serve_app(_sized_answers(700 * 1024, release, status)) as cand,
+        serve_app(_sized_answers(700 * 1024, release, status, written=written)) as cand,
         serve_app(comparator.app()) as comp,
         running_proxy(
             prod=prod,
@@ -538,7 +546,8 @@ async def test_a_candidate_answer_past_the_tees_bytes_is_shed_not_an_invalid_out
         for i in range(3):
             async with client.post(proxy.url + INFER, json={"i": i}) as resp:
                 assert resp.status == 200
-        await asyncio.sleep(0.5)  # the first 636 KiB of every answer arrive
+        await wait_for(lambda: len(written) == 3, "the first 636 KiB of every answer sent")
+        await asyncio.sleep(0.3)  # and read by the proxy
         held = (await admin_status(client, proxy.admin))["gauges"]["tee_held_bytes"]
         # Two answers' first parts held (with their pairs' small bodies), the third's dropped.
         assert 2 * 636 * 1024 < held < 2 * 637 * 1024, held
@@ -565,10 +574,10 @@ async def test_an_answer_past_max_pair_body_bytes_leaves_the_tees_bytes(
     """A candidate answer over ``max_pair_body_bytes`` is read but not kept past that size: what
     the call held of it leaves the tee's byte count at once, not when the call ends, so slow
     large answers cannot fill the budget with bytes nobody holds and shed every other call."""
-    release = asyncio.Event()
+    release, written = asyncio.Event(), []
     async with (
         serve_app(prod_app()) as prod,
-        serve_app(_sized_answers(1536 * 1024, release)) as cand,
+        serve_app(_sized_answers(1536 * 1024, release, written=written)) as cand,
         running_proxy(
             prod=prod,
             candidate=cand,
@@ -578,7 +587,8 @@ async def test_an_answer_past_max_pair_body_bytes_leaves_the_tees_bytes(
     ):
         async with client.post(proxy.url + INFER, json={"i": 0}) as resp:
             assert resp.status == 200
-        await asyncio.sleep(0.5)  # all but the last 64 KiB of the answer arrive
+        await wait_for(lambda: written == [1536 * 1024 - 64 * 1024], "the answer but 64 KiB sent")
+        await asyncio.sleep(0.3)  # and read by the proxy
         doc = await admin_status(client, proxy.admin)
         assert doc["gauges"]["tee_inflight"] == 1
         assert doc["gauges"]["tee_held_bytes"] < 1024, doc["gauges"]  # its pair's small bodies
@@ -619,7 +629,7 @@ async def test_candidate_answers_waiting_for_production_count_against_the_tees_b
 
         sends = [asyncio.create_task(send(i)) for i in range(3)]
 
-        for _ in range(200):  # bounded: until every candidate call has answered
+        for _ in range(500):  # bounded: until every candidate call has answered
             doc: dict[str, Any] = await admin_status(client, proxy.admin)
             gauges = doc["gauges"]
             if doc["counters"]["teed"] == 3 and gauges["tee_inflight"] == 0:
