@@ -131,11 +131,10 @@ class Comparators:
         failure: PostResult = "failed"
         for attempt in range(retries + 1):
             if attempt:
-                if self.stopping:
-                    break
-                # Full jitter keeps many proxies from retrying in lockstep after an outage.
-                await asyncio.sleep(random.uniform(0, self._backoff_s * 2 ** (attempt - 1)))
-                if self.stopping:
+                if not self.stopping:
+                    # Full jitter keeps many proxies from retrying in lockstep after an outage.
+                    await asyncio.sleep(random.uniform(0, self._backoff_s * 2 ** (attempt - 1)))
+                if self.stopping:  # no more attempts at shutdown: the batch is spooled
                     break
             try:
                 # A file-like body: aiohttp warns about (and CI errors on) bytes over 1 MiB.

@@ -62,10 +62,8 @@ class _Shadow(CandidateCall):
         return self._client
 
     def _hold(self, size: int) -> bool:
-        tee = self._tee
-        if tee.held_bytes + size > tee.max_bytes:
+        if not self._tee.take(size):
             return False
-        tee.held_bytes += size
         self.size += size
         self.answer += size
         return True
@@ -411,12 +409,18 @@ class Tee:
         call = self._live.get(request_id)
         if call is None:
             return
-        if call.over_budget or self.held_bytes + size > self.max_bytes:
+        if call.over_budget or not self.take(size):
             self._over_bytes()
             self._end(call, Side(Outcome.SHED, error=_OVER_BYTES))
         else:
-            self.held_bytes += size
             call.size += size
+
+    def take(self, size: int) -> bool:
+        """Count ``size`` more bytes as held, if they fit under ``max_bytes``."""
+        if self.held_bytes + size > self.max_bytes:
+            return False
+        self.held_bytes += size
+        return True
 
     def _release(self, size: int) -> None:
         self.held_bytes -= size
@@ -429,11 +433,9 @@ class Tee:
         if body and self._pairing.waits_for_prod(call.request_id):
             # The answer waits in its pair for production's: still counted until the pair leaves.
             held = len(body)
-            if self.held_bytes + held > self.max_bytes:
+            if not self.take(held):
                 self._over_bytes()
                 side, held = Side(Outcome.SHED, error=_OVER_BYTES), 0
-            else:
-                self.held_bytes += held
         outcome = side.outcome
         self._stats.outcomes[outcome] += 1
         if outcome is not Outcome.SHED:  # shed for the budget: no answer to judge the call by

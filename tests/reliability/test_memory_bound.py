@@ -327,10 +327,10 @@ _ANSWER = (
 )
 
 
-def _large_answers() -> web.Application:
+def _large_answers(answer: bytes = _ANSWER) -> web.Application:
     async def infer(request: web.Request) -> web.Response:
         await request.read()
-        return web.Response(body=_ANSWER, content_type="application/json")
+        return web.Response(body=answer, content_type="application/json")
 
     app = web.Application()
     app.router.add_post("/v2/models/{name}/infer", infer)
@@ -537,15 +537,8 @@ def test_large_production_answers_waiting_for_a_slow_candidate_hold_at_most_the_
     candidate) and the pair shipped at once."""
     n, bound = 100, 16 * 1024 * 1024
     answer = _answer_of(_NEAR_MIB)
-
-    async def infer(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=answer, content_type="application/json")
-
-    prod = web.Application()
-    prod.router.add_post("/v2/models/{name}/infer", infer)
     proxy = start_proxy(
-        prod=up.lt.serve(prod),
+        prod=up.lt.serve(_large_answers(answer)),
         candidate=up.cand_url,
         comparator=up.comp_url,
         shadow_timeout_ms=30_000,
